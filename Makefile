@@ -1,0 +1,43 @@
+# One command from clone to a running app (`make demo`) or a green test run (`make test`).
+# `make install` is idempotent: it does nothing when requirements.txt has not changed since the last install.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
+
+.PHONY: install demo test test-all lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first and alone: with it installed, nothing else can pull a CUDA build.
+	$(PY) -m pip install --disable-pip-version-check -q "$(TORCH_PIN)"
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: install
+	GRADIO_ANALYTICS_ENABLED=$${GRADIO_ANALYTICS_ENABLED:-False} $(PY) app.py $(ARGS)
+
+test: install
+	$(PY) -m pytest $(ARGS)
+
+test-all: install
+	$(PY) -m pytest -m "" $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	@set -e; for script in $(wildcard bench/*.py); do echo "== $$script"; $(PY) $$script; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

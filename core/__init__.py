@@ -1,0 +1,17 @@
+"""What both backends share: the label schema, the Classifier contract, data loading and settings."""
+
+from core.data import DataError, leak_report, load_tweets, stratified_sample
+from core.settings import SourceError, resolve
+from core.types import LABELS, Classifier, Prediction
+
+__all__ = [
+    "LABELS",
+    "Classifier",
+    "DataError",
+    "Prediction",
+    "SourceError",
+    "leak_report",
+    "load_tweets",
+    "resolve",
+    "stratified_sample",
+]

@@ -1,0 +1,273 @@
+"""Loading labeled tweets from any source into one shape: ``text`` (str) and ``label`` (a string in LABELS).
+
+Normalising once, here, means the backends and the comparison never see a source's own column names.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import re
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
+
+from core.settings import SourceError, resolve
+from core.types import LABELS
+
+logger = logging.getLogger(__name__)
+
+TEXT_COLUMNS = ("text", "tweet", "sentence", "content", "review", "document")
+"""Column names taken as the text, in order of preference."""
+LABEL_COLUMNS = ("label_text", "sentiment", "label", "labels", "class", "category")
+"""Column names taken as the label, in order of preference (a string column before an integer one)."""
+FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_UTF8_CHECK_CHUNK = 1 << 20
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used as it is; the message names the source and the problem."""
+
+
+def load_tweets(
+    source: str | Path | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> Dataset | DatasetDict:
+    """Load labeled texts as ``text`` / ``label`` columns with string labels from LABELS.
+
+    Args:
+        source: a Hub dataset id, a local directory in the Hub layout, or a CSV / TSV / JSON(L) / parquet file.
+            None means the configured source (``FTRAG_DATA`` or the default Hub dataset, see core.settings).
+            A single file is one split, named ``train``.
+        split: return only this split as a `Dataset`; None returns every split as a `DatasetDict`.
+        limit: keep a seeded, label-stratified sample of this many rows from each returned split.
+        seed: the sampling seed.
+
+    Empty and whitespace-only texts are dropped, and the number dropped is logged; nothing else is removed.
+
+    Raises:
+        DataError: missing file, unknown format, no text or label column, labels outside LABELS, bytes that are
+            not UTF-8, no rows, an unknown split, a limit larger than a split.
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DataError(f"limit must be a positive integer, got {limit!r}")
+    try:
+        resolved = resolve("data", None if source is None else str(source))
+    except SourceError as err:
+        raise DataError(str(err)) from err
+    name = resolved.value
+    splits = _read(name, is_local=resolved.is_local)
+    if split is not None and split not in splits:
+        raise DataError(f"{name}: no split {split!r}; it has {sorted(splits)}")
+    wanted = {split: splits[split]} if split is not None else dict(splits)
+    out = {}
+    for split_name, ds in wanted.items():
+        ds = _normalise(ds, f"{name} [{split_name}]")
+        if limit is not None:
+            ds = stratified_sample(ds, limit, seed=seed, what=f"{name} [{split_name}]")
+        out[split_name] = ds
+    return out[split] if split is not None else DatasetDict(out)
+
+
+def _read(name: str, is_local: bool) -> DatasetDict:
+    path = Path(name)
+    try:
+        if is_local and path.is_file():
+            fmt = FILE_FORMATS.get(path.suffix.lower())
+            if fmt is None:
+                raise DataError(
+                    f"{path}: unknown file format {path.suffix!r}; expected one of {', '.join(sorted(FILE_FORMATS))}"
+                )
+            if path.stat().st_size == 0:
+                raise DataError(f"{path}: the file is empty")
+            if fmt != "parquet":
+                _check_utf8(path)
+            kwargs: dict[str, Any] = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+            loaded = load_dataset(fmt, data_files={"train": str(path)}, **kwargs)
+        else:
+            if is_local:
+                _check_dir_utf8(path)
+            loaded = load_dataset(name)
+    except DataError:
+        raise
+    except Exception as err:  # the loaders raise many types for a bad file; one clear error is what a user needs
+        raise DataError(f"{name}: could not be read as a dataset ({type(err).__name__}: {err})") from err
+    if not isinstance(loaded, DatasetDict):  # pragma: no cover - load_dataset without split returns a dict
+        loaded = DatasetDict({"train": loaded})
+    return loaded
+
+
+def _check_utf8(path: Path) -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(_UTF8_CHECK_CHUNK):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}: not UTF-8 text (invalid byte near offset {offset + err.start})") from err
+            offset += len(chunk)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: not UTF-8 text (truncated character at the end)") from err
+
+
+def _check_dir_utf8(path: Path) -> None:
+    for file in sorted(path.rglob("*")):
+        if file.is_file() and file.suffix.lower() in {".csv", ".tsv", ".json", ".jsonl"}:
+            _check_utf8(file)
+
+
+def _pick(columns: Sequence[str], candidates: Sequence[str]) -> str | None:
+    lowered = {c.lower(): c for c in columns}
+    return next((lowered[c] for c in candidates if c in lowered), None)
+
+
+def _normalise(ds: Dataset, what: str) -> Dataset:
+    if ds.num_rows == 0:
+        raise DataError(f"{what}: no rows")
+    text_col = _pick(ds.column_names, TEXT_COLUMNS)
+    if text_col is None:
+        raise DataError(f"{what}: no text column; expected one of {list(TEXT_COLUMNS)}, found {ds.column_names}")
+    label_col = _pick(ds.column_names, LABEL_COLUMNS)
+    if label_col is None:
+        raise DataError(f"{what}: no label column; expected one of {list(LABEL_COLUMNS)}, found {ds.column_names}")
+
+    texts = ["" if t is None else str(t) for t in ds[text_col]]
+    labels = _labels_as_strings(ds, label_col, what)
+    keep = [i for i, t in enumerate(texts) if t.strip()]
+    dropped = len(texts) - len(keep)
+    if dropped:
+        logger.warning("%s: dropped %d empty or whitespace-only text(s) of %d", what, dropped, len(texts))
+    if not keep:
+        raise DataError(f"{what}: every text is empty")
+    return Dataset.from_dict({"text": [texts[i] for i in keep], "label": [labels[i] for i in keep]})
+
+
+def _labels_as_strings(ds: Dataset, column: str, what: str) -> list[str]:
+    feature = ds.features[column]
+    values = ds[column]
+    if isinstance(feature, ClassLabel):
+        values = [None if v is None or v < 0 else feature.names[v] for v in values]
+    out: list[str] = []
+    bad: Counter = Counter()
+    for value in values:
+        label = _label_name(value)
+        if label is None:
+            bad[repr(value)] += 1
+        else:
+            out.append(label)
+    if bad:
+        shown = ", ".join(f"{v} x{n}" for v, n in bad.most_common(5))
+        raise DataError(f"{what}: {sum(bad.values())} label(s) in column {column!r} outside {list(LABELS)}: {shown}")
+    return out
+
+
+def _label_name(value: Any) -> str | None:
+    """Map one raw label to a name in LABELS: integers index LABELS (0 negative, 1 neutral, 2 positive)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, np.integer)) or (isinstance(value, float) and float(value).is_integer()):
+        index = int(value)
+        return LABELS[index] if 0 <= index < len(LABELS) else None
+    if isinstance(value, str):
+        name = value.strip().lower()
+        if name in LABELS:
+            return name
+        if name.lstrip("-").isdigit():
+            return _label_name(int(name))
+    return None
+
+
+def stratified_sample(ds: Dataset, n: int, seed: int = 0, what: str = "dataset") -> Dataset:
+    """A seeded sample of `n` rows with each label's share as in `ds` (largest-remainder rounding), shuffled.
+
+    Raises:
+        DataError: `n` larger than the number of rows.
+    """
+    if n > ds.num_rows:
+        raise DataError(f"{what}: asked for {n} rows but it has only {ds.num_rows}")
+    if n == ds.num_rows:
+        return ds
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(ds["label"]):
+        by_label[label].append(i)
+    names = sorted(by_label)
+    exact = np.array([len(by_label[k]) * n / ds.num_rows for k in names])
+    counts = np.floor(exact).astype(int)
+    for j in np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]:
+        counts[j] += 1
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    for name, count in zip(names, counts, strict=True):
+        chosen.extend(rng.permutation(by_label[name])[:count].tolist())
+    return ds.select(rng.permutation(chosen).tolist())
+
+
+def _norm_text(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def leak_report(train: Dataset | Sequence[str], test: Dataset | Sequence[str], max_examples: int = 5) -> dict:
+    """Duplicates inside each split and texts shared by both, compared after trimming and collapsing whitespace.
+
+    A score measured on a test set that shares texts with the training set is optimistic; this shows by how much.
+
+    Returns:
+        ``train_duplicates`` / ``test_duplicates``: rows that repeat an earlier row of the same split;
+        ``shared``: distinct texts found in both splits; ``shared_test_rows``: test rows whose text is in train;
+        ``conflicting_labels``: distinct texts given different labels somewhere; ``examples``: a few of each.
+    """
+    train_texts, train_labels = _texts_and_labels(train)
+    test_texts, test_labels = _texts_and_labels(test)
+    train_norm = [_norm_text(t) for t in train_texts]
+    test_norm = [_norm_text(t) for t in test_texts]
+
+    def duplicates(norm: list[str]) -> list[str]:
+        seen: set[str] = set()
+        repeats = []
+        for t in norm:
+            if t in seen:
+                repeats.append(t)
+            seen.add(t)
+        return repeats
+
+    train_dups, test_dups = duplicates(train_norm), duplicates(test_norm)
+    shared = sorted(set(train_norm) & set(test_norm))
+    train_set = set(train_norm)
+    labels_seen: dict[str, set] = defaultdict(set)
+    for t, label in zip(train_norm + test_norm, train_labels + test_labels, strict=True):
+        if label is not None:
+            labels_seen[t].add(label)
+    conflicts = sorted(t for t, labels in labels_seen.items() if len(labels) > 1)
+    return {
+        "train_rows": len(train_norm),
+        "test_rows": len(test_norm),
+        "train_duplicates": len(train_dups),
+        "test_duplicates": len(test_dups),
+        "shared": len(shared),
+        "shared_test_rows": sum(t in train_set for t in test_norm),
+        "conflicting_labels": len(conflicts),
+        "examples": {
+            "train_duplicates": sorted(set(train_dups))[:max_examples],
+            "test_duplicates": sorted(set(test_dups))[:max_examples],
+            "shared": shared[:max_examples],
+            "conflicting_labels": conflicts[:max_examples],
+        },
+    }
+
+
+def _texts_and_labels(data: Dataset | Sequence[str]) -> tuple[list[str], list[str | None]]:
+    if isinstance(data, Dataset):
+        texts = list(data["text"])
+        labels = list(data["label"]) if "label" in data.column_names else [None] * len(texts)
+        return texts, labels
+    texts = [str(t) for t in data]
+    return texts, [None] * len(texts)

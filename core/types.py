@@ -1,0 +1,70 @@
+"""The contract both backends implement: a batch of texts in, one `Prediction` per text out."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
+"""The label schema of the reference task, in the order of the dataset's integer ids (0, 1, 2)."""
+
+SCORE_TOLERANCE = 1e-4
+"""How far from 1 the scores of a prediction may sum (float32 softmax rounding)."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One classifier answer for one text.
+
+    Args:
+        label: the predicted label, one of the classifier's labels; the highest-scoring one.
+        scores: label -> probability, summing to 1; a `gr.Label` shows it as it is.
+        evidence: what the answer rests on. Retrieval: the neighbours, each `{"text", "label", "score"}`.
+            Fine-tuned models: empty.
+    """
+
+    label: str
+    scores: dict[str, float]
+    evidence: tuple[dict[str, Any], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.scores:
+            raise ValueError("Prediction.scores is empty")
+        if self.label not in self.scores:
+            raise ValueError(f"Prediction.label {self.label!r} is not one of the scored labels {sorted(self.scores)}")
+        bad = {k: v for k, v in self.scores.items() if not (isinstance(v, float) and 0.0 <= v <= 1.0)}
+        if bad:
+            raise ValueError(f"Prediction.scores must be floats in [0, 1], got {bad}")
+        total = math.fsum(self.scores.values())
+        if abs(total - 1.0) > SCORE_TOLERANCE:
+            raise ValueError(f"Prediction.scores must sum to 1, they sum to {total:.6f}")
+        # Accept any sequence of dicts but store an immutable tuple, so a frozen Prediction stays frozen.
+        object.__setattr__(self, "evidence", tuple(self.evidence))
+
+    @classmethod
+    def from_scores(cls, scores: Mapping[str, float], evidence: Sequence[dict[str, Any]] = ()) -> Prediction:
+        """Build a prediction whose label is the arg-max of `scores` (ties go to the first label listed).
+
+        >>> Prediction.from_scores({"negative": 0.2, "neutral": 0.5, "positive": 0.3}).label
+        'neutral'
+        """
+        clean = {str(k): float(v) for k, v in scores.items()}
+        return cls(label=max(clean, key=clean.__getitem__), scores=clean, evidence=tuple(evidence))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view: label, scores and evidence."""
+        return {"label": self.label, "scores": dict(self.scores), "evidence": [dict(e) for e in self.evidence]}
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """What compare/ and the app see of any backend (fine-tuned model, retrieval vote, hybrid...)."""
+
+    name: str
+    labels: list[str]
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        """Classify a batch of texts; returns one `Prediction` per text, in the same order."""
+        ...

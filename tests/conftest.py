@@ -1,0 +1,50 @@
+"""Fast tests run offline: the Hub is never touched, and every cache lives in a temporary directory."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before any Hugging Face library is imported: offline, with caches that start empty and vanish afterwards.
+_CACHE = tempfile.mkdtemp(prefix="ftrag-tests-hf-")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HOME"] = _CACHE
+os.environ["HF_DATASETS_CACHE"] = os.path.join(_CACHE, "datasets")
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FTRAG_SHARED", REPO.parent / "shared")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The offline data and model files that sit beside the checkout."""
+    if not SHARED.is_dir():
+        pytest.fail(f"shared files not found at {SHARED}; set FTRAG_SHARED to their directory")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def data_dir(shared_dir: Path) -> Path:
+    return shared_dir / "data" / "tweet_sentiment_extraction"
+
+
+@pytest.fixture(scope="session")
+def tweets(data_dir: Path):
+    """The real dataset, both splits, loaded once."""
+    from core.data import load_tweets
+
+    return load_tweets(str(data_dir))
+
+
+@pytest.fixture()
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No FTRAG_* source variables, so each test states the ones it needs."""
+    for var in ("FTRAG_DATA", "FTRAG_BASE_MODEL", "FTRAG_TOKENIZER", "FTRAG_EMBEDDER", "HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch

@@ -1,0 +1,39 @@
+"""The project's own promises about its files: pinned dependencies, no pickle."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _requirements() -> list[str]:
+    lines = (REPO / "requirements.txt").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_every_requirement_is_pinned_exactly():
+    reqs = _requirements()
+    assert reqs, "requirements.txt is empty"
+    loose = [r for r in reqs if not re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[A-Za-z0-9_.+\-]+", r)]
+    assert loose == []
+
+
+def test_torch_is_the_cpu_pin_and_comes_first():
+    assert _requirements()[0] == "torch==2.13.0"
+
+
+def test_no_pickle_loading_in_the_code():
+    offenders = []
+    for path in REPO.rglob("*.py"):
+        if ".venv" in path.parts or path.parent.name == "tests":
+            continue
+        text = path.read_text()
+        if re.search(
+            r"\bpickle\.loads?\(|\bjoblib\.load\(|allow_pickle\s*=\s*True|trust_remote_code\s*=\s*True", text
+        ):
+            offenders.append(str(path.relative_to(REPO)))
+        if re.search(r"torch\.load\((?![^)]*weights_only\s*=\s*True)", text):
+            offenders.append(str(path.relative_to(REPO)))
+    assert offenders == []
