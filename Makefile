@@ -37,7 +37,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 bench: install
-	@set -e; for script in $(wildcard bench/*.py); do echo "== $$script"; $(PY) $$script; done
+	@set -e; for script in $(filter-out bench/common.py bench/__init__.py,$(wildcard bench/*.py)); do echo "== $$script"; $(PY) $$script; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,6 +1,6 @@
 """What both backends share: the label schema, the Classifier contract, data loading and settings."""
 
-from core.data import DataError, leak_report, load_tweets, stratified_sample
+from core.data import DataError, leak_report, load_tweets, stratified_indices, stratified_sample
 from core.settings import SourceError, resolve
 from core.types import LABELS, Classifier, Prediction
 
@@ -13,5 +13,6 @@ __all__ = [
     "leak_report",
     "load_tweets",
     "resolve",
+    "stratified_indices",
     "stratified_sample",
 ]

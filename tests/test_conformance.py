@@ -1,0 +1,38 @@
+"""One conformance test over every backend: the `Classifier` contract, checked the same way for each."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.types import Classifier, Prediction
+
+BACKENDS = ["rag_built"]
+QUERIES = ["I love this so much!", "worst service ever", "the bus leaves at 5", "", "ok " * 7000, "<script>x</script>"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> Classifier:
+    return request.getfixturevalue(request.param)
+
+
+def test_backend_implements_the_contract(backend):
+    assert isinstance(backend, Classifier)
+    assert isinstance(backend.name, str) and backend.name
+    predictions = backend.predict(QUERIES)
+    assert len(predictions) == len(QUERIES)
+    for p in predictions:
+        assert isinstance(p, Prediction)
+        assert p.label in backend.labels
+        assert set(p.scores) == set(backend.labels)
+        assert sum(p.scores.values()) == pytest.approx(1.0, abs=1e-4)
+        assert p.label == max(p.scores, key=p.scores.get)
+
+
+def test_backend_is_deterministic_and_batch_independent(backend):
+    batch = backend.predict(QUERIES)
+    again = backend.predict(QUERIES)
+    one_by_one = [backend.predict([q])[0] for q in QUERIES]
+    for a, b, c in zip(batch, again, one_by_one, strict=True):
+        assert a.label == b.label == c.label
+        assert a.scores == pytest.approx(b.scores, abs=1e-6)
+        assert a.scores == pytest.approx(c.scores, abs=1e-4)

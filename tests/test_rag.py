@@ -1,0 +1,358 @@
+from __future__ import annotations
+
+import errno
+import json
+import threading
+
+import faiss
+import numpy as np
+import pytest
+
+import rag
+from core.settings import SourceError
+from core.types import LABELS, Prediction
+from rag import ArtifactError, Embedder, EmbedderError, RagClassifier, RagConfig, VectorIndex, vote
+from rag.build import main as build_main
+from rag.classifier import EVIDENCE_SIZE
+
+# --- voting ---------------------------------------------------------------------------------------------------
+
+
+def test_vote_weightings_by_hand():
+    scores = np.array([[0.9, 0.6, 0.3]])
+    ids = np.array([[0, 1, 2]])
+    labels = np.array([2, 0, 0])  # positive, negative, negative
+    assert vote(scores, ids, labels, 3, "uniform", 1.0)[0].tolist() == pytest.approx([2 / 3, 0, 1 / 3])
+    assert vote(scores, ids, labels, 3, "similarity", 1.0)[0].tolist() == pytest.approx([0.9 / 1.8, 0, 0.9 / 1.8])
+    e = np.exp([0.0, -3.0, -6.0])  # exp((s - max) / 0.1)
+    expected = [(e[1] + e[2]) / e.sum(), 0, e[0] / e.sum()]
+    assert vote(scores, ids, labels, 3, "softmax", 0.1)[0].tolist() == pytest.approx(expected)
+
+
+def test_vote_ignores_missing_hits_and_handles_negative_similarities():
+    scores = np.array([[-0.2, -0.5, 0.0]])
+    ids = np.array([[1, 0, -1]])
+    labels = np.array([0, 1])
+    # every similarity is negative: one vote per real hit; the -1 (no hit) is ignored
+    assert vote(scores, ids, labels, 3, "similarity", 1.0)[0].tolist() == pytest.approx([0.5, 0.5, 0.0])
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        vote(scores, ids, labels, 3, "majority", 1.0)
+
+
+# --- config ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"k": 0}, "k must be at least 1, got 0"),
+        ({"weighting": "max"}, "weighting must be one of"),
+        ({"temperature": 0}, "temperature must be positive"),
+        ({"index_type": "annoy"}, "index_type must be one of"),
+        ({"train_size": 0}, "train_size must be a positive integer"),
+        ({"k_grid": ()}, "k_grid must hold positive integers"),
+    ],
+)
+def test_config_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RagConfig(**kwargs)
+
+
+# --- build, save, load, predict -------------------------------------------------------------------------------
+
+
+def test_build_records_the_choice_made_on_a_validation_slice(rag_built):
+    tuning = rag_built.meta["tuning"]
+    assert tuning["validation_size"] == 60
+    chosen = tuning["chosen"]
+    assert (rag_built.k, rag_built.weighting) == (chosen["k"], chosen["weighting"])
+    assert chosen["accuracy"] == max(row["accuracy"] for row in tuning["grid"])
+    assert {row["weighting"] for row in tuning["grid"]} == {"uniform", "similarity", "softmax"}
+    assert rag_built.size == 300  # the index holds every example, validation slice included
+    assert rag_built.meta["train_size"] == 300 and rag_built.meta["build_seconds"] > 0
+
+
+def test_predictions_follow_the_contract_and_beat_chance(rag_built, small_test):
+    predictions = rag_built.predict(small_test["text"])
+    assert len(predictions) == small_test.num_rows
+    for p in predictions:
+        assert p.label in LABELS and sum(p.scores.values()) == pytest.approx(1.0)
+        assert 0 < len(p.evidence) <= EVIDENCE_SIZE
+        sims = [e["score"] for e in p.evidence]
+        assert sims == sorted(sims, reverse=True)
+        assert {e["label"] for e in p.evidence} <= set(LABELS)
+    accuracy = np.mean([p.label == y for p, y in zip(predictions, small_test["label"], strict=True)])
+    assert accuracy > 0.45  # the majority class is 40% of the test slice; 300 examples already do better
+
+
+def test_an_indexed_text_finds_itself_first(rag_built, small_train):
+    text = small_train["text"][7]
+    top = rag_built.predict([text])[0].evidence[0]
+    assert top["text"] == text and top["label"] == small_train["label"][7]
+    assert top["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_save_load_round_trip(rag_built, rag_dir, small_test):
+    assert sorted(p.name for p in rag_dir.iterdir()) == ["examples.parquet", "index.faiss", "run.json"]
+    run = json.loads((rag_dir / "run.json").read_text())
+    for key in ("embedder", "data_source", "size", "build_seconds", "embedding_dim", "k", "weighting", "tuning"):
+        assert key in run
+    assert run["embedding_dim"] == 384 and run["size"] == 300
+    loaded = rag.load(rag_dir)
+    texts = small_test["text"][:10]
+    for a, b in zip(rag_built.predict(texts), loaded.predict(texts), strict=True):
+        assert a.label == b.label
+        assert a.scores == pytest.approx(b.scores, abs=1e-6)
+
+
+def test_empty_and_long_queries_have_defined_results(rag_built):
+    empty, blank, long = rag_built.predict(["", "  \n", "great " * 4000])
+    assert empty == blank and empty.evidence == ()
+    counts = {label: sum(1 for i in rag_built._label_ids if LABELS[i] == label) for label in LABELS}
+    shares = {label: n / rag_built.size for label, n in counts.items()}
+    assert empty.scores == pytest.approx(shares)  # no query: the label shares of the examples
+    assert len("great " * 4000) > 20_000 and long.label in LABELS and long.evidence
+
+
+def test_predict_rejects_a_bare_string_and_non_strings(rag_built):
+    with pytest.raises(TypeError, match="not a single string"):
+        rag_built.predict("hello")
+    with pytest.raises(TypeError, match="texts must be strings"):
+        rag_built.predict(["ok", None])
+    assert rag_built.predict([]) == []
+
+
+def test_k_larger_than_the_corpus_uses_every_example(rag_built):
+    clf = RagClassifier(
+        rag_built.embedder,
+        rag_built.index,
+        rag_built._texts,
+        [LABELS[i] for i in rag_built._label_ids],
+        k=10_000,
+        weighting="uniform",
+    )
+    p = clf.predict(["what a day"])[0]
+    counts = np.bincount(rag_built._label_ids, minlength=3) / rag_built.size
+    assert list(p.scores.values()) == pytest.approx(counts.tolist())  # all 300 voted, one vote each
+
+
+# --- adding examples live --------------------------------------------------------------------------------------
+
+
+def test_add_is_searchable_at_once_and_persisted(rag_dir):
+    clf = rag.load(rag_dir)
+    before = clf.size
+    novel = "the zorblax update made my whole week, zorblax rocks"
+    assert clf.add([novel], ["positive"]) == before + 1
+    first = clf.predict([novel])[0].evidence[0]
+    assert first["text"] == novel and first["label"] == "positive"
+    again = rag.load(rag_dir)
+    assert again.size == before + 1 and again.meta["added"] == 1
+    assert again.predict([novel])[0].evidence[0]["text"] == novel
+
+
+@pytest.mark.parametrize(
+    ("texts", "labels", "error", "message"),
+    [
+        (["a", "b"], ["positive"], ValueError, "2 texts but 1 labels"),
+        (["fine"], ["joyful"], ValueError, r"unknown label\(s\) \['joyful'\]"),
+        (["ok", "  "], ["neutral", "neutral"], ValueError, r"empty text at position\(s\) \[1\]"),
+        ([], [], ValueError, "at least one"),
+        ("text", ["neutral"], TypeError, "not a single string"),
+    ],
+)
+def test_add_rejects_bad_input_and_changes_nothing(rag_dir, texts, labels, error, message):
+    clf = rag.load(rag_dir)
+    saved = (rag_dir / "index.faiss").read_bytes()
+    with pytest.raises(error, match=message):
+        clf.add(texts, labels)
+    assert clf.size == 300 and (rag_dir / "index.faiss").read_bytes() == saved
+
+
+def test_failed_save_during_add_loses_nothing(rag_dir, monkeypatch):
+    clf = rag.load(rag_dir)
+    files = {p.name: p.read_bytes() for p in rag_dir.iterdir()}
+
+    def disk_full(index, path):
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(faiss, "write_index", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        clf.add(["lost?"], ["neutral"])
+    assert clf.size == 300 and len(clf.index) == 300  # memory unchanged: the add was not acknowledged
+    assert {p.name: p.read_bytes() for p in rag_dir.iterdir()} == files  # disk unchanged, no temp files left
+    assert [p.name for p in rag_dir.parent.iterdir() if p.name.startswith(".rag.tmp")] == []
+    monkeypatch.undo()
+    assert rag.load(rag_dir).size == 300
+
+
+def test_crash_between_the_directory_swaps_is_recovered(rag_dir):
+    # What a kill -9 between the two renames of a save leaves behind: only the previous copy.
+    previous = rag_dir.with_name(rag_dir.name + ".previous")
+    rag_dir.rename(previous)
+    clf = rag.load(rag_dir)
+    assert clf.size == 300 and rag_dir.is_dir() and not previous.exists()
+
+
+def test_concurrent_adds_are_all_kept(rag_dir):
+    clf = rag.load(rag_dir)
+    errors = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(3):
+                clf.add([f"thread {n} example {i} about nothing"], [LABELS[(n + i) % 3]])
+                clf.predict([f"thread {n} query"])
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert clf.size == 318
+    reloaded = rag.load(rag_dir)
+    assert reloaded.size == 318
+    assert {f"thread {n} example {i} about nothing" for n in range(6) for i in range(3)} <= set(reloaded._texts)
+
+
+# --- broken artifacts and mismatched embedders ----------------------------------------------------------------
+
+
+def test_missing_directory():
+    with pytest.raises(ArtifactError, match="no such index directory"):
+        rag.load("/nonexistent/rag-index")
+
+
+@pytest.mark.parametrize("name", ["index.faiss", "examples.parquet", "run.json"])
+def test_missing_file(rag_dir, name):
+    (rag_dir / name).unlink()
+    with pytest.raises(ArtifactError, match=name.replace(".", r"\.") + ".*(missing|file is missing)"):
+        rag.load(rag_dir)
+
+
+@pytest.mark.parametrize("name", ["index.faiss", "examples.parquet", "run.json"])
+def test_truncated_file(rag_dir, name):
+    path = rag_dir / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ArtifactError, match=rf"{name.replace('.', '[.]')}: .*(truncated|corrupted|not valid JSON)"):
+        rag.load(rag_dir)
+
+
+def test_files_from_different_builds_are_refused(rag_dir, tmp_path, rag_built):
+    index = VectorIndex.create("flat", 384)
+    index.add(rag_built.embedder.encode(["one"]))
+    other = RagClassifier(rag_built.embedder, index, ["one"], ["neutral"]).save(tmp_path / "other")
+    (rag_dir / "index.faiss").write_bytes((other / "index.faiss").read_bytes())
+    with pytest.raises(ArtifactError, match="do not belong together"):
+        rag.load(rag_dir)
+
+
+def test_embedder_of_another_width_is_refused(rag_dir, shared_dir):
+    from sentence_transformers import SentenceTransformer
+
+    tiny = Embedder(SentenceTransformer(str(shared_dir / "models" / "tiny-random-gpt2"), device="cpu"), "tiny-gpt2")
+    assert tiny.dim == 2
+    with pytest.raises(ArtifactError, match="holds 384-d vectors but the embedder tiny-gpt2 makes 2-d ones"):
+        rag.load(rag_dir, embedder=tiny)
+
+
+def test_embedder_of_the_same_width_but_another_model_is_refused(rag_dir, embedder):
+    class Scrambled(Embedder):
+        def _encode(self, texts, batch_size):
+            return np.roll(super()._encode(texts, batch_size), 7, axis=1)
+
+    with pytest.raises(ArtifactError, match="not the one this index was built with"):
+        rag.load(rag_dir, embedder=Scrambled(embedder.model, "scrambled"))
+
+
+def test_unknown_embedder():
+    with pytest.raises(SourceError, match="does not exist"):
+        Embedder.load("./no/such/embedder")
+    with pytest.raises(SourceError, match="FTRAG_EMBEDDER"):
+        Embedder.load("org/some-embedder-that-is-not-cached")
+
+
+def test_a_directory_that_is_not_a_model(tmp_path):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "config.json").write_text("{not json")
+    with pytest.raises(EmbedderError, match="could not load the embedder"):
+        Embedder.load(str(tmp_path / "junk"))
+
+
+# --- the index ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_index_kinds_return_sorted_hits_and_round_trip(kind, tmp_path):
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(2000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = VectorIndex.create(kind, 16, train_vectors=vectors)
+    index.add(vectors)
+    scores, ids = index.search(vectors[:5], 10)
+    assert ids[:, 0].tolist() == [0, 1, 2, 3, 4]  # each vector's nearest is itself
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+    index.save(tmp_path / "i.faiss")
+    loaded = VectorIndex.load(tmp_path / "i.faiss")
+    assert loaded.kind == kind and len(loaded) == 2000
+    assert np.array_equal(loaded.search(vectors[:5], 10)[1], ids)
+
+
+def test_small_searches_run_on_one_thread_and_restore_the_pool(monkeypatch):
+    seen = []
+    index = VectorIndex.create("flat", 4)
+    index.add(np.eye(4, dtype=np.float32))
+    original = index.index.search
+
+    class Spy:
+        d, ntotal = 4, 4
+
+        def search(self, queries, k):
+            seen.append(faiss.omp_get_max_threads())
+            return original(queries, k)
+
+    index.index = Spy()
+    before = faiss.omp_get_max_threads()
+    index.search(np.eye(4, dtype=np.float32)[:1], 2)
+    assert seen == [1] and faiss.omp_get_max_threads() == before
+
+
+def test_search_rejects_wrong_width():
+    index = VectorIndex.create("flat", 4)
+    index.add(np.eye(4, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"shape \(n, 4\)"):
+        index.search(np.ones((1, 3), dtype=np.float32), 1)
+
+
+# --- the command line ------------------------------------------------------------------------------------------
+
+
+def test_cli_builds_and_refuses_to_overwrite(tmp_path, data_dir, capsys):
+    out = tmp_path / "cli-index"
+    args = ["--data", str(data_dir), "--train-size", "120", "--no-tune", "--k", "7", "--out", str(out)]
+    assert build_main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["size"] == 120 and summary["k"] == 7
+    assert rag.load(out).k == 7
+    assert build_main(args) == 2
+    assert "already holds an index; pass --overwrite" in capsys.readouterr().err
+    assert build_main([*args, "--overwrite", "--k", "9"]) == 0
+    assert rag.load(out).k == 9
+
+
+def test_cli_rejects_unknown_flags_and_bad_values(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_main(["--kk", "3"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --kk" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_main(["--weighting", "max"])
+    assert "invalid choice: 'max'" in capsys.readouterr().err
+
+
+def test_prediction_type(rag_built):
+    assert isinstance(rag_built.predict(["hi"])[0], Prediction)
