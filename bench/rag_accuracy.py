@@ -38,9 +38,10 @@ def main() -> None:
     test = load_tweets(args.data, split="test")
     truth = np.array([LABELS.index(label) for label in test["label"]])
     vectors = clf.embedder.encode(test["text"], show_progress=True)
-    scores, ids = clf.index.search(vectors, 200)
+    scores, ids = clf.index.search(vectors, 300)
+    label_ids = np.array([LABELS.index(label) for label in clf.examples()[1]])
     rows = []
-    for k in (10, 25, 50, 100, 200):
+    for k in (10, 25, 50, 100, 200, 300):
         for weighting, temperature in [
             ("uniform", 1.0),
             ("similarity", 1.0),
@@ -48,7 +49,7 @@ def main() -> None:
             ("softmax", 0.05),
             ("softmax", 0.1),
         ]:
-            probs = vote(scores[:, :k], ids[:, :k], clf._label_ids, len(LABELS), weighting, temperature)
+            probs = vote(scores[:, :k], ids[:, :k], label_ids, len(LABELS), weighting, temperature)
             predicted = probs.argmax(axis=1)
             rows.append(
                 {

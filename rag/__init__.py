@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rag.chain import LlmRagClassifier, LlmUnavailable, llm_from_env
 from rag.classifier import ArtifactError, RagClassifier, vote
 from rag.config import RagConfig
 from rag.embed import Embedder, EmbedderError
@@ -15,4 +16,16 @@ def load(directory: str | Path, embedder: Embedder | str | None = None) -> RagCl
     return RagClassifier.load(directory, embedder=embedder)
 
 
-__all__ = ["ArtifactError", "Embedder", "EmbedderError", "RagClassifier", "RagConfig", "VectorIndex", "load", "vote"]
+__all__ = [
+    "ArtifactError",
+    "Embedder",
+    "EmbedderError",
+    "LlmRagClassifier",
+    "LlmUnavailable",
+    "RagClassifier",
+    "RagConfig",
+    "VectorIndex",
+    "llm_from_env",
+    "load",
+    "vote",
+]

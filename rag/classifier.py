@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.data import load_tweets, stratified_indices
+from core.data import load_tweets, stratified_indices, stratified_sample
 from core.files import dir_lock, read_json, recover_dir, staged_dir
 from core.settings import resolve
 from core.types import LABELS, Prediction
@@ -134,16 +134,28 @@ class RagClassifier:
                 scores, ids = self.index.search(vectors, self.k)
                 probs = vote(scores, ids, self._label_ids, len(self.labels), self.weighting, self.temperature)
                 for row, i in enumerate(wanted):
-                    evidence = [
-                        {"text": self._texts[j], "label": self.labels[self._label_ids[j]], "score": float(s)}
-                        for s, j in zip(scores[row, :EVIDENCE_SIZE], ids[row, :EVIDENCE_SIZE], strict=True)
-                        if j >= 0
-                    ]
+                    evidence = self._hits(scores[row, :EVIDENCE_SIZE], ids[row, :EVIDENCE_SIZE])
                     results[i] = Prediction.from_scores(
                         dict(zip(self.labels, probs[row].tolist(), strict=True)), evidence
                     )
             prior = self._prior()
             return [r if r is not None else prior for r in results]
+
+    def retrieve(self, query: str, k: int = EVIDENCE_SIZE) -> list[dict[str, Any]]:
+        """The `k` labeled examples nearest to `query`, best first, as ``{"text", "label", "score"}``."""
+        if not query.strip():
+            return []
+        vector = self.embedder.encode([query])
+        with self._lock:
+            scores, ids = self.index.search(vector, k)
+            return self._hits(scores[0], ids[0])
+
+    def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[dict[str, Any]]:
+        return [
+            {"text": self._texts[j], "label": self.labels[self._label_ids[j]], "score": float(s)}
+            for s, j in zip(scores, ids, strict=True)
+            if j >= 0
+        ]
 
     def _prior(self) -> Prediction:
         counts = np.bincount(self._label_ids, minlength=len(self.labels)).astype(np.float64)
@@ -188,6 +200,11 @@ class RagClassifier:
     @property
     def size(self) -> int:
         return len(self._texts)
+
+    def examples(self) -> tuple[list[str], list[str]]:
+        """Copies of the indexed texts and their labels, in index order."""
+        with self._lock:
+            return list(self._texts), [self.labels[i] for i in self._label_ids]
 
     # --- files ---------------------------------------------------------------------------------------------------
 
@@ -307,8 +324,6 @@ class RagClassifier:
         else:
             data_source = "in-memory dataset"
             if cfg.train_size is not None:
-                from core.data import stratified_sample
-
                 dataset = stratified_sample(dataset, cfg.train_size, seed=cfg.seed, what="dataset")
         texts, labels = list(dataset["text"]), list(dataset["label"])
         if not texts:

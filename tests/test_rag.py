@@ -108,7 +108,8 @@ def test_save_load_round_trip(rag_built, rag_dir, small_test):
 def test_empty_and_long_queries_have_defined_results(rag_built):
     empty, blank, long = rag_built.predict(["", "  \n", "great " * 4000])
     assert empty == blank and empty.evidence == ()
-    counts = {label: sum(1 for i in rag_built._label_ids if LABELS[i] == label) for label in LABELS}
+    labels = rag_built.examples()[1]
+    counts = {label: labels.count(label) for label in LABELS}
     shares = {label: n / rag_built.size for label, n in counts.items()}
     assert empty.scores == pytest.approx(shares)  # no query: the label shares of the examples
     assert len("great " * 4000) > 20_000 and long.label in LABELS and long.evidence
@@ -123,17 +124,11 @@ def test_predict_rejects_a_bare_string_and_non_strings(rag_built):
 
 
 def test_k_larger_than_the_corpus_uses_every_example(rag_built):
-    clf = RagClassifier(
-        rag_built.embedder,
-        rag_built.index,
-        rag_built._texts,
-        [LABELS[i] for i in rag_built._label_ids],
-        k=10_000,
-        weighting="uniform",
-    )
+    texts, labels = rag_built.examples()
+    clf = RagClassifier(rag_built.embedder, rag_built.index, texts, labels, k=10_000, weighting="uniform")
     p = clf.predict(["what a day"])[0]
-    counts = np.bincount(rag_built._label_ids, minlength=3) / rag_built.size
-    assert list(p.scores.values()) == pytest.approx(counts.tolist())  # all 300 voted, one vote each
+    counts = [labels.count(label) / len(labels) for label in LABELS]
+    assert list(p.scores.values()) == pytest.approx(counts)  # all 300 voted, one vote each
 
 
 # --- adding examples live --------------------------------------------------------------------------------------
@@ -217,7 +212,7 @@ def test_concurrent_adds_are_all_kept(rag_dir):
     assert clf.size == 318
     reloaded = rag.load(rag_dir)
     assert reloaded.size == 318
-    assert {f"thread {n} example {i} about nothing" for n in range(6) for i in range(3)} <= set(reloaded._texts)
+    assert {f"thread {n} example {i} about nothing" for n in range(6) for i in range(3)} <= set(reloaded.examples()[0])
 
 
 # --- broken artifacts and mismatched embedders ----------------------------------------------------------------
