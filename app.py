@@ -31,8 +31,9 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}")
         gr.Markdown(
-            "**No backend is built yet.** The fine-tuned GPT-2 and the retrieval classifier arrive in later "
-            "releases; this page will then compare them side by side."
+            "**No backend is built yet for this page.** The retrieval classifier can be built from the command "
+            "line (`python -m rag.build`); the fine-tuned GPT-2 and the side-by-side comparison arrive in later "
+            "releases, and this page will then show both answers."
         )
         gr.Markdown("### Sources that would be used\n" + sources_markdown())
     return demo
