@@ -50,13 +50,14 @@ def main() -> None:
 
     vectors = clf.index.index.reconstruct_n(0, len(clf.index))
     flat = clf.index
-    variants = {"flat, threads tuned": (flat, rag.index.FEW_QUERIES), "flat, threads untuned": (flat, 0)}
+    tuned = rag.index.FEW_QUERIES
+    variants = {"flat, threads tuned": (flat, tuned), "flat, threads untuned": (flat, 0)}
     for kind in ("hnsw", "ivf"):
         start = time.perf_counter()
         index = VectorIndex.create(kind, flat.dim, train_vectors=vectors)
         index.add(vectors)
         print(f"{kind} index built from the vectors in {time.perf_counter() - start:.1f} s")
-        variants[f"{kind}, threads tuned"] = (index, rag.index.FEW_QUERIES)
+        variants[f"{kind}, threads tuned"] = (index, tuned)
 
     query_vectors = clf.embedder.encode(queries)
     batches = [queries[i : i + 64] for i in range(0, len(queries) - 63, 64)]
@@ -86,7 +87,7 @@ def main() -> None:
                 "same label as flat": float(agree),
             }
         )
-    rag.index.FEW_QUERIES = 16
+    rag.index.FEW_QUERIES = tuned
     clf.index = flat
     print()
     print(table(rows))

@@ -34,8 +34,6 @@ FORMAT_VERSION = 1
 INDEX_FILE, EXAMPLES_FILE, RUN_FILE = "index.faiss", "examples.parquet", "run.json"
 EVIDENCE_SIZE = 10
 """Neighbours returned as evidence with each prediction (the vote may use more)."""
-PROBE_TEXT = "the quick brown fox jumps over the lazy dog"
-"""Embedded at build time and again at load time: a different embedder (even of the same width) is caught."""
 PROBE_MIN_COSINE = 0.99
 
 
@@ -138,7 +136,9 @@ class RagClassifier:
                     results[i] = Prediction.from_scores(
                         dict(zip(self.labels, probs[row].tolist(), strict=True)), evidence
                     )
-            prior = self._prior()
+            if len(wanted) == len(texts):
+                return results  # type: ignore[return-value]
+            prior = self._prior()  # only blank queries need it: a count over every example
             return [r if r is not None else prior for r in results]
 
     def retrieve(self, query: str, k: int = EVIDENCE_SIZE) -> list[dict[str, Any]]:
@@ -227,7 +227,7 @@ class RagClassifier:
             "weighting": self.weighting,
             "temperature": self.temperature,
             "labels": self.labels,
-            "probe_embedding": self.embedder.encode([PROBE_TEXT])[0].round(6).tolist(),
+            "probe_embedding": self.embedder.probe.round(6).tolist(),
             "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         table = pa.table({"text": texts, "label": [self.labels[i] for i in label_ids]})
@@ -278,7 +278,7 @@ class RagClassifier:
             )
         probe = np.asarray(run.get("probe_embedding") or [], dtype=np.float32)
         if probe.shape == (index.dim,):
-            cosine = float(embedder.encode([PROBE_TEXT])[0] @ probe)
+            cosine = float(embedder.probe @ probe)
             if cosine < PROBE_MIN_COSINE:
                 raise ArtifactError(
                     f"{directory}: the embedder {embedder.name} is not the one this index was built with "

@@ -16,6 +16,8 @@ logger = logging.getLogger(__name__)
 
 FAST_PATH_MAX = 8
 """Up to this many texts skip `SentenceTransformer.encode` and run the model's modules directly (lower latency)."""
+PROBE_TEXT = "the quick brown fox jumps over the lazy dog"
+"""A fixed sentence whose embedding fingerprints a model: two embedders of the same width still differ on it."""
 PROGRESS_CHUNK = 2048
 """Texts embedded between two progress updates."""
 
@@ -57,6 +59,11 @@ class Embedder:
         if dim is None:  # pragma: no cover - every pooling model reports it
             dim = len(self.model.encode(["x"])[0])
         return int(dim)
+
+    @functools.cached_property
+    def probe(self) -> np.ndarray:
+        """The embedding of `PROBE_TEXT`, computed once per embedder (saved with an index, checked at load)."""
+        return self.encode([PROBE_TEXT])[0]
 
     def encode(
         self,
