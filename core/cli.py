@@ -41,6 +41,15 @@ def _optional_int(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {text!r}") from err
 
 
+def _optional_float(text: str) -> float | None:
+    if text.lower() in {"auto", "none"}:
+        return None
+    try:
+        return float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from err
+
+
 def field_docs(config_cls: type) -> dict[str, str]:
     """Field descriptions from the ``Args:`` section of the class docstring (``name: text`` entries).
 
@@ -98,6 +107,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
             kwargs.update(type=_parse_tuple(item), metavar=f"{item.__name__.upper()},...")
         elif base is int and optional:
             kwargs.update(type=_optional_int, metavar="N|all")
+        elif base is float and optional:
+            kwargs.update(type=_optional_float, metavar="X|auto")
         elif base in (int, float, str):
             kwargs.update(type=base, metavar=base.__name__.upper())
         else:  # pragma: no cover - configs use only the types above
@@ -115,7 +126,9 @@ def parse_config(
     config_cls: type[T], argv: list[str] | None, description: str, **extra: Any
 ) -> tuple[T, argparse.Namespace]:
     """Parse `argv` into `config_cls`; invalid values exit with status 2 and a message naming them."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False
+    )
     add_config_arguments(parser, config_cls)
     for flag, options in extra.items():
         parser.add_argument(_flag(flag), **options)

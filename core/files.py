@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -18,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 _OLD_SUFFIX = ".previous"
+
+
+class ArtifactError(ValueError):
+    """A saved artifact directory (model or index) that is missing a file, corrupted, or does not fit."""
 
 
 def _default_mode(directory: bool) -> int:
@@ -65,9 +70,35 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def _json_default(value: Any) -> Any:
+    # numpy scalars and arrays (metrics, vectors) without importing numpy here
+    if hasattr(value, "tolist") and callable(value.tolist):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def dumps_json(data: Any) -> str:
+    """Indented UTF-8 JSON with numpy values converted and non-finite floats written as null.
+
+    >>> json.loads(dumps_json({"a": float("nan"), "b": (1.5,)}))
+    {'a': None, 'b': [1.5]}
+    """
+    return json.dumps(_finite(data), indent=2, ensure_ascii=False, default=_json_default) + "\n"
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
+
 def atomic_write_json(path: str | Path, data: Any) -> None:
-    """Write `data` as indented JSON to `path` atomically."""
-    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+    """Write `data` as indented JSON (see `dumps_json`) to `path` atomically."""
+    atomic_write_text(path, dumps_json(data))
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:

@@ -58,6 +58,21 @@ class Prediction:
         return {"label": self.label, "scores": dict(self.scores), "evidence": [dict(e) for e in self.evidence]}
 
 
+def check_texts(texts: Sequence[str]) -> list[str]:
+    """`texts` as a list, or a TypeError saying what is wrong (a bare string, or items that are not strings).
+
+    >>> check_texts(("a", "b"))
+    ['a', 'b']
+    """
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not a single string; wrap it: [text]")
+    texts = list(texts)
+    bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"texts must be strings, got {sorted(set(bad))}")
+    return texts
+
+
 @runtime_checkable
 class Classifier(Protocol):
     """What compare/ and the app see of any backend (fine-tuned model, retrieval vote, hybrid...)."""

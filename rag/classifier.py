@@ -6,7 +6,6 @@ Every answer is explained by real examples (the `evidence`), and new labeled exa
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,9 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.data import load_tweets, stratified_indices, stratified_sample
-from core.files import dir_lock, read_json, recover_dir, staged_dir
+from core.files import ArtifactError, dir_lock, dumps_json, read_json, recover_dir, staged_dir
 from core.settings import resolve
-from core.types import LABELS, Prediction
+from core.types import LABELS, Prediction, check_texts
 from rag.config import WEIGHTINGS, RagConfig
 from rag.embed import Embedder, EmbedderError
 from rag.index import IndexFileError, VectorIndex
@@ -35,10 +34,6 @@ INDEX_FILE, EXAMPLES_FILE, RUN_FILE = "index.faiss", "examples.parquet", "run.js
 EVIDENCE_SIZE = 10
 """Neighbours returned as evidence with each prediction (the vote may use more)."""
 PROBE_MIN_COSINE = 0.99
-
-
-class ArtifactError(ValueError):
-    """A saved index directory that is missing a file, corrupted, or does not fit the embedder."""
 
 
 def vote(
@@ -121,7 +116,7 @@ class RagClassifier:
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         """Label each text by a weighted vote of its `k` nearest examples; evidence = the closest of them."""
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         if not texts:
             return []
         wanted = [i for i, t in enumerate(texts) if t.strip()]
@@ -168,7 +163,7 @@ class RagClassifier:
 
         All or nothing: if embedding or saving fails, neither memory nor disk changes. Returns the new size.
         """
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         labels = list(labels) if not isinstance(labels, str) else [labels]
         if len(texts) != len(labels):
             raise ValueError(f"add() got {len(texts)} texts but {len(labels)} labels")
@@ -234,7 +229,7 @@ class RagClassifier:
         with dir_lock(directory), staged_dir(directory) as stage:
             index.save(stage / INDEX_FILE)
             pq.write_table(table, stage / EXAMPLES_FILE)
-            (stage / RUN_FILE).write_text(_dumps(run), encoding="utf-8")
+            (stage / RUN_FILE).write_text(dumps_json(run), encoding="utf-8")
 
     @classmethod
     def load(cls, directory: str | Path, embedder: Embedder | str | None = None) -> RagClassifier:
@@ -401,32 +396,9 @@ def tune_vote(vectors: np.ndarray, label_ids: np.ndarray, cfg: RagConfig) -> dic
     return {"chosen": best, "validation_size": int(val_size), "grid": grid}
 
 
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError("predict() and add() take a list of texts, not a single string; wrap it: [text]")
-    texts = list(texts)
-    bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
-    if bad:
-        raise TypeError(f"texts must be strings, got {sorted(set(bad))}")
-    return texts
-
-
 def _recorded_embedder(run: dict) -> str | None:
     """The embedder named in run.json, or None (= resolve again) when it was a path that is not on this machine."""
     recorded = run.get("embedder")
     if recorded and (Path(recorded).exists() or not Path(recorded).is_absolute()):
         return recorded
     return None
-
-
-def _dumps(data: Any) -> str:
-    import json
-
-    def default(value: Any) -> Any:
-        if isinstance(value, (np.integer, np.floating)):
-            return value.item()
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-    return json.dumps(data, indent=2, ensure_ascii=False, default=default) + "\n"

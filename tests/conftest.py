@@ -91,3 +91,25 @@ def rag_built(small_train, embedder):
 def rag_dir(rag_built, tmp_path: Path) -> Path:
     """A fresh saved copy of `rag_built` in this test's tmp dir."""
     return rag_built.save(tmp_path / "rag")
+
+
+@pytest.fixture(scope="session")
+def ft_dir(shared_dir: Path, small_train, tmp_path_factory) -> Path:
+    """The tiny random GPT-2 fine-tuned for 2 epochs on 240 real tweets (60 more held out), saved once."""
+    from finetune.config import FinetuneConfig
+    from finetune.train import train
+
+    out = tmp_path_factory.mktemp("finetune") / "model"
+    cfg = FinetuneConfig(
+        base_model=str(shared_dir / "models" / "tiny-random-gpt2"), eval_size=60, epochs=2, out=str(out)
+    )
+    train(cfg, small_train, show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def finetuned(ft_dir: Path):
+    """The saved tiny fine-tuned model, loaded; tests must not mutate it."""
+    import finetune
+
+    return finetune.load(ft_dir)

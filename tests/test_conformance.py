@@ -6,7 +6,7 @@ import pytest
 
 from core.types import Classifier, Prediction
 
-BACKENDS = ["rag_built"]
+BACKENDS = ["rag_built", "finetuned"]
 QUERIES = ["I love this so much!", "worst service ever", "the bus leaves at 5", "", "ok " * 7000, "<script>x</script>"]
 
 

@@ -1,0 +1,259 @@
+"""A fine-tuned sequence classifier behind the `Classifier` contract: batched, length-sorted, optionally int8.
+
+Prediction: texts are tokenized once, sorted by length and cut into batches so that dynamic padding pads each
+batch only to its longest text; the model runs under ``torch.inference_mode()``. Texts longer than the model's
+``max_length`` tokens are truncated (the start is kept). An empty or blank text is defined, not an error: it is
+classified from the end-of-text token alone, which gives the model's prior.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.files import ArtifactError, read_json, recover_dir
+from core.types import Prediction, check_texts
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+RUN_FILE, LABELS_FILE, WEIGHTS_FILE, CARD_FILE = "run.json", "labels.json", "model.safetensors", "README.md"
+DEFAULT_BATCH_SIZE = 32
+
+
+class TextClassifier:
+    """A transformers sequence-classification model (GPT-2 or any other) that answers with `Prediction`s.
+
+    Args:
+        model: a loaded ``AutoModelForSequenceClassification`` model whose ``config.id2label`` are `labels`.
+        tokenizer: its tokenizer (a pad token is set if it has none).
+        labels: label names in the model's output order.
+        max_length: tokens kept per text.
+        batch_size: texts per forward pass.
+        name: the backend name shown in comparisons.
+        meta: run.json of the saved model (base model, from_scratch, metrics...).
+        quantized: whether `model` has int8 dynamic-quantized linear layers.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        labels: Sequence[str],
+        *,
+        max_length: int = 128,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        name: str = "finetune",
+        meta: dict[str, Any] | None = None,
+        directory: str | Path | None = None,
+        quantized: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.model = model.eval()
+        self.tokenizer = ensure_pad_token(tokenizer)
+        self.labels = list(labels)
+        self.max_length = int(max_length)
+        self.batch_size = int(batch_size)
+        self.name = name
+        self.meta = dict(meta or {})
+        self.directory = Path(directory) if directory is not None else None
+        self.quantized = quantized
+        self._empty_ids = _fallback_ids(self.tokenizer)
+        self._lock = threading.Lock()
+
+    @property
+    def from_scratch(self) -> bool:
+        """True when the weights were trained from a random init (no pretrained checkpoint)."""
+        return bool(self.meta.get("from_scratch"))
+
+    def describe(self) -> str:
+        """One line that says what this model is, including whether it was trained from scratch."""
+        base = self.meta.get("base_model", getattr(self.model.config, "_name_or_path", "?"))
+        what = f"{base}, trained from scratch (random init, no pretrained weights)" if self.from_scratch else base
+        size = self.meta.get("train_size")
+        trained = f", fine-tuned on {size} labeled examples" if size else ""
+        return f"{what}{trained}{', int8' if self.quantized else ''}"
+
+    # --- the Classifier contract ---------------------------------------------------------------------------------
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        """One `Prediction` per text (scores = softmax over the labels; no evidence)."""
+        probs = self.predict_proba(texts)
+        return [Prediction.from_scores(dict(zip(self.labels, row.tolist(), strict=True))) for row in probs]
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Label probabilities, shape ``(len(texts), len(labels))``, float64, rows summing to 1."""
+        texts = check_texts(texts)
+        probs = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
+        if not texts:
+            return probs
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        features = [{key: encoded[key][i] for key in encoded} for i in range(len(texts))]
+        for feature in features:
+            if not feature["input_ids"]:
+                feature.update(self._empty_ids)
+        order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
+        # inference_mode is thread-local and the model is read-only here; the lock only keeps two large batches
+        # from oversubscribing the CPU at once.
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                batch = self.tokenizer.pad([features[i] for i in rows], return_tensors="pt")
+                logits = self.model(**batch).logits
+                probs[rows] = torch.softmax(logits.double(), dim=-1).numpy()
+        return probs
+
+    # --- loading -------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        *,
+        quantize: bool | None = None,
+        threads: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        name: str = "finetune",
+    ) -> TextClassifier:
+        """Load a model saved by ``python -m finetune.train``.
+
+        Args:
+            quantize: int8 dynamic quantization for CPU serving; None = what run.json recorded at training.
+            threads: torch CPU threads (a process-wide torch setting); None leaves it alone.
+
+        Raises:
+            ArtifactError: no such directory, a missing or corrupted file, labels that do not match the model.
+        """
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        directory = recover_dir(Path(directory))
+        if not directory.is_dir():
+            raise ArtifactError(f"{directory}: no such model directory (train one with `python -m finetune.train`)")
+        try:
+            run = read_json(directory / RUN_FILE, "run.json")
+            labels = read_json(directory / LABELS_FILE, "labels.json")
+        except ValueError as err:
+            raise ArtifactError(str(err)) from err
+        kind = (run.get("backend"), run.get("format_version")) if isinstance(run, dict) else None
+        if kind != ("finetune", FORMAT_VERSION):
+            raise ArtifactError(f"{directory / RUN_FILE}: not the run.json of a format-{FORMAT_VERSION} fine-tune")
+        if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
+            raise ArtifactError(f"{directory / LABELS_FILE}: expected a list of label names, got {labels!r}")
+        check_weights(directory / WEIGHTS_FILE)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(directory, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        except (OSError, ValueError, RuntimeError, KeyError) as err:
+            raise ArtifactError(f"{directory}: the model or tokenizer cannot be loaded: {err}") from err
+        model_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        if model_labels != labels:
+            raise ArtifactError(
+                f"{directory}: labels.json says {labels} but the model's config says {model_labels}; "
+                "the files do not belong together"
+            )
+        quantize = bool(run.get("quantize")) if quantize is None else quantize
+        if quantize:
+            model = quantize_int8(model)
+        return cls(
+            model,
+            tokenizer,
+            labels,
+            max_length=int(run.get("max_length", 128)),
+            batch_size=batch_size,
+            name=name,
+            meta=run,
+            directory=directory,
+            quantized=quantize,
+        )
+
+
+GPT2Classifier = TextClassifier
+"""The design's name for the fine-tuned backend; the class serves any sequence-classification checkpoint."""
+
+
+def ensure_pad_token(tokenizer: Any) -> Any:
+    """Give a tokenizer without a pad token (GPT-2) its end-of-text token as the pad token."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has neither a pad nor an end-of-text token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _fallback_ids(tokenizer: Any) -> dict[str, list[int]]:
+    """What an empty text is encoded as when the tokenizer gives no tokens (GPT-2): the end-of-text token."""
+    token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
+    encoded = {"input_ids": [token_id], "attention_mask": [1]}
+    if "token_type_ids" in tokenizer.model_input_names:
+        encoded["token_type_ids"] = [0]
+    return encoded
+
+
+def check_weights(path: Path) -> None:
+    """Raise `ArtifactError` unless `path` is a complete safetensors file (header and every tensor readable)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise ArtifactError(f"{path}: model weights are missing")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
+                handle.get_slice(key).get_shape()
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ArtifactError(f"{path}: model weights are truncated or corrupted ({err})") from err
+    size = path.stat().st_size
+    expected = _safetensors_size(path)
+    if expected is not None and size < expected:
+        raise ArtifactError(f"{path}: model weights are truncated ({size} of {expected} bytes)")
+
+
+def _safetensors_size(path: Path) -> int | None:
+    import json
+    import struct
+
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return None
+        (header_len,) = struct.unpack("<Q", head)
+        try:
+            header = json.loads(handle.read(header_len))
+        except ValueError:
+            return None
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    return 8 + header_len + max(ends, default=0)
+
+
+def _conv1d_to_linear(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace GPT-2's `Conv1D` layers (a transposed linear) with `nn.Linear`, so dynamic quantization sees them."""
+    from transformers.pytorch_utils import Conv1D
+
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, Conv1D):
+                n_in, n_out = child.weight.shape
+                linear = torch.nn.Linear(n_in, n_out, bias=child.bias is not None)
+                with torch.no_grad():
+                    linear.weight.copy_(child.weight.t())
+                    if child.bias is not None:
+                        linear.bias.copy_(child.bias)
+                setattr(module, child_name, linear)
+    return model
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """int8 dynamic quantization of every linear layer (GPT-2's `Conv1D` included) for CPU inference."""
+    model = _conv1d_to_linear(model.eval())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao on every call
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)

@@ -1,0 +1,523 @@
+"""Fine-tune a sequence classifier with the Trainer: ``python -m finetune.train --data SRC --out DIR``.
+
+Every field of `FinetuneConfig` is a flag (``--base-model``, ``--from-scratch``, ``--train-size``, ``--epochs``...).
+The same command runs distributed: ``torchrun --nproc_per_node 2 -m finetune.train ...`` or
+``accelerate launch -m finetune.train ...`` (gloo on CPU); only the main process writes the model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.cli import parse_config, setup_logging
+from core.data import DataError, load_tweets, stratified_indices
+from core.files import atomic_write_json, dumps_json, read_json, staged_dir
+from core.settings import Source, SourceError, resolve
+from core.types import LABELS
+from finetune.config import SCRATCH_PRESETS, FinetuneConfig
+from finetune.model import CARD_FILE, FORMAT_VERSION, LABELS_FILE, RUN_FILE, ensure_pad_token
+
+logger = logging.getLogger(__name__)
+
+FINGERPRINT_FILE = "run_config.json"
+SCRATCH_NOTICE = (
+    "trained from scratch: GPT-2 architecture with random initial weights, no pretrained GPT-2 weights were used"
+)
+
+Progress = Callable[[float, str], None]
+_TRAIN_SHARE = 0.95  # of the progress bar; the final evaluation and the save take the rest
+
+
+class FinetuneError(ValueError):
+    """A fine-tuning run that cannot start: bad base model or tokenizer, labels that do not fit, too little data."""
+
+
+# --- data ------------------------------------------------------------------------------------------------------------
+
+
+def split_train_eval(dataset, train_size: int | None, eval_size: int, seed: int = 0):
+    """Carve a stratified evaluation slice of `eval_size` out of `dataset`, then take `train_size` of the rest.
+
+    The two never overlap, and the test split is never involved. Raises DataError when there is not enough data.
+    """
+    n = dataset.num_rows
+    if n == 0:
+        raise DataError("the training data has no examples")
+    if eval_size >= n:
+        raise DataError(f"eval_size {eval_size} leaves no training examples out of {n}")
+    if train_size is not None and train_size + eval_size > n:
+        raise DataError(
+            f"asked for {train_size} training + {eval_size} evaluation examples but the data has only {n}; "
+            f"use --train-size {n - eval_size} or less (or a smaller --eval-size)"
+        )
+    labels = list(dataset["label"])
+    eval_idx = stratified_indices(labels, eval_size, seed=seed)
+    taken = set(eval_idx)
+    rest = [i for i in range(n) if i not in taken]
+    if train_size is not None and train_size < len(rest):
+        picked = stratified_indices([labels[i] for i in rest], train_size, seed=seed)
+        rest = [rest[i] for i in picked]
+    return dataset.select(rest), dataset.select(eval_idx)
+
+
+def tokenize(dataset, tokenizer, labels: Sequence[str], max_length: int):
+    """Token ids (truncated at `max_length`, unpadded), integer ``labels`` and a ``length`` column for grouping."""
+    label_ids = {name: i for i, name in enumerate(labels)}
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        out = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        out["labels"] = [label_ids[label] for label in batch["label"]]
+        out["length"] = [len(ids) for ids in out["input_ids"]]
+        return out
+
+    tokenized = dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenizing")
+    return tokenized.filter(lambda row: row["length"] > 0, desc="dropping texts with no tokens")
+
+
+def compute_metrics(eval_pred) -> dict[str, float]:
+    """Accuracy and macro-F1 (scikit-learn) from the Trainer's logits and label ids."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    logits, label_ids = eval_pred.predictions, eval_pred.label_ids
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    predicted = np.asarray(logits).argmax(axis=-1)
+    return {
+        "accuracy": float(accuracy_score(label_ids, predicted)),
+        "macro_f1": float(f1_score(label_ids, predicted, average="macro", labels=range(len(LABELS)), zero_division=0)),
+    }
+
+
+# --- model -----------------------------------------------------------------------------------------------------------
+
+
+def check_base_model(cfg: FinetuneConfig) -> Source | None:
+    """Resolve the base model and check that its config loads and its labels (if any) fit; None from scratch."""
+    from transformers import AutoConfig
+
+    if cfg.from_scratch:
+        return None
+    try:
+        source = resolve("base_model", cfg.base_model)
+    except SourceError as err:
+        raise FinetuneError(f"{err} Or pass --from-scratch to train a GPT-2 from random weights.") from err
+    try:
+        config = AutoConfig.from_pretrained(source.value, local_files_only=source.is_local)
+    except Exception as err:  # whatever a broken checkpoint raises, the message names it
+        raise FinetuneError(f"base model {source.value!r} cannot be loaded: {err}") from err
+    existing = [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else []
+    generic = all(str(name).startswith("LABEL_") for name in existing)
+    if existing and not generic and existing != list(LABELS):
+        raise FinetuneError(
+            f"base model {source.value!r} is already a classifier for labels {existing}, but the data's labels are "
+            f"{list(LABELS)}; start from a base checkpoint (without a classification head for other labels)"
+        )
+    return source
+
+
+def load_tokenizer(cfg: FinetuneConfig, base: Source | None = None):
+    """The tokenizer: `cfg.tokenizer`, else the base model's own, else (from scratch) FTRAG_TOKENIZER / gpt2."""
+    from transformers import AutoTokenizer
+
+    wanted = cfg.tokenizer if cfg.tokenizer is not None else (base.value if base is not None else None)
+    try:
+        source = resolve("tokenizer", wanted)
+    except SourceError as err:
+        raise FinetuneError(str(err)) from err
+    path = Path(source.value)
+    try:
+        if source.is_local and not (path / "tokenizer_config.json").exists() and (path / "merges.txt").exists():
+            # A bare BPE vocabulary (vocab.json + merges.txt, like GPT-2's original release): GPT-2's tokenizer.
+            from transformers import GPT2TokenizerFast
+
+            tokenizer = GPT2TokenizerFast.from_pretrained(path, local_files_only=True)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(source.value, local_files_only=source.is_local)
+        ok = len(tokenizer) >= 10 and bool(tokenizer("hello world")["input_ids"])
+    except Exception as err:  # whatever a broken tokenizer directory raises, the message names it
+        raise FinetuneError(f"tokenizer {source.value!r} cannot be loaded: {err}") from err
+    if not ok:
+        raise FinetuneError(f"tokenizer {source.value!r} loaded with {len(tokenizer)} tokens and cannot encode text")
+    return ensure_pad_token(tokenizer), source
+
+
+def build_model(cfg: FinetuneConfig, tokenizer, base: Source | None) -> tuple[Any, str]:
+    """The model to train and a description of where its weights come from."""
+    from transformers import AutoModelForSequenceClassification, GPT2Config, GPT2ForSequenceClassification
+
+    id2label = dict(enumerate(LABELS))
+    label2id = {name: i for i, name in id2label.items()}
+    if base is None:
+        config = GPT2Config(
+            vocab_size=len(tokenizer),
+            num_labels=len(LABELS),
+            id2label=id2label,
+            label2id=label2id,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **SCRATCH_PRESETS[cfg.scratch_size],
+        )
+        return GPT2ForSequenceClassification(config), "gpt2 (architecture only, random init)"
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base.value,
+            num_labels=len(LABELS),
+            id2label=id2label,
+            label2id=label2id,
+            local_files_only=base.is_local,
+        )
+    except Exception as err:  # a checkpoint without weights, with the wrong shapes, of no classifier architecture
+        raise FinetuneError(f"base model {base.value!r} cannot be loaded as a sequence classifier: {err}") from err
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, base.value
+
+
+# --- progress --------------------------------------------------------------------------------------------------------
+
+
+def progress_callback(report: Progress):
+    """A `TrainerCallback` that calls ``report(fraction, message)`` after each step and evaluation (for the app)."""
+    from transformers import TrainerCallback
+
+    class _Progress(TrainerCallback):
+        done = False
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.done = True  # the final evaluation reports through `train` itself
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.max_steps and not self.done:
+                step, total, epoch = state.global_step, state.max_steps, state.epoch or 0.0
+                report(_TRAIN_SHARE * step / total, f"step {step}/{total}, epoch {epoch:.2f}")
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if metrics and state.max_steps and not self.done:
+                report(
+                    _TRAIN_SHARE * state.global_step / state.max_steps,
+                    f"epoch {state.epoch or 0:.2f}: eval accuracy {metrics.get('eval_accuracy', float('nan')):.4f}",
+                )
+
+    return _Progress()
+
+
+class _EpochCounter:
+    """Remembers the epoch a run (or a resumed run) started at, so throughput counts only this process's work."""
+
+    @staticmethod
+    def make():
+        from transformers import TrainerCallback
+
+        class Counter(TrainerCallback):
+            start_epoch = 0.0
+
+            def on_train_begin(self, args, state, control, **kwargs):
+                self.start_epoch = float(state.epoch or 0.0)
+
+            def epochs_done(self, state) -> float:
+                return max(float(state.epoch or 0.0) - self.start_epoch, 0.0)
+
+        return Counter()
+
+
+# --- the run ---------------------------------------------------------------------------------------------------------
+
+
+def train(
+    cfg: FinetuneConfig,
+    dataset=None,
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    callbacks: Sequence[Any] = (),
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune as `cfg` says and save the model to ``cfg.out``; returns the run record (run.json).
+
+    Args:
+        dataset: labeled examples (``text`` / ``label``) to use instead of the train split of ``cfg.data``; the
+            evaluation slice is carved from it too.
+        overwrite: replace a model already in ``cfg.out``. The old one stays until the new one is fully saved.
+        progress: ``progress(fraction, message)`` during training, for a UI.
+        callbacks: extra `TrainerCallback`s.
+
+    Raises:
+        FileExistsError: ``cfg.out`` holds a model and `overwrite` is False.
+        FinetuneError / DataError: see their docs. Nothing already saved is touched when these are raised.
+    """
+    import torch
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, set_seed
+
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} already holds a model; pass --overwrite to replace it")
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    report = progress or (lambda fraction, message: None)
+    start = time.perf_counter()
+    args = cfg.to_training_args(show_progress=show_progress)
+
+    report(0.0, "loading data")
+    with args.main_process_first(desc="loading data"):  # one process fills the datasets cache, the others read it
+        if dataset is None:
+            try:
+                data_source = resolve("data", cfg.data).describe()
+            except SourceError as err:
+                raise DataError(str(err)) from err
+            dataset = load_tweets(cfg.data, split="train", seed=cfg.seed)
+        else:
+            data_source = "in-memory dataset"
+        train_ds, eval_ds = split_train_eval(dataset, cfg.train_size, cfg.eval_size, seed=cfg.seed)
+
+        set_seed(cfg.seed)
+        report(0.0, "loading the tokenizer and the model")
+        base = check_base_model(cfg)
+        tokenizer, tokenizer_source = load_tokenizer(cfg, base)
+        model, base_description = build_model(cfg, tokenizer, base)
+        train_tok = tokenize(train_ds, tokenizer, LABELS, cfg.max_length)
+        eval_tok = tokenize(eval_ds, tokenizer, LABELS, cfg.max_length)
+    if train_tok.num_rows == 0:
+        raise DataError("no training example has any tokens")
+    if cfg.from_scratch:
+        logger.warning("GPT-2 is %s; expect far lower accuracy than a pretrained model.", SCRATCH_NOTICE)
+    n_params = sum(p.numel() for p in model.parameters())
+    preset = SCRATCH_PRESETS[cfg.scratch_size]
+    logger.info("Model: %s, %.1fM parameters; %s", base_description, n_params / 1e6, tokenizer_source.describe())
+
+    resume = _prepare_checkpoints(cfg, args)
+    counter = _EpochCounter.make()
+    trainer_callbacks = [*callbacks, counter]
+    if cfg.patience > 0:
+        trainer_callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.patience))
+    if progress is not None:
+        trainer_callbacks.append(progress_callback(report))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_tok,
+        eval_dataset=eval_tok,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+        callbacks=trainer_callbacks,
+    )
+    train_start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.perf_counter() - train_start
+    history = [
+        {k: v for k, v in row.items() if k in {"epoch", "step", "eval_accuracy", "eval_macro_f1", "eval_loss"}}
+        for row in trainer.state.log_history
+        if "eval_accuracy" in row
+    ]
+    report(0.97, "evaluating the best checkpoint")
+    final = trainer.evaluate()
+    stopped_early = trainer.state.global_step < trainer.state.max_steps
+    run = {
+        "format_version": FORMAT_VERSION,
+        "backend": "finetune",
+        "base_model": base_description,
+        "from_scratch": cfg.from_scratch,
+        "notice": SCRATCH_NOTICE if cfg.from_scratch else None,
+        "architecture": model.config.model_type,
+        "scratch_preset": {"name": cfg.scratch_size, **preset} if cfg.from_scratch else None,
+        "parameters": n_params,
+        "tokenizer": tokenizer_source.describe(),
+        "data_source": data_source,
+        "labels": list(LABELS),
+        "train_size": train_ds.num_rows,
+        "eval_size": eval_ds.num_rows,
+        "max_length": cfg.max_length,
+        "eval_accuracy": final.get("eval_accuracy"),
+        "eval_macro_f1": final.get("eval_macro_f1"),
+        "eval_loss": final.get("eval_loss"),
+        "best_checkpoint_step": _step_of(trainer.state.best_model_checkpoint),
+        "epochs_run": round(float(trainer.state.epoch or 0.0), 3),
+        "stopped_early": stopped_early,
+        "history": history,
+        "train_seconds": round(train_seconds, 2),
+        "total_seconds": round(time.perf_counter() - start, 2),
+        "train_samples_per_second": round(counter.epochs_done(trainer.state) * train_tok.num_rows / train_seconds, 2),
+        "resumed_from": f"checkpoint at step {_step_of(resume)}" if resume else None,
+        "world_size": args.world_size,
+        "device": str(args.device),
+        "quantize": cfg.quantize,
+        "versions": _versions(),
+        "config": asdict(cfg),
+    }
+    if args.should_save:
+        report(0.99, f"saving to {out}")
+        _save(trainer.model, tokenizer, run, out)
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(cfg.checkpoints_dir, ignore_errors=True)
+        logger.info(
+            "Saved %s: eval accuracy %.4f, macro-F1 %.4f, %.0f s of training",
+            out,
+            run["eval_accuracy"],
+            run["eval_macro_f1"],
+            train_seconds,
+        )
+    _barrier(args)
+    report(1.0, f"done: eval accuracy {run['eval_accuracy']:.4f}")
+    return run
+
+
+def _prepare_checkpoints(cfg: FinetuneConfig, args) -> str | None:
+    """The checkpoint to resume from (or None), with the checkpoints directory ready for this run.
+
+    Only the main process deletes or writes; every process decides before it does.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    directory = cfg.checkpoints_dir
+    has_checkpoints = directory.is_dir() and any(directory.glob("checkpoint-*"))
+    fingerprint = json.loads(dumps_json(cfg.training_fingerprint()))
+    resume = None
+    if has_checkpoints and cfg.resume:
+        try:
+            recorded = read_json(directory / FINGERPRINT_FILE, "checkpoint settings")
+        except ValueError:
+            recorded = None
+        if recorded != fingerprint:
+            recorded = recorded if isinstance(recorded, dict) else {}
+            changed = sorted(k for k in fingerprint if recorded.get(k) != fingerprint[k])
+            raise FinetuneError(
+                f"{directory} holds checkpoints of an interrupted run with other settings ({', '.join(changed)}); "
+                "pass --no-resume to discard them and start over, or run with the same settings to resume"
+            )
+        resume = get_last_checkpoint(str(directory))
+        logger.info("Resuming the interrupted run from %s", resume)
+    _barrier(args)  # every process has decided before the main one clears anything
+    if args.should_save:
+        if has_checkpoints and resume is None:
+            logger.info("Discarding the checkpoints of an earlier run in %s (--no-resume)", directory)
+            shutil.rmtree(directory)
+        atomic_write_json(directory / FINGERPRINT_FILE, fingerprint)
+    _barrier(args)
+    return resume
+
+
+def _save(model, tokenizer, run: dict[str, Any], out: Path) -> None:
+    """Write the model directory complete in a staging directory, then swap it in (the old one survives a crash)."""
+    with staged_dir(out) as stage:
+        model.save_pretrained(stage)
+        tokenizer.save_pretrained(stage)
+        (stage / LABELS_FILE).write_text(dumps_json(run["labels"]), encoding="utf-8")
+        (stage / CARD_FILE).write_text(model_card(run), encoding="utf-8")
+        (stage / RUN_FILE).write_text(dumps_json(run), encoding="utf-8")
+
+
+def model_card(run: dict[str, Any]) -> str:
+    """A Hugging Face model card (README.md) that says what was trained, on what, how well, and from what."""
+    scratch = bool(run.get("from_scratch"))
+    front = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-classification",
+        "tags:",
+        "- text-classification",
+        "- sentiment",
+        *(["- trained-from-scratch"] if scratch else []),
+        "---",
+        "",
+    ]
+    title = "GPT-2 trained from scratch" if scratch else "Fine-tuned"
+    title += " tweet sentiment classifier"
+    body = [f"# {title}", ""]
+    if scratch:
+        preset = run.get("scratch_preset") or {}
+        body += [
+            f"> **Trained from scratch.** This model has GPT-2's architecture ({preset.get('n_layer')} layers, "
+            f"{preset.get('n_embd')}-wide, {run.get('parameters', 0) / 1e6:.1f}M parameters) and GPT-2's tokenizer, "
+            "but its weights started random: no pretrained GPT-2 weights were used. Expect much lower accuracy than a "
+            "fine-tuned pretrained GPT-2.",
+            "",
+        ]
+    else:
+        body += [f"Base model: {run.get('base_model')}.", ""]
+    body += [
+        f"- Labels: {', '.join(run.get('labels', []))}",
+        f"- Data: {run.get('data_source')}; {run.get('train_size')} training examples, {run.get('eval_size')} "
+        "held-out evaluation examples carved from the training split",
+        f"- Evaluation accuracy: {run.get('eval_accuracy', float('nan')):.4f}; macro-F1: "
+        f"{run.get('eval_macro_f1', float('nan')):.4f}",
+        f"- Training: {run.get('epochs_run')} epochs, {run.get('train_seconds')} s "
+        f"({run.get('train_samples_per_second')} samples/s) on {run.get('device')}"
+        f"{', stopped early' if run.get('stopped_early') else ''}",
+        f"- Texts are truncated at {run.get('max_length')} tokens.",
+        "",
+        "Load it with `finetune.load(dir)` (or `transformers.AutoModelForSequenceClassification`).",
+        "",
+    ]
+    return "\n".join(front + body)
+
+
+def _step_of(path: str | None) -> int | None:
+    if not path:
+        return None
+    try:
+        return int(Path(path).name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _barrier(args) -> None:
+    import torch.distributed as dist
+
+    if args.world_size > 1 and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, args = parse_config(
+        FinetuneConfig,
+        argv,
+        __doc__.splitlines()[0],
+        overwrite={"action": "store_true", "help": "replace a model in --out (once the new one is saved)"},
+    )
+    setup_logging()
+    try:
+        run = train(cfg, overwrite=args.overwrite)
+    except (ValueError, FileExistsError) as err:  # DataError, FinetuneError, SourceError are ValueErrors
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        keys = (
+            "base_model",
+            "from_scratch",
+            "notice",
+            "data_source",
+            "train_size",
+            "eval_size",
+            "eval_accuracy",
+            "eval_macro_f1",
+            "epochs_run",
+            "train_seconds",
+            "train_samples_per_second",
+            "resumed_from",
+            "world_size",
+        )
+        print(json.dumps({"out": cfg.out, **{k: run[k] for k in keys}}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
