@@ -82,6 +82,16 @@ class TextClassifier:
         trained = f", fine-tuned on {size} labeled examples" if size else ""
         return f"{what}{trained}{', int8' if self.quantized else ''}"
 
+    def memory_bytes(self) -> int:
+        """Approximate memory held by the weights (int8 layers count their packed int8 weights)."""
+        total = 0
+        for value in self.model.state_dict().values():
+            if isinstance(value, torch.Tensor):
+                total += value.numel() * value.element_size()
+            elif isinstance(value, tuple):  # packed quantized linear params: (weight, bias)
+                total += sum(v.numel() * v.element_size() for v in value if isinstance(v, torch.Tensor))
+        return int(total)
+
     # --- the Classifier contract ---------------------------------------------------------------------------------
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:

@@ -114,8 +114,13 @@ class RagClassifier:
 
     # --- the Classifier contract ---------------------------------------------------------------------------------
 
-    def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        """Label each text by a weighted vote of its `k` nearest examples; evidence = the closest of them."""
+    def predict(self, texts: Sequence[str], *, exclude_identical: bool = False) -> list[Prediction]:
+        """Label each text by a weighted vote of its `k` nearest examples; evidence = the closest of them.
+
+        Args:
+            exclude_identical: leave out examples whose text equals the query (leave-one-out scoring of texts the
+                index holds, e.g. to tune something on a slice of the training data).
+        """
         texts = check_texts(texts)
         if not texts:
             return []
@@ -124,7 +129,10 @@ class RagClassifier:
         with self._lock:
             results: list[Prediction | None] = [None] * len(texts)
             if wanted:
-                scores, ids = self.index.search(vectors, self.k)
+                if exclude_identical:
+                    scores, ids = self._search_excluding([texts[i] for i in wanted], vectors)
+                else:
+                    scores, ids = self.index.search(vectors, self.k)
                 probs = vote(scores, ids, self._label_ids, len(self.labels), self.weighting, self.temperature)
                 for row, i in enumerate(wanted):
                     evidence = self._hits(scores[row, :EVIDENCE_SIZE], ids[row, :EVIDENCE_SIZE])
@@ -135,6 +143,17 @@ class RagClassifier:
                 return results  # type: ignore[return-value]
             prior = self._prior()  # only blank queries need it: a count over every example
             return [r if r is not None else prior for r in results]
+
+    def _search_excluding(self, queries: list[str], vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        extra = 8  # room for duplicates of the query in the index
+        scores, ids = self.index.search(vectors, self.k + extra)
+        out_scores = np.full((len(queries), self.k), -np.inf, dtype=scores.dtype)
+        out_ids = np.full((len(queries), self.k), -1, dtype=ids.dtype)
+        for row, query in enumerate(queries):
+            keep = [c for c, j in enumerate(ids[row]) if j >= 0 and self._texts[j] != query][: self.k]
+            out_scores[row, : len(keep)] = scores[row, keep]
+            out_ids[row, : len(keep)] = ids[row, keep]
+        return out_scores, out_ids
 
     def retrieve(self, query: str, k: int = EVIDENCE_SIZE) -> list[dict[str, Any]]:
         """The `k` labeled examples nearest to `query`, best first, as ``{"text", "label", "score"}``."""
@@ -184,6 +203,29 @@ class RagClassifier:
                 self._write(self.directory, index, all_texts, all_ids, meta)
             self.index, self._texts, self._label_ids, self.meta = index, all_texts, all_ids, meta
             return len(all_texts)
+
+    def copy(self) -> RagClassifier:
+        """An independent in-memory copy (same embedder, cloned index, no directory): `add` on it saves nothing."""
+        with self._lock:
+            return RagClassifier(
+                self.embedder,
+                VectorIndex(faiss.clone_index(self.index.index)),
+                list(self._texts),
+                [self.labels[i] for i in self._label_ids],
+                k=self.k,
+                weighting=self.weighting,
+                temperature=self.temperature,
+                label_names=self.labels,
+                name=self.name,
+                meta=dict(self.meta),
+            )
+
+    def memory_bytes(self) -> int:
+        """Approximate memory held: the index vectors, the example texts and the embedder's weights."""
+        vectors = self.index.index.ntotal * self.index.dim * 4
+        texts = sum(len(t.encode("utf-8")) for t in self._texts)
+        weights = sum(p.numel() * p.element_size() for p in self.embedder.model.parameters())
+        return int(vectors + texts + weights)
 
     def _to_ids(self, labels: Sequence[str]) -> np.ndarray:
         lookup = {name: i for i, name in enumerate(self.labels)}

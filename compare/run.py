@@ -1,0 +1,163 @@
+"""Compare the backends on the same labeled texts: ``python -m compare.run --finetune DIR --rag DIR --out DIR``.
+
+Writes report.json, report.md and PNG plots (confusion matrices, latency, reliability) to --out. With both
+backends, a hybrid of the two is fitted on the fine-tune's own evaluation slice (carved from train, scored
+leave-one-out by retrieval) and measured like the others, and the cost of absorbing new labeled examples is
+measured on a copy of the index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from compare.hybrid import fit_hybrid
+from compare.report import plot, render_markdown
+from compare.runner import DEFAULT_HOURLY_PRICE_USD, evaluate
+from compare.update import knowledge_update
+from core.cli import setup_logging
+from core.data import DataError, load_tweets, stratified_indices
+from core.files import ArtifactError, dumps_json, staged_dir
+from core.settings import SourceError, resolve
+
+logger = logging.getLogger(__name__)
+
+HYBRID_VALIDATION_MAX = 1000
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument("--finetune", metavar="DIR", help="a model saved by python -m finetune.train")
+    parser.add_argument("--rag", metavar="DIR", help="an index saved by python -m rag.build")
+    parser.add_argument("--quantize", action="store_true", help="serve the fine-tuned model with int8 weights")
+    parser.add_argument("--hybrid", action=argparse.BooleanOptionalAction, default=True, help="add the hybrid")
+    parser.add_argument("--data", default=None, help="labeled data source (default: FTRAG_DATA or the Hub dataset)")
+    parser.add_argument("--split", default="test", help="the split to evaluate on")
+    parser.add_argument("--limit", type=int, default=None, help="a seeded stratified sample of this many texts")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latency-queries", type=int, default=100, help="single queries timed per backend")
+    parser.add_argument("--hourly-price", type=float, default=DEFAULT_HOURLY_PRICE_USD, help="USD per machine-hour")
+    parser.add_argument(
+        "--update-examples", type=int, default=500, help="new examples for the knowledge-update figure; 0 = skip"
+    )
+    parser.add_argument("--out", default="artifacts/report", help="where the report goes")
+    args = parser.parse_args(argv)
+    if not args.finetune and not args.rag:
+        parser.error("give at least one backend: --finetune DIR and/or --rag DIR")
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be a positive integer, got {args.limit}")
+    if args.latency_queries < 1:
+        parser.error(f"--latency-queries must be at least 1, got {args.latency_queries}")
+    if not args.hourly_price > 0:
+        parser.error(f"--hourly-price must be positive, got {args.hourly_price}")
+    if args.update_examples < 0:
+        parser.error(f"--update-examples must not be negative, got {args.update_examples}")
+    return args
+
+
+def hybrid_validation(finetune_meta: dict[str, Any], data: str | None) -> tuple[list[str], list[str]] | None:
+    """The fine-tune's evaluation slice (recomputed from its run.json), at most HYBRID_VALIDATION_MAX texts."""
+    from finetune.train import split_train_eval
+
+    config = finetune_meta.get("config") or {}
+    if finetune_meta.get("data_source") == "in-memory dataset" or "eval_size" not in config:
+        return None
+    train = load_tweets(config.get("data") or data, split="train")
+    _, evaluation = split_train_eval(train, config.get("train_size"), config["eval_size"], seed=config.get("seed", 0))
+    texts, labels = list(evaluation["text"]), list(evaluation["label"])
+    return texts[:HYBRID_VALIDATION_MAX], labels[:HYBRID_VALIDATION_MAX]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import finetune
+    import rag
+
+    classifiers: dict[str, Any] = {}
+    if args.finetune:
+        classifiers["finetune"] = finetune.load(args.finetune, quantize=args.quantize)
+    if args.rag:
+        classifiers["rag"] = rag.load(args.rag)
+    try:
+        source = resolve("data", args.data).describe()
+    except SourceError as err:
+        raise DataError(str(err)) from err
+    dataset = load_tweets(args.data, split=args.split, limit=args.limit, seed=args.seed)
+    notes = []
+    if args.hybrid and len(classifiers) == 2:
+        slice_ = hybrid_validation(classifiers["finetune"].meta, args.data)
+        if slice_ is None:
+            notes.append("no hybrid: the fine-tune's evaluation slice cannot be recomputed from its run.json")
+        else:
+            texts, labels = slice_
+            logger.info("Fitting the hybrid on %d texts of the fine-tune's evaluation slice", len(texts))
+            left_out = classifiers["rag"].predict(texts, exclude_identical=True)
+            classifiers["hybrid"] = fit_hybrid(classifiers["finetune"], classifiers["rag"], texts, labels, left_out)
+    report = evaluate(
+        classifiers,
+        dataset,
+        data_source=source,
+        split=args.split,
+        latency_queries=args.latency_queries,
+        hourly_price=args.hourly_price,
+    )
+    if "hybrid" in classifiers:
+        report["backends"]["hybrid"]["fit"] = {
+            k: v for k, v in classifiers["hybrid"].meta["fit"].items() if k != "grid"
+        }
+    if args.update_examples and "rag" in classifiers:
+        n = min(args.update_examples, dataset.num_rows // 2)
+        new = stratified_indices(list(dataset["label"]), n, seed=args.seed)
+        taken = set(new)
+        heldout = [i for i in range(dataset.num_rows) if i not in taken]
+        report["knowledge_update"] = knowledge_update(
+            classifiers["rag"],
+            classifiers["finetune"].meta if "finetune" in classifiers else None,
+            [dataset["text"][i] for i in new],
+            [dataset["label"][i] for i in new],
+            [dataset["text"][i] for i in heldout],
+            [dataset["label"][i] for i in heldout],
+        )
+        report["knowledge_update"]["source"] = f"{n} texts of the evaluated split as new examples, the rest held out"
+    report["notes"] = notes
+    return report
+
+
+def write(report: dict[str, Any], out: str | Path) -> Path:
+    """report.json, report.md and the plots, swapped into `out` together."""
+    out = Path(out)
+    with staged_dir(out) as stage:
+        plots = plot(report, stage)
+        (stage / "report.json").write_text(dumps_json(report), encoding="utf-8")
+        (stage / "report.md").write_text(render_markdown(report, [p.name for p in plots]), encoding="utf-8")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    try:
+        report = run(args)
+        write(report, args.out)
+    except (ValueError, ArtifactError) as err:  # DataError, SourceError, bad backends
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = {
+        name: {k: b.get(k) for k in ("accuracy", "macro_f1", "latency_ms", "samples_per_second")}
+        for name, b in report["backends"].items()
+    }
+    for name in summary:
+        summary[name]["latency_ms"] = {k: v for k, v in (summary[name]["latency_ms"] or {}).items() if k != "mean"}
+    print(json.dumps({"out": str(args.out), "n": report["dataset"]["n"], "backends": summary}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Run the same labeled queries through every backend and collect what the decision needs.
+
+`evaluate` returns the report: per backend the metrics, calibration, latency, throughput and cost; agreement
+between backends and the examples where they disagree. `render_markdown` and `plot` turn it into report.md and
+PNGs. Nothing here knows how a backend works inside: only the `Classifier` contract and its ``meta``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import logging
+import os
+import platform
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from compare.latency import measure
+from compare.metrics import agreement, summary
+from core.types import Classifier
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+DEFAULT_HOURLY_PRICE_USD = 0.10
+"""On-demand price of a small 2-vCPU cloud machine like the one measured here (pass your own)."""
+
+Progress = Callable[[float, str], None]
+
+
+def check_backends(classifiers: Mapping[str, Classifier], dataset_labels: Sequence[str] = ()) -> list[str]:
+    """The shared label list, or a ValueError when backends disagree on labels or the data has labels none knows."""
+    if not classifiers:
+        raise ValueError("no backends to compare")
+    items = list(classifiers.items())
+    labels = list(items[0][1].labels)
+    for name, clf in items[1:]:
+        if set(clf.labels) != set(labels):
+            raise ValueError(
+                f"backends have different label sets: {items[0][0]} has {sorted(labels)}, {name} has "
+                f"{sorted(clf.labels)}"
+            )
+    unknown = sorted(set(dataset_labels) - set(labels))
+    if unknown:
+        raise ValueError(f"the data has labels {unknown} that the backends do not know (they know {labels})")
+    return labels
+
+
+def cost(samples_per_second: float, one_off_seconds: float | None, hourly_price: float) -> dict[str, float | None]:
+    """Serving cost per million queries at the measured batch throughput, and the one-off build/training cost.
+
+    >>> cost(100.0, 3600.0, 0.10)
+    {'per_million_queries_usd': 0.2778, 'one_off_usd': 0.1, 'hourly_price_usd': 0.1}
+    """
+    per_million = hourly_price * 1e6 / (samples_per_second * 3600.0) if samples_per_second > 0 else None
+    return {
+        "per_million_queries_usd": round(per_million, 4) if per_million is not None else None,
+        "one_off_usd": round(hourly_price * one_off_seconds / 3600.0, 4) if one_off_seconds is not None else None,
+        "hourly_price_usd": hourly_price,
+    }
+
+
+def _size_on_disk(directory: Path | None) -> float | None:
+    if directory is None or not Path(directory).is_dir():
+        return None
+    return round(sum(f.stat().st_size for f in Path(directory).rglob("*") if f.is_file()) / 2**20, 2)
+
+
+def _describe(clf: Classifier) -> dict[str, Any]:
+    meta = getattr(clf, "meta", {}) or {}
+    describe = getattr(clf, "describe", None)
+    one_off = meta.get("train_seconds", meta.get("build_seconds"))
+    memory = getattr(clf, "memory_bytes", None)
+    return {
+        "description": describe() if callable(describe) else clf.name,
+        "from_scratch": bool(meta.get("from_scratch", False)),
+        "notice": meta.get("notice"),
+        "data_source": meta.get("data_source"),
+        "train_size": meta.get("train_size", meta.get("size")),
+        "one_off_seconds": one_off,
+        "one_off_kind": "train" if "train_seconds" in meta else ("build" if "build_seconds" in meta else None),
+        "size_on_disk_mb": _size_on_disk(getattr(clf, "directory", None)),
+        "memory_mb": round(memory() / 2**20, 1) if callable(memory) else None,
+    }
+
+
+def evaluate(
+    classifiers: Mapping[str, Classifier] | Sequence[Classifier],
+    dataset,
+    *,
+    data_source: str | None = None,
+    split: str | None = None,
+    latency_queries: int = 100,
+    batch_size: int = 64,
+    batch_rounds: int = 3,
+    hourly_price: float = DEFAULT_HOURLY_PRICE_USD,
+    max_disagreements: int = 25,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Score every backend on `dataset` (``text`` / ``label``) and time them; returns the report dict.
+
+    Raises:
+        ValueError: no backends, different label sets, labels the backends do not know, an empty dataset, a
+            non-positive price.
+    """
+    if not isinstance(classifiers, Mapping):
+        classifiers = {clf.name: clf for clf in classifiers}
+    texts, references = list(dataset["text"]), list(dataset["label"])
+    if not texts:
+        raise ValueError("the evaluation slice is empty")
+    if not hourly_price > 0:
+        raise ValueError(f"hourly_price must be positive, got {hourly_price}")
+    labels = check_backends(classifiers, references)
+    report_progress = progress or (lambda fraction, message: None)
+    n_backends = len(classifiers)
+
+    backends: dict[str, dict[str, Any]] = {}
+    predictions: dict[str, list[str]] = {}
+    for i, (name, clf) in enumerate(classifiers.items()):
+        report_progress(0.6 * i / n_backends, f"{name}: classifying {len(texts)} texts")
+        start = time.perf_counter()
+        answers = clf.predict(texts)
+        seconds = time.perf_counter() - start
+        predictions[name] = [p.label for p in answers]
+        confidences = [max(p.scores.values()) for p in answers]
+        backends[name] = {
+            **summary(predictions[name], references, labels, confidences),
+            "evaluation_seconds": round(seconds, 3),
+            **_describe(clf),
+        }
+        logger.info("%s: accuracy %.4f on %d texts", name, backends[name]["accuracy"], len(texts))
+
+    report_progress(0.6, "timing single queries and batches")
+    timed = measure(
+        classifiers,
+        texts[:latency_queries],
+        batch_size=batch_size,
+        batch_rounds=batch_rounds,
+        progress=lambda f, m: report_progress(0.6 + 0.35 * f, m),
+    )
+    for name, t in timed.items():
+        backends[name]["latency_ms"] = {k: round(v, 3) for k, v in t["latency_ms"].items()}
+        backends[name]["latency_samples_ms"] = [round(v, 3) for v in t["samples"]]
+        backends[name]["samples_per_second"] = round(t["samples_per_second"], 2)
+        backends[name]["cost"] = cost(t["samples_per_second"], backends[name]["one_off_seconds"], hourly_price)
+
+    pairs = {
+        f"{a} vs {b}": agreement(predictions[a], predictions[b]) for a, b in itertools.combinations(predictions, 2)
+    }
+    disagreements = [
+        {"text": text, "reference": ref, "predictions": {name: predictions[name][i] for name in predictions}}
+        for i, (text, ref) in enumerate(zip(texts, references, strict=True))
+        if len({predictions[name][i] for name in predictions}) > 1
+    ]
+    report_progress(1.0, "done")
+    return {
+        "format_version": FORMAT_VERSION,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "dataset": {
+            "source": data_source,
+            "split": split,
+            "n": len(texts),
+            "label_counts": dict(Counter(references)),
+        },
+        "labels": labels,
+        "machine": machine(),
+        "latency": {"queries": min(latency_queries, len(texts)), "batch_size": batch_size, "interleaved": True},
+        "hourly_price_usd": hourly_price,
+        "backends": backends,
+        "agreement": pairs,
+        "disagreement_count": len(disagreements),
+        "disagreements": disagreements[:max_disagreements],
+    }
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def check_report(report: Any) -> dict[str, Any]:
+    """A report as written by this version, or a ValueError saying what is wrong with it."""
+    if not isinstance(report, dict) or "backends" not in report:
+        raise ValueError("not a comparison report (no 'backends')")
+    version = report.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"report format {version!r} is not supported (this version reads format {FORMAT_VERSION}); "
+            "re-run `python -m compare.run` to regenerate it"
+        )
+    if not report["backends"]:
+        raise ValueError("the report has no backends")
+    return report

@@ -1,0 +1,409 @@
+"""compare/: metrics, latency, the runner on two tiny real backends, hybrid, reports, decide(), the CLIs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+from compare import metrics
+from compare.curve import learning_curve, parse_sizes
+from compare.decide import Constraints, crossover, decide
+from compare.decide import main as decide_main
+from compare.hybrid import HybridClassifier, combine, fit_hybrid
+from compare.latency import measure
+from compare.report import escape_markdown, plot, render_markdown
+from compare.run import main as run_main
+from compare.runner import check_report, cost, evaluate
+from core.types import LABELS, Prediction
+
+# --- metrics ---------------------------------------------------------------------------------------------------------
+
+
+def test_metrics_match_scikit_learn_on_random_labels():
+    rng = np.random.default_rng(0)
+    refs = list(rng.choice(LABELS, 500))
+    preds = list(rng.choice(LABELS, 500, p=[0.5, 0.3, 0.2]))
+    assert metrics.accuracy(preds, refs) == pytest.approx(accuracy_score(refs, preds))
+    assert metrics.macro_f1(preds, refs, LABELS) == pytest.approx(f1_score(refs, preds, average="macro"))
+    assert metrics.confusion(preds, refs, LABELS) == confusion_matrix(refs, preds, labels=list(LABELS)).tolist()
+    _, r, _, s = precision_recall_fscore_support(refs, preds, labels=list(LABELS))
+    table = metrics.per_class(preds, refs, LABELS)
+    assert [table[label]["recall"] for label in LABELS] == pytest.approx(r)
+    assert [table[label]["support"] for label in LABELS] == s.tolist()
+
+
+def test_metrics_by_hand_with_a_label_never_seen():
+    refs = ["negative", "negative", "positive", "positive"]
+    preds = ["negative", "positive", "positive", "positive"]
+    assert metrics.accuracy(preds, refs) == 0.75
+    # negative: P=1, R=.5, F1=2/3; positive: P=2/3, R=1, F1=.8; neutral: 0 -> macro = (2/3 + .8 + 0) / 3
+    assert metrics.macro_f1(preds, refs, LABELS) == pytest.approx((2 / 3 + 0.8) / 3)
+    assert metrics.confusion(preds, refs, LABELS) == [[1, 0, 1], [0, 0, 0], [0, 0, 2]]
+    assert metrics.agreement(preds, refs) == 0.75
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: metrics.accuracy(["a"], ["a", "b"]), "1 predictions for 2 references"),
+        (lambda: metrics.accuracy([], []), "no examples"),
+        (lambda: metrics.agreement(["a"], []), "cannot compare"),
+        (lambda: metrics.calibration([0.5], [True, False]), "1 confidences for 2 outcomes"),
+        (lambda: metrics.calibration([], []), "no predictions"),
+    ],
+)
+def test_metrics_reject_mismatched_input(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_calibration_of_a_perfectly_calibrated_and_an_overconfident_model():
+    rng = np.random.default_rng(1)
+    conf = rng.uniform(0.34, 1.0, 20000)
+    calibrated = rng.uniform(size=conf.size) < conf
+    assert metrics.calibration(conf, calibrated)["ece"] < 0.02
+    always_sure = np.full(1000, 0.99)
+    half_right = np.arange(1000) % 2 == 0
+    result = metrics.calibration(always_sure, half_right)
+    assert result["ece"] == pytest.approx(0.49)
+    assert sum(b["count"] for b in result["bins"]) == 1000
+
+
+# --- latency ---------------------------------------------------------------------------------------------------------
+
+
+class Sleeper:
+    """A classifier that takes `base` seconds per call plus `per_text` per text, and logs who was called."""
+
+    labels = list(LABELS)
+
+    def __init__(self, name: str, base: float, per_text: float = 0.0, log: list | None = None) -> None:
+        self.name, self.base, self.per_text, self.log = name, base, per_text, log
+
+    def predict(self, texts):
+        if self.log is not None:
+            self.log.append(self.name)
+        time.sleep(self.base + self.per_text * len(texts))
+        return [Prediction.from_scores({"negative": 0.2, "neutral": 0.5, "positive": 0.3}) for _ in texts]
+
+
+def test_latency_is_measured_interleaved_with_warmup_excluded():
+    log: list[str] = []
+    fast, slow = Sleeper("fast", 0.004, 0.0002, log), Sleeper("slow", 0.012, 0.0002, log)
+    result = measure({"fast": fast, "slow": slow}, ["q"] * 10, warmup=2, batch_size=20, batch_rounds=2)
+    assert result["fast"]["latency_ms"]["p50"] == pytest.approx(4.2, abs=1.5)
+    assert result["slow"]["latency_ms"]["p50"] == pytest.approx(12.2, abs=1.5)
+    assert len(result["fast"]["samples"]) == 10  # warm-up calls are not in the samples
+    # 20 texts take 4 + 4 = 8 ms (fast) and 12 + 4 = 16 ms (slow): 2,500 and 1,250 texts/s
+    assert result["fast"]["samples_per_second"] == pytest.approx(2500, rel=0.25)
+    assert result["slow"]["samples_per_second"] == pytest.approx(1250, rel=0.25)
+    timed = log[4:24]  # after 2 warm-up calls each
+    assert timed == ["fast", "slow"] * 10
+
+
+def test_cost_per_million_queries():
+    assert cost(1000.0, None, 0.36) == {"per_million_queries_usd": 0.1, "one_off_usd": None, "hourly_price_usd": 0.36}
+
+
+# --- hybrid ----------------------------------------------------------------------------------------------------------
+
+
+class Fixed:
+    """A classifier with one fixed score vector per text, from a dict."""
+
+    labels = list(LABELS)
+
+    def __init__(self, name: str, table: dict[str, dict[str, float]], evidence: bool = False) -> None:
+        self.name, self.table, self.evidence = name, table, evidence
+
+    def predict(self, texts):
+        ev = [{"text": "neighbour", "label": "neutral", "score": 0.9}] if self.evidence else []
+        return [Prediction.from_scores(self.table[t], ev) for t in texts]
+
+
+def _scores(neg, neu, pos):
+    return {"negative": neg, "neutral": neu, "positive": pos}
+
+
+def test_hybrid_gate_consults_the_secondary_only_when_the_primary_is_unsure():
+    primary = Fixed("ft", {"sure": _scores(0.9, 0.05, 0.05), "unsure": _scores(0.4, 0.35, 0.25)})
+    calls: list[list[str]] = []
+
+    class Spy(Fixed):
+        def predict(self, texts):
+            calls.append(list(texts))
+            return super().predict(texts)
+
+    secondary = Spy("rag", {"sure": _scores(0, 0, 1), "unsure": _scores(0, 0, 1)}, evidence=True)
+    hybrid = HybridClassifier(primary, secondary, mode="gate", threshold=0.6)
+    sure, unsure = hybrid.predict(["sure", "unsure"])
+    assert sure.label == "negative" and unsure.label == "positive" and unsure.evidence
+    assert calls == [["unsure"]]
+
+
+def test_hybrid_mix_and_its_checks():
+    a = Prediction.from_scores(_scores(0.6, 0.3, 0.1))
+    b = Prediction.from_scores(_scores(0.0, 0.2, 0.8))
+    mixed = combine(a, b, 0.5, LABELS)
+    assert mixed.scores == pytest.approx(_scores(0.3, 0.25, 0.45)) and mixed.label == "positive"
+    other = Fixed("other", {})
+    other.labels = ["spam", "ham"]
+    with pytest.raises(ValueError, match="different labels"):
+        HybridClassifier(Fixed("ft", {}), other)
+    with pytest.raises(ValueError, match="mode must be"):
+        HybridClassifier(Fixed("ft", {}), Fixed("rag", {}), mode="vote")
+
+
+def test_fit_hybrid_picks_the_gate_that_fixes_the_primary_when_unsure():
+    # the primary is right when sure (>= 0.7) and wrong when unsure; the secondary is always right
+    table_p, table_s, refs = {}, {}, []
+    for i in range(40):
+        text = f"t{i}"
+        truth = LABELS[i % 3]
+        wrong = LABELS[(i + 1) % 3]
+        sure = i % 2 == 0
+        top = truth if sure else wrong
+        high, low = (0.8, 0.1) if sure else (0.5, 0.25)
+        table_p[text] = {label: high if label == top else low for label in LABELS}
+        table_s[text] = {label: 0.6 if label == truth else 0.2 for label in LABELS}
+        refs.append(truth)
+    hybrid = fit_hybrid(Fixed("ft", table_p), Fixed("rag", table_s), list(table_p), refs)
+    fit = hybrid.meta["fit"]
+    assert fit["primary_accuracy"] == 0.5 and fit["secondary_accuracy"] == 1.0
+    assert fit["chosen"]["accuracy"] == 1.0
+    assert [p.label for p in hybrid.predict(list(table_p))] == refs
+
+
+# --- runner and reports on two tiny real backends ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def report(rag_built, finetuned, small_test):
+    return evaluate(
+        {"finetune": finetuned, "rag": rag_built},
+        small_test.select(range(60)),
+        data_source="test slice",
+        split="test",
+        latency_queries=8,
+        batch_size=16,
+        batch_rounds=1,
+    )
+
+
+def test_runner_reports_every_backend_the_same_way(report, small_test):
+    assert set(report["backends"]) == {"finetune", "rag"}
+    for b in report["backends"].values():
+        assert 0 <= b["accuracy"] <= 1 and 0 <= b["macro_f1"] <= 1
+        assert np.array(b["confusion_matrix"]).sum() == 60
+        assert set(b["latency_ms"]) == {"p50", "p95", "p99", "mean"} and len(b["latency_samples_ms"]) == 8
+        assert b["samples_per_second"] > 0 and b["cost"]["per_million_queries_usd"] > 0
+        assert 0 <= b["calibration"]["ece"] <= 1
+        assert b["memory_mb"] > 0
+    assert report["backends"]["finetune"]["one_off_kind"] == "train"
+    assert report["backends"]["rag"]["one_off_kind"] == "build"
+    assert "finetune vs rag" in report["agreement"]
+    assert report["disagreement_count"] == round(60 * (1 - report["agreement"]["finetune vs rag"]))
+    for d in report["disagreements"]:
+        assert d["predictions"]["finetune"] != d["predictions"]["rag"]
+
+
+def test_runner_rejects_bad_input(rag_built, finetuned, small_test):
+    other = Fixed("other", {})
+    other.labels = ["spam", "ham"]
+    with pytest.raises(ValueError, match="different label sets"):
+        evaluate({"rag": rag_built, "other": other}, small_test)
+    with pytest.raises(ValueError, match="empty"):
+        evaluate({"rag": rag_built}, small_test.select([]))
+    with pytest.raises(ValueError, match="no backends"):
+        evaluate({}, small_test)
+    with pytest.raises(ValueError, match="hourly_price"):
+        evaluate({"rag": rag_built}, small_test, hourly_price=0)
+
+
+def test_old_or_foreign_reports_are_refused(report):
+    with pytest.raises(ValueError, match="format 0 is not supported|format 0"):
+        check_report({**report, "format_version": 0})
+    with pytest.raises(ValueError, match="not a comparison report"):
+        check_report({"hello": 1})
+
+
+def test_markdown_report_escapes_tweets_and_plots_are_pngs(report, tmp_path):
+    hostile = {**report, "disagreements": [{"text": "<script>alert(1)</script> [x](http://e.vil) | =cmd",
+                                             "reference": "neutral",
+                                             "predictions": {"finetune": "negative", "rag": "positive"}}]}  # fmt: skip
+    text = render_markdown(hostile)
+    assert "<script>" not in text and "\\<script\\>" in text and "[x](" not in text
+    assert "| finetune |" not in text or "accuracy" in text
+    paths = plot(report, tmp_path)
+    assert {p.name for p in paths} == {"confusion_matrices.png", "latency.png", "reliability.png"}
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert escape_markdown("a\nb  c") == "a b c"
+
+
+# --- decide ----------------------------------------------------------------------------------------------------------
+
+
+def synthetic_report(ft_acc=0.80, rag_acc=0.66, hybrid_acc=0.81, ft_p95=30.0, rag_p95=12.0, n=3534):
+    def backend(acc, p95, **extra):
+        return {"accuracy": acc, "macro_f1": acc, "latency_ms": {"p50": p95 * 0.8, "p95": p95, "p99": p95 * 1.2},
+                "samples_per_second": 300.0, **extra}  # fmt: skip
+
+    return {
+        "format_version": 1,
+        "dataset": {"n": n, "split": "test", "source": "x"},
+        "backends": {
+            "finetune": backend(ft_acc, ft_p95, train_size=26480),
+            "rag": backend(rag_acc, rag_p95),
+            "hybrid": backend(hybrid_acc, ft_p95 + rag_p95),
+        },
+        "knowledge_update": {
+            "new_examples": 500,
+            "rag": {"seconds": 2.1, "accuracy_change": 0.004},
+            "finetune": {"seconds": 1980.0},
+        },
+    }
+
+
+CURVE = {"sizes": [100, 300, 1000, 3000], "backends": {"finetune": [0.40, 0.52, 0.66, 0.72],
+                                                       "rag": [0.50, 0.57, 0.61, 0.63]}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("report_kw", "constraints", "curve", "choice", "must_cite"),
+    [
+        ({}, Constraints(), None, "fine-tune", ["0.8000"]),  # hybrid's +1 point is within noise: the simpler one
+        ({"hybrid_acc": 0.85}, Constraints(), None, "hybrid", ["0.8500"]),
+        ({}, Constraints(latency_budget_ms=20), None, "rag", ["p95 latency 30.0 ms exceeds the 20 ms budget"]),
+        ({"rag_acc": 0.795}, Constraints(updates="daily"), None, "rag", ["2.1 s", "33 min"]),
+        ({}, Constraints(need_evidence=True), None, "hybrid", ["shows no labeled examples"]),
+        ({}, Constraints(labeled_examples=3000), CURVE, "fine-tune", ["overtakes retrieval from 1000"]),
+        (
+            {"ft_acc": 0.66, "hybrid_acc": 0.64},
+            Constraints(labeled_examples=300),
+            CURVE,
+            "rag",
+            ["favours rag", "fine-tune 0.5200, RAG 0.5700"],
+        ),
+        ({}, Constraints(accuracy_target=0.9), None, None, ["below the 0.9000 target"]),
+    ],
+    ids=["accuracy", "hybrid-wins", "latency", "freshness", "evidence", "curve-measured", "curve-few-labels", "none"],
+)
+def test_decide_table(report_kw, constraints, curve, choice, must_cite):
+    rec = decide(synthetic_report(**report_kw), constraints, curve)
+    assert rec.choice == choice
+    text = json.dumps(rec.to_dict())
+    for cited in must_cite:
+        assert cited in text
+    for r in rec.reasons:
+        assert r["criterion"] in {"task nature", "data availability", "resource limits", "freshness",
+                                  "explainability", "constraint"}  # fmt: skip
+        assert any(ch.isdigit() for ch in r["text"])  # every reason cites a number
+    if choice is None:
+        assert rec.caveats and "no measured backend meets every constraint" in rec.caveats[0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"labeled_examples": 0}, "labeled_examples"),
+        ({"accuracy_target": 1.5}, "accuracy_target"),
+        ({"latency_budget_ms": -1}, "latency_budget_ms"),
+        ({"updates": "hourly"}, "updates"),
+        ({"hardware": "tpu"}, "hardware"),
+    ],
+)
+def test_constraints_out_of_range(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Constraints(**kwargs)
+
+
+def test_crossover_of_a_curve():
+    assert crossover(CURVE) == 1000
+    assert crossover({"sizes": [1, 2], "backends": {"finetune": [0.1, 0.2], "rag": [0.5, 0.6]}}) is None
+
+
+def test_decide_cli(tmp_path, capsys):
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(synthetic_report()))
+    assert decide_main(["--report", str(path), "--latency-budget-ms", "20", "--updates", "daily"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["choice"] == "rag" and out["constraints"]["updates"] == "daily"
+    path.write_text(json.dumps({**synthetic_report(), "format_version": 99}))
+    assert decide_main(["--report", str(path)]) == 2
+    assert "format 99 is not supported" in capsys.readouterr().err
+    assert decide_main(["--report", str(tmp_path / "none.json")]) == 2
+
+
+# --- the CLIs end to end ---------------------------------------------------------------------------------------------
+
+
+def test_compare_run_cli_writes_the_report_with_a_hybrid(shared_dir, data_dir, rag_dir, tmp_path, capsys):
+    from finetune.train import main as train_main
+
+    model = tmp_path / "ft"
+    tiny = str(shared_dir / "models" / "tiny-random-gpt2")
+    assert train_main(["--base-model", tiny, "--data", str(data_dir), "--train-size", "100", "--eval-size", "40",
+                       "--epochs", "1", "--out", str(model)]) == 0  # fmt: skip
+    capsys.readouterr()
+    out = tmp_path / "report"
+    code = run_main(["--finetune", str(model), "--rag", str(rag_dir), "--data", str(data_dir), "--limit", "60",
+                     "--latency-queries", "5", "--update-examples", "20", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"report.json", "report.md", "confusion_matrices.png", "latency.png", "reliability.png"} <= names
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["backends"]) == {"finetune", "rag", "hybrid"}
+    assert report["backends"]["hybrid"]["fit"]["validation_size"] == 40
+    assert report["knowledge_update"]["rag"]["measured"] and report["knowledge_update"]["new_examples"] == 20
+    assert report["knowledge_update"]["finetune"]["measured"] is False
+    assert json.loads(capsys.readouterr().out)["n"] == 60
+    assert "| finetune |" in (out / "report.md").read_text()
+
+
+def test_compare_run_cli_bad_input(rag_dir, data_dir, tmp_path, capsys):
+    assert run_main(["--rag", str(rag_dir), "--data", str(data_dir), "--limit", "99999", "--out", str(tmp_path)]) == 2
+    assert "asked for 99999 rows" in capsys.readouterr().err
+    assert run_main(["--rag", str(tmp_path / "none"), "--data", str(data_dir), "--out", str(tmp_path / "r")]) == 2
+    assert "no such index directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_main(["--data", str(data_dir)])  # no backend at all
+
+
+def test_learning_curve_on_tiny_backends(shared_dir, small_train, small_test, embedder):
+    from finetune.config import FinetuneConfig
+
+    def config(size: int, out: str) -> FinetuneConfig:
+        tiny = str(shared_dir / "models" / "tiny-random-gpt2")
+        return FinetuneConfig(base_model=tiny, eval_size=max(10, size // 5), epochs=1, out=out)
+
+    curve = learning_curve([50, 150], small_train, small_test.select(range(40)), finetune_config=config,
+                           embedder=embedder)  # fmt: skip
+    assert curve["sizes"] == [50, 150] and curve["test_size"] == 40
+    for name in ("finetune", "rag"):
+        assert len(curve["backends"][name]) == 2 and all(0 <= a <= 1 for a in curve["backends"][name])
+    assert curve["rows"][1]["rag"]["seconds"] > 0
+    assert curve["crossover"] == crossover(curve)
+
+
+def test_parse_sizes():
+    assert parse_sizes("1000, 100,all") == [100, 1000, None]
+    with pytest.raises(ValueError, match="at least 10"):
+        parse_sizes("5")
+    with pytest.raises(ValueError, match="larger than"):
+        parse_sizes("500", available=300)
+    with pytest.raises(ValueError, match="integers or 'all'"):
+        parse_sizes("ten")
+
+
+def test_report_files_are_json(report, tmp_path):
+    from compare.run import write
+
+    write(report, tmp_path / "r")
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["format_version"] == 1
+    assert Path(tmp_path / "r" / "report.md").read_text().startswith("# Fine-tune vs RAG")
