@@ -1,55 +1,389 @@
-"""Gradio app for the fine-tune vs RAG decision service.
+"""Gradio app and JSON API for the fine-tune vs RAG decision service.
 
-Until the backends exist this page says so and shows where its data and models would come from; it holds no ML
-logic, only wiring.
+``python app.py [--artifacts DIR] [--host H] [--port N]`` loads ``DIR/finetune`` and ``DIR/rag`` (building what is
+missing, with progress in the terminal) and serves the UI at ``/`` and the API at ``/api/...`` (docs at ``/docs``).
+This file is wiring only: every handler calls `compare.service.Service` or compare/ functions.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import tempfile
+from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
-from core.settings import resolve
+from compare.decide import HARDWARE, UPDATES, Constraints, decide
+from compare.report import HEADLINE_COLUMNS, escape_markdown, headline_rows, plot, render_markdown
+from compare.runner import check_report, evaluate
+from compare.service import MAX_CHARS, MAX_TEXTS, InputError, Service
+from core.data import DataError, load_tweets
+from core.files import dumps_json, read_json
+from core.types import LABELS
+
+logger = logging.getLogger(__name__)
 
 TITLE = "Fine-tune vs RAG: which classifier should you build?"
+EXAMPLES = [
+    "my flight got cancelled again and nobody at the desk will tell us anything",
+    "just finished the marathon!!! best feeling ever",
+    "the meeting has been moved to 3pm on thursday",
+    "not sure how I feel about the new update tbh",
+]
+MAX_UPLOAD_BYTES = 5 * 2**20
+MAX_EVAL_ROWS = 2000
+LATENCY_QUERIES = 30
 
 
-def sources_markdown() -> str:
-    """What the app would use, one line per source, without touching the network."""
-    lines = [
-        f"- {resolve(kind, check_hub=False).describe()}" for kind in ("data", "base_model", "tokenizer", "embedder")
-    ]
-    return "\n".join(lines)
+# --- the JSON API ----------------------------------------------------------------------------------------------------
 
 
-def build_demo() -> gr.Blocks:
-    """The Blocks UI. No backend is built yet, so the page says so plainly."""
+class ClassifyBody(BaseModel):
+    texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS, description=f"1 to {MAX_TEXTS} texts")
+    backends: list[str] | None = Field(default=None, max_length=8, description="default: every loaded backend")
+
+
+class CompareBody(BaseModel):
+    texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS)
+    labels: list[str] | None = Field(default=None, max_length=MAX_TEXTS, description="references, to score")
+
+
+class TeachBody(BaseModel):
+    texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS)
+    labels: list[str] = Field(min_length=1, max_length=MAX_TEXTS)
+
+
+class RecommendBody(BaseModel):
+    labeled_examples: int | None = Field(default=None, ge=1)
+    accuracy_target: float | None = Field(default=None, gt=0, le=1)
+    latency_budget_ms: float | None = Field(default=None, gt=0)
+    updates: str = "rarely"
+    hardware: str = "cpu"
+    need_evidence: bool = False
+
+
+class App:
+    """The service plus the latest comparison report and learning curve the UI shows."""
+
+    def __init__(self, service: Service, report_dir: Path | None = None, curve_dir: Path | None = None) -> None:
+        self.service = service
+        self.report_dir = report_dir
+        self.curve_dir = curve_dir
+        self.report: dict[str, Any] | None = None
+        if report_dir is not None and (report_dir / "report.json").exists():
+            try:
+                self.report = check_report(read_json(report_dir / "report.json", "report"))
+            except ValueError as err:
+                logger.warning("Ignoring the saved report: %s", err)
+
+    @property
+    def curve(self) -> dict[str, Any] | None:
+        path = (self.curve_dir or Path("/nonexistent")) / "curve.json"
+        try:
+            return read_json(path, "learning curve") if path.exists() else None
+        except ValueError:
+            return None
+
+    # handlers shared by the UI and the API
+
+    def compare_texts(self, texts: list[str], labels: list[str] | None) -> dict[str, Any]:
+        results = self.service.classify(texts)
+        out: dict[str, Any] = {"results": results}
+        if labels is not None:
+            if len(labels) != len(texts):
+                raise InputError(f"give one label per text: {len(texts)} texts, {len(labels)} labels")
+            bad = sorted(set(labels) - set(LABELS))
+            if bad:
+                raise InputError(f"unknown label(s) {bad}; use one of {list(LABELS)}")
+            out["accuracy"] = {
+                name: sum(r["results"][name]["label"] == y for r, y in zip(results, labels, strict=True)) / len(texts)
+                for name in results[0]["results"]
+            }
+        names = list(results[0]["results"])
+        if len(names) == 2:
+            a, b = names
+            out["agreement"] = sum(r["results"][a]["label"] == r["results"][b]["label"] for r in results) / len(texts)
+        return out
+
+    def recommend(self, constraints: Constraints) -> dict[str, Any]:
+        if self.report is None:
+            raise InputError("no comparison report yet: run one in the Batch evaluation tab (or compare.run)")
+        return {"constraints": constraints.__dict__, **decide(self.report, constraints, self.curve).to_dict()}
+
+    def evaluate_file(self, path: str | None, use_test_split: bool, size: int, progress=None) -> dict[str, Any]:
+        if use_test_split:
+            dataset = load_tweets(None, split="test", limit=int(size), seed=0)
+            source = "the bundled test split"
+        else:
+            if not path:
+                raise InputError("upload a CSV or JSONL file with text and label columns, or pick the test split")
+            file = Path(path)
+            if file.stat().st_size > MAX_UPLOAD_BYTES:
+                raise InputError(f"the file is {file.stat().st_size / 2**20:.1f} MB; the limit is 5 MB")
+            dataset = load_tweets(str(file), split="train")
+            if dataset.num_rows > MAX_EVAL_ROWS:
+                dataset = dataset.select(range(MAX_EVAL_ROWS))
+            source = "an uploaded file"
+        report = evaluate(
+            self.service.backends,
+            dataset,
+            data_source=source,
+            split="uploaded" if not use_test_split else "test",
+            latency_queries=min(LATENCY_QUERIES, dataset.num_rows),
+            batch_rounds=1,
+            progress=progress,
+        )
+        self.report = report
+        return report
+
+
+def create_api(state: App) -> FastAPI:
+    api = FastAPI(title="Fine-tune vs RAG API", description="Classify with both backends, compare, teach, decide.")
+
+    @api.exception_handler(InputError)
+    async def _input_error(request: Request, err: InputError) -> JSONResponse:
+        return JSONResponse(status_code=400, content={"error": str(err)})
+
+    @api.get("/api/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "backends": sorted(state.service.backends), "unavailable": state.service.unavailable}
+
+    @api.post("/api/classify")
+    def classify(body: ClassifyBody) -> dict[str, Any]:
+        return {"results": state.service.classify(body.texts, body.backends)}
+
+    @api.post("/api/compare")
+    def compare(body: CompareBody) -> dict[str, Any]:
+        return state.compare_texts(body.texts, body.labels)
+
+    @api.post("/api/teach")
+    def teach(body: TeachBody) -> dict[str, Any]:
+        return state.service.teach(body.texts, body.labels)
+
+    @api.post("/api/recommend")
+    def recommend(body: RecommendBody) -> dict[str, Any]:
+        try:
+            constraints = Constraints(**body.model_dump())
+        except ValueError as err:
+            raise InputError(str(err)) from err
+        return state.recommend(constraints)
+
+    @api.get("/api/models")
+    def models() -> dict[str, Any]:
+        return state.service.models()
+
+    return api
+
+
+# --- the UI ----------------------------------------------------------------------------------------------------------
+
+
+def _neighbours(result: dict[str, Any]) -> list[list[Any]]:
+    return [[e["text"], e["label"], round(e["score"], 3)] for e in result.get("evidence", [])]
+
+
+def _label_value(result: dict[str, Any] | None) -> dict[str, float] | None:
+    return None if result is None else {k: float(v) for k, v in result["scores"].items()}
+
+
+def build_demo(state: App) -> gr.Blocks:
+    service = state.service
+    names = ["finetune", "rag"]
+
+    def on_compare(text: str):
+        try:
+            [row] = service.classify([text])
+        except InputError as err:
+            raise gr.Error(str(err)) from err
+        outputs = []
+        for name in names:
+            result = row["results"].get(name)
+            outputs.append(_label_value(result))
+            outputs.append(
+                f"**{result['label']}** in {result['latency_ms']:.1f} ms"
+                if result
+                else f"unavailable: {escape_markdown(service.unavailable.get(name, 'not loaded'), 300)}"
+            )
+        rag_result = row["results"].get("rag")
+        outputs.append(_neighbours(rag_result) if rag_result else [])
+        return outputs
+
+    def on_teach(text: str, label: str, query: str):
+        try:
+            result = service.teach([text], [label])
+            after = service.classify([query])[0]["results"].get("rag") if query.strip() else None
+        except InputError as err:
+            raise gr.Error(str(err)) from err
+        message = (
+            f"Added “{escape_markdown(text, 200)}” as **{label}**: the index now holds {result['index_size']:,} "
+            f"examples ({result['seconds'] * 1000:.0f} ms). "
+            f"{escape_markdown(result['finetune_note'], 400)}."
+        )
+        return message, _label_value(after), _neighbours(after) if after else []
+
+    def on_evaluate(file, use_test: bool, size: float, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
+        try:
+            report = state.evaluate_file(
+                getattr(file, "name", file), use_test, int(size), progress=lambda f, m: progress(f, desc=m)
+            )
+        except (InputError, DataError) as err:
+            raise gr.Error(str(err)) from err
+        out = Path(tempfile.mkdtemp(prefix="ftrag-report-"))
+        plots = plot(report, out)
+        (out / "report.json").write_text(dumps_json(report), encoding="utf-8")
+        (out / "report.md").write_text(render_markdown(report, [p.name for p in plots]), encoding="utf-8")
+        rows = headline_rows(report)
+        table = [list(r.values()) for r in rows]
+        return table, str(plots[0]), str(plots[1]), [str(out / "report.json"), str(out / "report.md")]
+
+    def on_decide(examples, target, budget, updates, hardware, evidence):
+        try:
+            constraints = Constraints(
+                labeled_examples=int(examples) if examples else None,
+                accuracy_target=float(target) if target else None,
+                latency_budget_ms=float(budget) if budget else None,
+                updates=updates,
+                hardware=hardware,
+                need_evidence=bool(evidence),
+            )
+            rec = state.recommend(constraints)
+        except (InputError, ValueError) as err:
+            raise gr.Error(str(err)) from err
+        choice = rec["choice"] or "no choice: the measurements do not support one"
+        lines = [f"## Recommendation: {escape_markdown(choice)}", ""]
+        lines += [f"- *{r['criterion']}* ({escape_markdown(r['backend'])}): {escape_markdown(r['text'], 500)}"
+                  for r in rec["reasons"]]  # fmt: skip
+        if rec["caveats"]:
+            lines += ["", "**Caveats**", ""] + [f"- {escape_markdown(c, 500)}" for c in rec["caveats"]]
+        return "\n".join(lines)
+
+    def models_markdown() -> str:
+        info = service.models()
+        lines = []
+        for name, b in info["backends"].items():
+            lines.append(f"### {escape_markdown(name)}")
+            lines.append(f"- {escape_markdown(b['description'], 400)}")
+            if b["from_scratch"]:
+                lines.append(f"- **{escape_markdown(b['notice'] or 'trained from scratch', 400)}**")
+            lines.append(f"- data: {escape_markdown(str(b['data_source']), 300)}; examples: {b['train_size']}")
+            seconds = b["seconds"]
+            lines.append(f"- training / build time: {seconds:.0f} s" if seconds is not None else "- time: n/a")
+            if b["eval_accuracy"] is not None:
+                lines.append(f"- held-out accuracy {b['eval_accuracy']:.4f}, macro-F1 {b['eval_macro_f1']:.4f}")
+        for name, why in info["unavailable"].items():
+            lines.append(f"### {escape_markdown(name)}: unavailable\n- {escape_markdown(why, 500)}")
+        return "\n".join(lines) or "Nothing is loaded."
+
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}")
-        gr.Markdown(
-            "**No backend is built yet for this page.** The retrieval classifier can be built from the command "
-            "line (`python -m rag.build`); the fine-tuned GPT-2 and the side-by-side comparison arrive in later "
-            "releases, and this page will then show both answers."
-        )
-        gr.Markdown("### Sources that would be used\n" + sources_markdown())
+        if service.unavailable:
+            missing = [f"**{escape_markdown(k)}** unavailable: {escape_markdown(v, 300)}" for k, v in
+                       service.unavailable.items()]  # fmt: skip
+            gr.Markdown("⚠️ " + "; ".join(missing))
+        with gr.Tab("Compare"):
+            text = gr.Textbox(label="A tweet", lines=2, max_length=MAX_CHARS, placeholder="Type or pick an example")
+            gr.Examples(EXAMPLES, inputs=text)
+            go = gr.Button("Compare", variant="primary")
+            outputs = []
+            with gr.Row():
+                for name in names:
+                    with gr.Column():
+                        gr.Markdown(f"### {'Fine-tuned model' if name == 'finetune' else 'Retrieval (RAG)'}")
+                        outputs.append(gr.Label(num_top_classes=3, label=f"{name} scores", elem_id=f"label-{name}"))
+                        outputs.append(gr.Markdown(elem_id=f"latency-{name}"))
+            neighbours = gr.Dataframe(
+                headers=["neighbour", "label", "similarity"], label="Labeled tweets the RAG answer rests on"
+            )
+            go.click(on_compare, text, [*outputs, neighbours], api_name="classify")
+            text.submit(on_compare, text, [*outputs, neighbours], api_visibility="private")
+        with gr.Tab("Batch evaluation"):
+            with gr.Row():
+                upload = gr.File(label="CSV or JSONL with text and label columns", file_types=[".csv", ".jsonl"])
+                with gr.Column():
+                    use_test = gr.Checkbox(value=True, label="Use the bundled test split instead")
+                    size = gr.Slider(50, MAX_EVAL_ROWS, value=300, step=50, label="Test texts")
+            run = gr.Button("Evaluate both", variant="primary")
+            metrics_table = gr.Dataframe(headers=list(HEADLINE_COLUMNS), label="Metrics")
+            with gr.Row():
+                confusion_img = gr.Image(label="Confusion matrices", type="filepath")
+                latency_img = gr.Image(label="Latency", type="filepath")
+            files = gr.File(label="Download the report", file_count="multiple")
+            run.click(on_evaluate, [upload, use_test, size], [metrics_table, confusion_img, latency_img, files],
+                      api_name="evaluate")  # fmt: skip
+        with gr.Tab("Decide"):
+            with gr.Row():
+                examples_in = gr.Number(label="Labeled examples you have", precision=0)
+                target_in = gr.Number(label="Accuracy target (0-1)")
+                budget_in = gr.Number(label="p95 latency budget (ms)")
+            with gr.Row():
+                updates_in = gr.Radio(list(UPDATES), value="rarely", label="Labeled data changes")
+                hardware_in = gr.Radio(list(HARDWARE), value="cpu", label="Hardware")
+                evidence_in = gr.Checkbox(label="Answers must show their evidence")
+            decide_btn = gr.Button("Recommend", variant="primary")
+            recommendation = gr.Markdown()
+            decide_btn.click(on_decide, [examples_in, target_in, budget_in, updates_in, hardware_in, evidence_in],
+                             recommendation, api_name="recommend")  # fmt: skip
+            curve_png = (state.curve_dir or Path("/nonexistent")) / "curve.png"
+            if curve_png.exists():
+                gr.Image(str(curve_png), label="Learning curve", type="filepath")
+        with gr.Tab("Teach"):
+            gr.Markdown(
+                "Add a labeled example to the retrieval index: it counts at once. The fine-tuned model would need "
+                "retraining to learn it."
+            )
+            teach_text = gr.Textbox(label="Example", max_length=MAX_CHARS)
+            teach_label = gr.Radio(list(LABELS), value="positive", label="Its label")
+            teach_query = gr.Textbox(label="Then classify this with RAG", value=EXAMPLES[3])
+            teach_btn = gr.Button("Teach", variant="primary")
+            teach_msg = gr.Markdown()
+            teach_scores = gr.Label(label="RAG now says")
+            teach_neighbours = gr.Dataframe(headers=["neighbour", "label", "similarity"])
+            teach_btn.click(on_teach, [teach_text, teach_label, teach_query],
+                            [teach_msg, teach_scores, teach_neighbours], api_name="teach")  # fmt: skip
+        with gr.Tab("Models"):
+            gr.Markdown(models_markdown)
     return demo
+
+
+def create_app(state: App) -> FastAPI:
+    """The FastAPI app: the JSON API under /api and the Gradio UI at /."""
+    demo = build_demo(state)
+    demo.queue(default_concurrency_limit=4, max_size=64)
+    return gr.mount_gradio_app(create_api(state), demo, path="/", max_file_size=MAX_UPLOAD_BYTES)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     on_spaces = bool(os.environ.get("SPACE_ID"))
     parser = argparse.ArgumentParser(description=TITLE)
+    parser.add_argument("--artifacts", default="artifacts", help="holds finetune/, rag/ (and report/, curve/)")
+    parser.add_argument("--no-build", action="store_true", help="serve what exists; do not build missing backends")
     parser.add_argument("--host", default="0.0.0.0" if on_spaces else "127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    from core.cli import setup_logging
+
     args = parse_args(argv)
-    build_demo().launch(server_name=args.host, server_port=args.port)
+    setup_logging()
+    artifacts = Path(args.artifacts)
+    service = Service.start(
+        artifacts, build_missing=not args.no_build, progress=lambda f, m: logger.info("[%3.0f%%] %s", 100 * f, m)
+    )
+    logger.info("Backends ready in %.1f s: %s", service.started_seconds, sorted(service.backends))
+    state = App(service, report_dir=artifacts / "report", curve_dir=artifacts / "curve")
+    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -101,7 +101,11 @@ def _accuracy_at(curve: dict[str, Any], backend: str, n: int) -> tuple[int, floa
 def decide(report: dict[str, Any], constraints: Constraints, curve: dict[str, Any] | None = None) -> Recommendation:
     """Recommend fine-tune, rag or hybrid for `constraints`, from the measured `report` (and learning `curve`)."""
     report = check_report(report)
-    measured = {CHOICES[name]: b for name, b in report["backends"].items() if name in CHOICES}
+    measured: dict[str, dict[str, Any]] = {}
+    for name, b in report["backends"].items():  # several fine-tunes ("finetune", "finetune-x"): the best one stands
+        kind = next((CHOICES[k] for k in CHOICES if name == k or name.startswith(k + "-")), None)
+        if kind is not None and (kind not in measured or b["accuracy"] > measured[kind]["accuracy"]):
+            measured[kind] = {**b, "name": name}
     rec = Recommendation(choice=None)
     if not measured:
         rec.caveats.append(f"the report holds none of the backends {sorted(CHOICES)}; nothing to choose from")

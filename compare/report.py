@@ -39,6 +39,20 @@ def _num(value: Any, digits: int = 1) -> str:
     return f"{value:,}"
 
 
+HEADLINE_COLUMNS = (
+    "backend",
+    "accuracy",
+    "macro-F1",
+    "ECE",
+    "p50 ms",
+    "p95 ms",
+    "batch texts/s",
+    "$ per 1M queries",
+    "one-off s",
+    "disk MB",
+)
+
+
 def headline_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     """One row per backend: the numbers of the headline table (README, app, report.md)."""
     rows = []

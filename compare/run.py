@@ -35,7 +35,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,
     )
-    parser.add_argument("--finetune", metavar="DIR", help="a model saved by python -m finetune.train")
+    parser.add_argument(
+        "--finetune",
+        metavar="DIR",
+        action="append",
+        help="a model saved by python -m finetune.train; repeat to compare several (the first one forms the hybrid)",
+    )
     parser.add_argument("--rag", metavar="DIR", help="an index saved by python -m rag.build")
     parser.add_argument("--quantize", action="store_true", help="serve the fine-tuned model with int8 weights")
     parser.add_argument("--hybrid", action=argparse.BooleanOptionalAction, default=True, help="add the hybrid")
@@ -81,8 +86,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import rag
 
     classifiers: dict[str, Any] = {}
-    if args.finetune:
-        classifiers["finetune"] = finetune.load(args.finetune, quantize=args.quantize)
+    for i, directory in enumerate(args.finetune or []):
+        dirname = Path(directory).resolve().name
+        name = "finetune" if i == 0 else (dirname if dirname.startswith("finetune") else f"finetune-{dirname}")
+        if name in classifiers:
+            raise ValueError(f"two fine-tuned models would both be named {name!r}; rename a directory")
+        classifiers[name] = finetune.load(directory, quantize=args.quantize, name=name)
     if args.rag:
         classifiers["rag"] = rag.load(args.rag)
     try:
@@ -91,7 +100,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise DataError(str(err)) from err
     dataset = load_tweets(args.data, split=args.split, limit=args.limit, seed=args.seed)
     notes = []
-    if args.hybrid and len(classifiers) == 2:
+    if args.hybrid and "finetune" in classifiers and "rag" in classifiers:
         slice_ = hybrid_validation(classifiers["finetune"].meta, args.data)
         if slice_ is None:
             notes.append("no hybrid: the fine-tune's evaluation slice cannot be recomputed from its run.json")

@@ -76,8 +76,12 @@ class TextClassifier:
 
     def describe(self) -> str:
         """One line that says what this model is, including whether it was trained from scratch."""
-        base = self.meta.get("base_model", getattr(self.model.config, "_name_or_path", "?"))
-        what = f"{base}, trained from scratch (random init, no pretrained weights)" if self.from_scratch else base
+        if self.from_scratch:
+            preset = self.meta.get("scratch_preset") or {}
+            shape = f" ({preset['name']}: {preset['n_layer']} layers, {preset['n_embd']} wide)" if preset else ""
+            what = f"GPT-2{shape} trained from scratch: random init, no pretrained weights"
+        else:
+            what = str(self.meta.get("base_model", getattr(self.model.config, "_name_or_path", "?")))
         size = self.meta.get("train_size")
         trained = f", fine-tuned on {size} labeled examples" if size else ""
         return f"{what}{trained}{', int8' if self.quantized else ''}"

@@ -1,18 +1,220 @@
+"""The app: the service's handlers, the JSON API (TestClient), a launched app through gradio_client."""
+
 from __future__ import annotations
 
-import gradio as gr
+import json
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
 
 import app
+from compare.service import MAX_CHARS, InputError, Service, check_texts
 
 
-def test_placeholder_page_says_no_backend_and_shows_sources(clean_env, data_dir):
-    clean_env.setenv("FTRAG_DATA", str(data_dir))
-    demo = app.build_demo()
-    assert isinstance(demo, gr.Blocks)
-    text = " ".join(str(getattr(block, "value", "")) for block in demo.blocks.values())
-    assert "No backend is built yet" in text
-    assert f"data: {data_dir} (local, env)" in text
-    assert "embedder: sentence-transformers/all-MiniLM-L6-v2" in text
+@pytest.fixture()
+def artifacts(ft_dir, rag_dir, tmp_path) -> Path:
+    """An artifacts directory with a tiny fine-tuned model and a small index (fresh copies per test)."""
+    root = tmp_path / "artifacts"
+    root.mkdir()
+    shutil.copytree(ft_dir, root / "finetune")
+    shutil.copytree(rag_dir, root / "rag")
+    return root
+
+
+@pytest.fixture()
+def service(artifacts) -> Service:
+    return Service.start(artifacts, build_missing=False)
+
+
+@pytest.fixture()
+def client(service, artifacts) -> TestClient:
+    state = app.App(service, report_dir=artifacts / "report", curve_dir=artifacts / "curve")
+    return TestClient(app.create_app(state))
+
+
+# --- the service -----------------------------------------------------------------------------------------------------
+
+
+def test_service_loads_both_backends_and_classifies(service):
+    assert sorted(service.backends) == ["finetune", "rag"] and not service.unavailable
+    [row] = service.classify(["what a lovely morning"])
+    assert set(row["results"]) == {"finetune", "rag"}
+    assert row["results"]["rag"]["evidence"] and row["results"]["finetune"]["evidence"] == []
+    for result in row["results"].values():
+        assert sum(result["scores"].values()) == pytest.approx(1.0) and result["latency_ms"] > 0
+
+
+@pytest.mark.parametrize(
+    ("texts", "message"),
+    [
+        ([""], "the text is empty"),
+        (["   "], "the text is empty"),
+        (["ok", ""], "text 2 is empty"),
+        (["x" * 20000], "20,000 characters; the limit is 2,000"),
+        ([], "no text given"),
+        (["a"] * 65, "at most 64"),
+        ([3], "is a int, not a string"),
+        ({"a": 1}, "expected a list"),
+    ],
+)
+def test_bad_texts_get_a_clear_message(texts, message):
+    with pytest.raises(InputError, match=message):
+        check_texts(texts)
+
+
+def test_teach_counts_at_once_and_says_what_retraining_costs(service):
+    example = "the zorblax gadget is absolutely wonderful"
+    result = service.teach([example], ["positive"])
+    assert result["added"] == 1 and result["index_size"] == 301
+    assert "retrained" in result["finetune_note"] and result["finetune_retrain_seconds"] > 0
+    [row] = service.classify(["zorblax gadget"], ["rag"])
+    assert row["results"]["rag"]["evidence"][0]["text"] == example
+    with pytest.raises(InputError, match="unknown label"):
+        service.teach(["x"], ["great"])
+    with pytest.raises(InputError, match="one label per example"):
+        service.teach(["x", "y"], ["positive"])
+
+
+def test_a_corrupted_backend_is_reported_and_the_other_one_served(artifacts):
+    (artifacts / "finetune" / "model.safetensors").write_bytes(b"garbage")
+    service = Service.start(artifacts, build_missing=False)
+    assert list(service.backends) == ["rag"]
+    assert "model.safetensors" in service.unavailable["finetune"]
+    assert (artifacts / "finetune" / "model.safetensors").read_bytes() == b"garbage"  # never rebuilt over
+    assert set(service.classify(["hello"])[0]["results"]) == {"rag"}
+    with pytest.raises(InputError, match="not available.*model.safetensors"):
+        service.classify(["hello"], ["finetune"])
+    assert "unavailable" in service.models() and "finetune" in service.models()["unavailable"]
+
+
+def test_models_say_what_is_loaded(service):
+    info = service.models()["backends"]
+    assert info["finetune"]["train_size"] == 240 and info["finetune"]["from_scratch"] is False
+    assert info["rag"]["size"] == 300 and info["rag"]["k"] >= 1
+
+
+# --- the JSON API ----------------------------------------------------------------------------------------------------
+
+
+def test_api_health_and_classify(client):
+    assert client.get("/api/health").json() == {"status": "ok", "backends": ["finetune", "rag"], "unavailable": {}}
+    response = client.post("/api/classify", json={"texts": ["I love it", "I hate it"], "backends": ["rag"]})
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert len(results) == 2 and set(results[0]["results"]) == {"rag"}
+    assert client.get("/openapi.json").json()["paths"].keys() >= {"/api/classify", "/api/compare", "/api/teach"}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"texts": [""]}, 400, "empty"),
+        ({"texts": ["x" * 20000]}, 400, "limit is 2,000"),
+        ({"texts": ["<script>alert(1)</script>"], "backends": ["nope"]}, 400, "not available"),
+        ({"texts": "just a string"}, 422, "list"),
+        ({"texts": [1, 2]}, 422, "string"),
+        ({"texts": ["a"] * 1000}, 422, "at most 64"),
+        ({}, 422, "texts"),
+    ],
+)
+def test_api_bad_input_is_a_4xx_json_error(client, body, status, needle):
+    response = client.post("/api/classify", json=body)
+    assert response.status_code == status
+    assert needle in json.dumps(response.json())
+    assert client.get("/api/health").status_code == 200  # still serving
+
+
+def test_api_compare_teach_recommend(client, artifacts):
+    body = {"texts": ["I love it", "worst day ever"], "labels": ["positive", "negative"]}
+    out = client.post("/api/compare", json=body).json()
+    assert set(out["accuracy"]) == {"finetune", "rag"} and 0 <= out["agreement"] <= 1
+    assert client.post("/api/compare", json={"texts": ["a"], "labels": ["meh"]}).status_code == 400
+    taught = client.post("/api/teach", json={"texts": ["llamas are great"], "labels": ["positive"]}).json()
+    assert taught["index_size"] == 301
+    response = client.post("/api/recommend", json={"updates": "daily"})
+    assert response.status_code == 400 and "no comparison report yet" in response.json()["error"]
+    assert client.post("/api/recommend", json={"updates": "hourly"}).status_code == 400
+    assert client.post("/api/recommend", json={"accuracy_target": 3}).status_code == 422
+
+
+def test_ui_page_is_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "<html" in page.text.lower()
+
+
+def test_ui_handlers_escape_and_refuse(service, artifacts):
+    state = app.App(service)
+    demo = app.build_demo(state)
+    fns = {dep.api_name: dep.fn for dep in demo.fns.values() if dep.api_name}
+    outputs = fns["classify"]("<script>alert('x')</script> [click](http://evil)")
+    assert outputs[0] is not None and "ms" in outputs[1]
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="empty"):
+        fns["classify"]("")
+    with pytest.raises(gr.Error, match="limit is"):
+        fns["classify"]("x" * (MAX_CHARS + 1))
+    message, _scores, neighbours = fns["teach"]("<b>bold</b> claim", "neutral", "bold claim")
+    assert "\\<b\\>" in message and neighbours[0][0] == "<b>bold</b> claim"  # escaped in Markdown, plain in tables
+
+
+def test_batch_evaluation_then_recommendation(service, tmp_path):
+    state = app.App(service)
+    demo = app.build_demo(state)
+    fns = {dep.api_name: dep.fn for dep in demo.fns.values() if dep.api_name}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("tweet_id,sentiment_score\n1,3\n")
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="text column"):
+        fns["evaluate"](str(bad), False, 100)
+    binary = tmp_path / "bin.csv"
+    binary.write_bytes(b"text,label\n\xff\xfe\x00bad,positive\n")
+    with pytest.raises(gr.Error, match="UTF-8"):
+        fns["evaluate"](str(binary), False, 100)
+    good = tmp_path / "good.csv"
+    good.write_text("text,label\nI love it,positive\nawful,negative\nthe bus is at 5,neutral\nyay,positive\n")
+    table, confusion_png, _latency_png, files = fns["evaluate"](str(good), False, 100)
+    assert [row[0] for row in table] == ["finetune", "rag"]
+    assert Path(confusion_png).read_bytes()[:4] == b"\x89PNG" and len(files) == 2
+    text = fns["recommend"](None, None, None, "daily", "cpu", False)
+    assert text.startswith("## Recommendation: ") and "labeled data changes daily" in text
+
+
+# --- a launched app, through gradio_client --------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_launched_app_answers_gradio_client(service):
+    import uvicorn
+    from gradio_client import Client
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app.create_app(app.App(service)), host="127.0.0.1", port=port,
+                                           log_level="warning"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while not server.started and time.time() < deadline:
+            time.sleep(0.1)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        result = client.predict("what a great day", api_name="/classify")
+        assert len(result) == 5  # two labels, two latency lines, the neighbours
+        assert result[0]["label"] in {"negative", "neutral", "positive"}
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def test_binds_locally_unless_on_spaces(monkeypatch):
@@ -20,4 +222,4 @@ def test_binds_locally_unless_on_spaces(monkeypatch):
     assert app.parse_args([]).host == "127.0.0.1"
     monkeypatch.setenv("SPACE_ID", "org/space")
     assert app.parse_args([]).host == "0.0.0.0"
-    assert app.parse_args(["--port", "9000"]).port == 9000
+    assert app.parse_args(["--port", "9000", "--artifacts", "x"]).artifacts == "x"

@@ -407,3 +407,11 @@ def test_report_files_are_json(report, tmp_path):
     write(report, tmp_path / "r")
     assert json.loads((tmp_path / "r" / "report.json").read_text())["format_version"] == 1
     assert Path(tmp_path / "r" / "report.md").read_text().startswith("# Fine-tune vs RAG")
+
+
+def test_decide_takes_the_best_of_several_fine_tunes():
+    report = synthetic_report(ft_acc=0.60, hybrid_acc=0.62)
+    report["backends"]["finetune-minilm"] = {**report["backends"]["finetune"], "accuracy": 0.80}
+    rec = decide(report, Constraints())
+    assert rec.choice == "fine-tune"
+    assert any("0.8000" in r["text"] and r["backend"] == "fine-tune" for r in rec.reasons)

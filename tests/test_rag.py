@@ -351,3 +351,32 @@ def test_cli_rejects_unknown_flags_and_bad_values(capsys):
 
 def test_prediction_type(rag_built):
     assert isinstance(rag_built.predict(["hi"])[0], Prediction)
+
+
+def test_leave_one_out_scoring_never_uses_the_query_itself(rag_built, small_train):
+    text = small_train["text"][0]
+    with_self = rag_built.predict([text])[0]
+    without = rag_built.predict([text], exclude_identical=True)[0]
+    assert with_self.evidence[0]["text"] == text
+    assert all(e["text"] != text for e in without.evidence)
+    assert len(without.evidence) == len(with_self.evidence)
+    # other queries are unaffected
+    other = "a tweet that is not in the index at all, surely"
+    assert rag_built.predict([other], exclude_identical=True)[0].scores == pytest.approx(
+        rag_built.predict([other])[0].scores
+    )
+
+
+def test_copy_is_independent_and_saves_nothing(rag_dir):
+    import rag
+
+    original = rag.load(rag_dir)
+    files = {p.name: p.read_bytes() for p in rag_dir.iterdir()}
+    sandbox = original.copy()
+    assert sandbox.directory is None
+    sandbox.add(["a brand new example about llamas"], ["positive"])
+    assert sandbox.size == original.size + 1
+    assert sandbox.retrieve("llamas", k=1)[0]["text"] == "a brand new example about llamas"
+    assert original.retrieve("llamas", k=1)[0]["text"] != "a brand new example about llamas"
+    assert {p.name: p.read_bytes() for p in rag_dir.iterdir()} == files
+    assert original.memory_bytes() > original.size * original.embedder.dim * 4

@@ -1,0 +1,234 @@
+"""The decision service behind the app and the JSON API: loaded backends plus the calls people make on them.
+
+Everything here is plain Python (no Gradio, no HTTP), so the UI handlers, the API routes and the tests all call the
+same functions. Inputs are checked here, once, with messages meant for the person who typed them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.files import ArtifactError
+from core.types import LABELS, Classifier
+
+logger = logging.getLogger(__name__)
+
+MAX_TEXTS = 64
+"""Texts per classify / teach call."""
+MAX_CHARS = 2000
+"""Characters per text (a tweet has at most 280); longer input is refused with a message, not truncated silently."""
+DEMO_FINETUNE_SIZE = 3000
+DEMO_SCRATCH_EPOCHS = 3
+
+Progress = Callable[[float, str], None]
+
+
+class InputError(ValueError):
+    """Input a person gave that cannot be used; the message says what to change."""
+
+
+def check_texts(texts: Any, what: str = "text") -> list[str]:
+    """1 to MAX_TEXTS non-empty strings of at most MAX_CHARS characters, or an InputError saying which is wrong.
+
+    >>> check_texts(["ok"])
+    ['ok']
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, (list, tuple)):
+        raise InputError(f"expected a list of {what}s, got {type(texts).__name__}")
+    if not texts:
+        raise InputError(f"no {what} given")
+    if len(texts) > MAX_TEXTS:
+        raise InputError(f"at most {MAX_TEXTS} {what}s per call, got {len(texts)}")
+    out = []
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputError(f"{what} {i + 1} is a {type(text).__name__}, not a string")
+        if not text.strip():
+            raise InputError(f"{what} {i + 1} is empty; type something to classify" if len(texts) > 1 else
+                             f"the {what} is empty; type something to classify")  # fmt: skip
+        if len(text) > MAX_CHARS:
+            raise InputError(
+                f"{what} {i + 1} has {len(text):,} characters; the limit is {MAX_CHARS:,} (a tweet has at most 280)"
+            )
+        out.append(text)
+    return out
+
+
+@dataclass
+class Service:
+    """The loaded backends (by name), and why any expected one is missing."""
+
+    backends: dict[str, Classifier] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    artifacts: Path | None = None
+    started_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._teach_lock = threading.Lock()
+
+    # --- start-up --------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def start(
+        cls,
+        artifacts: str | Path = "artifacts",
+        *,
+        build_missing: bool = True,
+        progress: Progress | None = None,
+        finetune_dir: str | Path | None = None,
+        rag_dir: str | Path | None = None,
+    ) -> Service:
+        """Load ``<artifacts>/finetune`` and ``<artifacts>/rag``; build the missing ones when `build_missing`.
+
+        A damaged artifact is never rebuilt over (nothing saved is lost): that backend is reported unavailable, with
+        the reason, and the other one is served.
+        """
+        import finetune
+        import rag
+
+        start = time.perf_counter()
+        report = progress or (lambda fraction, message: None)
+        artifacts = Path(artifacts)
+        paths = {"finetune": Path(finetune_dir or artifacts / "finetune"), "rag": Path(rag_dir or artifacts / "rag")}
+        service = cls(artifacts=artifacts)
+        loaders = {"finetune": finetune.load, "rag": rag.load}
+        builders = {"finetune": build_demo_finetune, "rag": build_demo_index}
+        for i, (name, path) in enumerate(paths.items()):
+            base = 0.5 * i
+            try:
+                if not path.exists() and build_missing:
+                    report(base, f"{name}: nothing at {path}; building it")
+                    builders[name](path, lambda f, m, base=base, name=name: report(base + 0.5 * f, f"{name}: {m}"))
+                if not path.exists():
+                    raise ArtifactError(f"{path}: not built (start with building enabled, or build it from the CLI)")
+                report(base + 0.45, f"{name}: loading {path}")
+                service.backends[name] = loaders[name](path)
+            except (ArtifactError, ValueError, OSError) as err:
+                logger.error("%s is unavailable: %s", name, err)
+                service.unavailable[name] = str(err)
+        service.started_seconds = time.perf_counter() - start
+        report(1.0, "ready")
+        return service
+
+    # --- calls -----------------------------------------------------------------------------------------------------
+
+    def _pick(self, backends: Sequence[str] | None) -> dict[str, Classifier]:
+        if backends is None:
+            chosen = dict(self.backends)
+        else:
+            unknown = [b for b in backends if b not in self.backends]
+            if unknown:
+                why = "; ".join(f"{b}: {self.unavailable.get(b, 'no such backend')}" for b in unknown)
+                raise InputError(f"backend(s) {unknown} not available ({why}); available: {sorted(self.backends)}")
+            chosen = {b: self.backends[b] for b in backends}
+        if not chosen:
+            raise InputError(f"no backend is available: {self.unavailable or 'none loaded'}")
+        return chosen
+
+    def classify(self, texts: Any, backends: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Each text through each backend.
+
+        Returns ``[{"text", "results": {backend: {label, scores, evidence, latency_ms}}}]``.
+        """
+        texts = check_texts(texts)
+        chosen = self._pick(backends)
+        out = [{"text": t, "results": {}} for t in texts]
+        for name, clf in chosen.items():
+            start = time.perf_counter()
+            predictions = clf.predict(texts)
+            ms = (time.perf_counter() - start) * 1000 / len(texts)
+            for row, p in zip(out, predictions, strict=True):
+                row["results"][name] = {**p.to_dict(), "latency_ms": round(ms, 2)}
+        return out
+
+    def teach(self, texts: Any, labels: Any) -> dict[str, Any]:
+        """Add labeled examples to the retrieval index (searchable at once, saved atomically)."""
+        texts = check_texts(texts, "example")
+        labels = [labels] if isinstance(labels, str) else labels
+        if not isinstance(labels, (list, tuple)) or len(labels) != len(texts):
+            raise InputError(f"give one label per example: {len(texts)} examples")
+        bad = sorted({str(x) for x in labels if x not in LABELS})
+        if bad:
+            raise InputError(f"unknown label(s) {bad}; use one of {list(LABELS)}")
+        if "rag" not in self.backends:
+            raise InputError(f"the retrieval backend is not available: {self.unavailable.get('rag', 'not loaded')}")
+        with self._teach_lock:
+            start = time.perf_counter()
+            size = self.backends["rag"].add(list(texts), list(labels))
+            seconds = time.perf_counter() - start
+        return {"added": len(texts), "index_size": size, "seconds": round(seconds, 3), **self.retrain_cost()}
+
+    def retrain_cost(self) -> dict[str, Any]:
+        """What the fine-tuned model would need to learn the same examples: a retrain, of the measured length."""
+        meta = getattr(self.backends.get("finetune"), "meta", None) or {}
+        seconds = meta.get("train_seconds")
+        return {
+            "finetune_retrain_seconds": seconds,
+            "finetune_note": (
+                f"the fine-tuned model does not learn taught examples until it is retrained: its last training took "
+                f"{seconds:.0f} s on {meta.get('train_size')} examples ({meta.get('device', 'cpu')})"
+                if seconds is not None
+                else "the fine-tuned model does not learn taught examples until it is retrained"
+            ),
+        }
+
+    def models(self) -> dict[str, Any]:
+        """What is loaded: each backend's description and run.json essentials, and what is unavailable and why."""
+        out: dict[str, Any] = {"backends": {}, "unavailable": dict(self.unavailable)}
+        for name, clf in self.backends.items():
+            meta = dict(getattr(clf, "meta", {}) or {})
+            describe = getattr(clf, "describe", None)
+            out["backends"][name] = {
+                "description": describe() if callable(describe) else name,
+                "from_scratch": bool(meta.get("from_scratch")),
+                "notice": meta.get("notice"),
+                "data_source": meta.get("data_source"),
+                "train_size": meta.get("train_size", meta.get("size")),
+                "seconds": meta.get("train_seconds", meta.get("build_seconds")),
+                "eval_accuracy": meta.get("eval_accuracy"),
+                "eval_macro_f1": meta.get("eval_macro_f1"),
+                "embedder": meta.get("embedder"),
+                "k": getattr(clf, "k", None),
+                "size": getattr(clf, "size", None),
+                "directory": str(getattr(clf, "directory", "") or ""),
+            }
+        return out
+
+
+def build_demo_index(out: Path, progress: Progress) -> None:
+    """The full retrieval index (about 90 s on 2 cores)."""
+    from rag.build import build_index
+    from rag.config import RagConfig
+
+    progress(0.0, "embedding the labeled tweets")
+    build_index(RagConfig(out=str(out)))
+
+
+def build_demo_finetune(out: Path, progress: Progress) -> None:
+    """A small fine-tune: pretrained GPT-2 when the Hub answers, else GPT-2 from scratch (said everywhere)."""
+    from core.settings import SourceError, resolve
+    from finetune.config import FinetuneConfig
+    from finetune.train import train
+
+    try:
+        resolve("base_model")
+        cfg = FinetuneConfig(train_size=1500, eval_size=300, epochs=1, out=str(out))
+    except SourceError:
+        logger.warning("No pretrained GPT-2 reachable: the demo fine-tune is GPT-2 trained from scratch")
+        cfg = FinetuneConfig(
+            from_scratch=True,
+            scratch_size="small",
+            train_size=DEMO_FINETUNE_SIZE,
+            eval_size=500,
+            epochs=DEMO_SCRATCH_EPOCHS,
+            out=str(out),
+        )
+    train(cfg, progress=progress, show_progress=False)
