@@ -22,7 +22,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from compare.decide import HARDWARE, UPDATES, Constraints, decide
-from compare.report import HEADLINE_COLUMNS, escape_markdown, headline_rows, plot, render_markdown
+from compare.report import (
+    HEADLINE_COLUMNS,
+    disagreements_csv,
+    escape_markdown,
+    headline_rows,
+    plot,
+    render_markdown,
+)
 from compare.runner import check_report, evaluate
 from compare.service import MAX_CHARS, MAX_TEXTS, InputError, Service
 from core.data import DataError, load_tweets
@@ -240,9 +247,11 @@ def build_demo(state: App) -> gr.Blocks:
         plots = plot(report, out)
         (out / "report.json").write_text(dumps_json(report), encoding="utf-8")
         (out / "report.md").write_text(render_markdown(report, [p.name for p in plots]), encoding="utf-8")
+        (out / "disagreements.csv").write_text(disagreements_csv(report), encoding="utf-8")
         rows = headline_rows(report)
         table = [list(r.values()) for r in rows]
-        return table, str(plots[0]), str(plots[1]), [str(out / "report.json"), str(out / "report.md")]
+        downloads = [str(out / name) for name in ("report.json", "report.md", "disagreements.csv")]
+        return table, str(plots[0]), str(plots[1]), downloads
 
     def on_decide(examples, target, budget, updates, hardware, evidence):
         try:

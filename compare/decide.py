@@ -62,6 +62,7 @@ class Recommendation:
     """The choice (None when the measurements cannot support one), the reasons behind it, and what to keep in mind."""
 
     choice: str | None
+    backend: str | None = None
     reasons: list[dict[str, str]] = field(default_factory=list)
     caveats: list[str] = field(default_factory=list)
     scores: dict[str, float] = field(default_factory=dict)
@@ -101,37 +102,66 @@ def _accuracy_at(curve: dict[str, Any], backend: str, n: int) -> tuple[int, floa
 def decide(report: dict[str, Any], constraints: Constraints, curve: dict[str, Any] | None = None) -> Recommendation:
     """Recommend fine-tune, rag or hybrid for `constraints`, from the measured `report` (and learning `curve`)."""
     report = check_report(report)
-    measured: dict[str, dict[str, Any]] = {}
-    for name, b in report["backends"].items():  # several fine-tunes ("finetune", "finetune-x"): the best one stands
-        kind = next((CHOICES[k] for k in CHOICES if name == k or name.startswith(k + "-")), None)
-        if kind is not None and (kind not in measured or b["accuracy"] > measured[kind]["accuracy"]):
-            measured[kind] = {**b, "name": name}
     rec = Recommendation(choice=None)
-    if not measured:
-        rec.caveats.append(f"the report holds none of the backends {sorted(CHOICES)}; nothing to choose from")
-        return rec
     n = int(report["dataset"]["n"])
-    score = dict.fromkeys(measured, 0.0)
 
     def reason(criterion: str, backend: str, text: str) -> None:
         rec.reasons.append({"criterion": criterion, "backend": backend, "text": text})
 
-    # Hard limits first: a backend that breaks one is out, and the reason says by how much.
-    for name, b in measured.items():
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for name, b in report["backends"].items():  # several fine-tunes ("finetune", "finetune-x") compete as one kind
+        kind = next((CHOICES[k] for k in CHOICES if name == k or name.startswith(k + "-")), None)
+        if kind is not None:
+            by_kind.setdefault(kind, []).append({**b, "name": name})
+    if not by_kind:
+        rec.caveats.append(f"the report holds none of the backends {sorted(CHOICES)}; nothing to choose from")
+        return rec
+
+    # Fewer labeled examples than were measured: the learning curve, not the full-data report, says how accurate
+    # each approach will be.
+    have = constraints.labeled_examples
+    measured_size = max((b.get("train_size") or 0 for items in by_kind.values() for b in items), default=0)
+    if curve and have is not None and have < measured_size:
+        at_ft, at_rag = _accuracy_at(curve, "finetune", have), _accuracy_at(curve, "rag", have)
+        if at_ft and at_rag:
+            for item in by_kind.get("fine-tune", []):
+                item["accuracy"] = at_ft[1]
+            for item in by_kind.get("rag", []):
+                item["accuracy"] = at_rag[1]
+            n = int(curve.get("test_size") or n)
+            reason(
+                "data availability",
+                "rag" if at_rag[1] >= at_ft[1] else "fine-tune",
+                f"with {have} labeled examples (not the {measured_size} measured), accuracy comes from the learning "
+                f"curve at {at_ft[0]} examples: fine-tune {at_ft[1]:.4f}, RAG {at_rag[1]:.4f}",
+            )
+            if "hybrid" in by_kind:
+                rec.excluded["hybrid"] = f"not measured with as few as {have} labeled examples (data availability)"
+
+    def violation(kind: str, b: dict[str, Any]) -> str | None:
         p95 = (b.get("latency_ms") or {}).get("p95")
         if constraints.latency_budget_ms is not None and p95 is not None and p95 > constraints.latency_budget_ms:
-            rec.excluded[name] = (
-                f"p95 latency {p95:.1f} ms exceeds the {constraints.latency_budget_ms:g} ms budget (resource limits)"
-            )
-        elif constraints.accuracy_target is not None and b["accuracy"] < constraints.accuracy_target:
-            rec.excluded[name] = (
-                f"accuracy {b['accuracy']:.4f} is below the {constraints.accuracy_target:.4f} target (task nature)"
-            )
-        elif constraints.need_evidence and name == "fine-tune":
-            rec.excluded[name] = (
+            budget = constraints.latency_budget_ms
+            return f"p95 latency {p95:.1f} ms exceeds the {budget:g} ms budget (resource limits)"
+        if constraints.accuracy_target is not None and b["accuracy"] < constraints.accuracy_target:
+            return f"accuracy {b['accuracy']:.4f} is below the {constraints.accuracy_target:.4f} target (task nature)"
+        if constraints.need_evidence and kind == "fine-tune":
+            return (
                 f"a fine-tuned classifier shows no labeled examples as evidence (explainability), so its accuracy of "
                 f"{b['accuracy']:.4f} cannot be used"
             )
+        return None
+
+    # Hard limits: each kind is represented by its most accurate backend that meets them; a kind with none is out,
+    # and the reason says by how much its best backend misses.
+    measured: dict[str, dict[str, Any]] = {}
+    for kind, items in by_kind.items():
+        items = sorted(items, key=lambda b: b["accuracy"], reverse=True)
+        ok = [b for b in items if violation(kind, b) is None]
+        measured[kind] = ok[0] if ok else items[0]
+        if not ok and kind not in rec.excluded:
+            rec.excluded[kind] = violation(kind, items[0]) or ""
+    score = dict.fromkeys(measured, 0.0)
     feasible = [name for name in measured if name not in rec.excluded]
     if not feasible:
         rec.caveats.append(
@@ -150,7 +180,9 @@ def decide(report: dict[str, Any], constraints: Constraints, curve: dict[str, An
         gap = best_acc - acc
         score[name] += -10.0 * gap if gap > margin else 0.0
         if name == best:
-            reason("task nature", name, f"highest accuracy of the feasible backends: {acc:.4f} on {n} texts")
+            which = measured[name]["name"]
+            label = f"{which}: " if which not in CHOICES else ""
+            reason("task nature", name, f"highest accuracy of the feasible backends: {label}{acc:.4f} on {n} texts")
         elif gap <= margin:
             reason(
                 "task nature",
@@ -245,6 +277,7 @@ def decide(report: dict[str, Any], constraints: Constraints, curve: dict[str, An
         reason("constraint", name, f"excluded: {why}")
     rec.scores = {k: round(v, 3) for k, v in score.items() if k in feasible}
     rec.choice = max(feasible, key=lambda k: (score[k], measured[k]["accuracy"]))
+    rec.backend = measured[rec.choice]["name"]
     runner_up = sorted(feasible, key=lambda k: score[k], reverse=True)[1:2]
     if runner_up and abs(score[rec.choice] - score[runner_up[0]]) < 0.25:
         rec.caveats.append(f"{rec.choice} and {runner_up[0]} are close on these constraints")

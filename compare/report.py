@@ -27,6 +27,35 @@ def escape_markdown(text: str, limit: int = 200) -> str:
     return _MD_SPECIAL.sub(r"\\\1", one_line)
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def csv_safe(value: Any) -> Any:
+    """A cell that a spreadsheet will not run: text starting with = + - @ or a control character gets a leading '.
+
+    >>> csv_safe("=cmd|' /C calc'!A0"), csv_safe("fine"), csv_safe(0.5)
+    ("'=cmd|' /C calc'!A0", 'fine', 0.5)
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def disagreements_csv(report: dict[str, Any]) -> str:
+    """The texts where the backends disagree, as CSV with every cell made spreadsheet-safe."""
+    import csv
+    import io
+
+    names = list(report["backends"])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["text", "reference", *names])
+    for row in report.get("disagreements", []):
+        cells = [row["text"], row["reference"], *(row["predictions"].get(n, "") for n in names)]
+        writer.writerow([csv_safe(cell) for cell in cells])
+    return buffer.getvalue()
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
@@ -76,12 +105,13 @@ def headline_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def markdown_table(rows: list[dict[str, str]]) -> str:
+def markdown_table(rows: list[dict[str, Any]], limit: int = 200) -> str:
+    """A Markdown table; every cell (and header) is escaped and kept to one line of at most `limit` characters."""
     if not rows:
         return ""
     columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+    lines = ["| " + " | ".join(escape_markdown(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(escape_markdown(str(row[c]), limit) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -134,10 +164,7 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
             f"{len(report['disagreements'])})",
             "",
         ]
-        rows = [
-            {"text": escape_markdown(d["text"], 140), "reference": d["reference"], **d["predictions"]}
-            for d in report["disagreements"]
-        ]
+        rows = [{"text": d["text"], "reference": d["reference"], **d["predictions"]} for d in report["disagreements"]]
         lines += [markdown_table(rows), ""]
     for plot in plots or []:
         lines += [f"![{Path(plot).stem}]({Path(plot).name})", ""]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from compare.hybrid import fit_hybrid
-from compare.report import plot, render_markdown
+from compare.report import disagreements_csv, plot, render_markdown
 from compare.runner import DEFAULT_HOURLY_PRICE_USD, evaluate
 from compare.update import knowledge_update
 from core.cli import setup_logging
@@ -146,6 +146,7 @@ def write(report: dict[str, Any], out: str | Path) -> Path:
         plots = plot(report, stage)
         (stage / "report.json").write_text(dumps_json(report), encoding="utf-8")
         (stage / "report.md").write_text(render_markdown(report, [p.name for p in plots]), encoding="utf-8")
+        (stage / "disagreements.csv").write_text(disagreements_csv(report), encoding="utf-8")
     return out
 
 

@@ -378,8 +378,6 @@ def _prepare_checkpoints(cfg: FinetuneConfig, args) -> str | None:
 
     Only the main process deletes or writes; every process decides before it does.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
     directory = cfg.checkpoints_dir
     has_checkpoints = directory.is_dir() and any(directory.glob("checkpoint-*"))
     fingerprint = json.loads(dumps_json(cfg.training_fingerprint()))
@@ -396,16 +394,35 @@ def _prepare_checkpoints(cfg: FinetuneConfig, args) -> str | None:
                 f"{directory} holds checkpoints of an interrupted run with other settings ({', '.join(changed)}); "
                 "pass --no-resume to discard them and start over, or run with the same settings to resume"
             )
-        resume = get_last_checkpoint(str(directory))
-        logger.info("Resuming the interrupted run from %s", resume)
+        complete = _complete_checkpoints(directory)
+        if complete:
+            resume = str(complete[-1])
+            logger.info("Resuming the interrupted run from %s", resume)
+        else:
+            logger.warning("No complete checkpoint in %s (killed while saving one?): starting over", directory)
     _barrier(args)  # every process has decided before the main one clears anything
     if args.should_save:
         if has_checkpoints and resume is None:
-            logger.info("Discarding the checkpoints of an earlier run in %s (--no-resume)", directory)
+            logger.info("Discarding the checkpoints of an earlier run in %s", directory)
             shutil.rmtree(directory)
+        elif resume is not None:  # a checkpoint half-written when the process died would be picked up later
+            for partial in directory.glob("checkpoint-*"):
+                if partial.is_dir() and (_step_of(str(partial)) or 0) > (_step_of(resume) or 0):
+                    shutil.rmtree(partial, ignore_errors=True)
         atomic_write_json(directory / FINGERPRINT_FILE, fingerprint)
     _barrier(args)
     return resume
+
+
+def _complete_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoints that were written to the end (the Trainer writes trainer_state.json last), oldest first."""
+    found = [
+        p
+        for p in directory.glob("checkpoint-*")
+        if p.is_dir() and _step_of(str(p)) is not None and (p / "trainer_state.json").is_file()
+        and any(p.glob("*.safetensors")) and (p / "optimizer.pt").is_file()
+    ]  # fmt: skip
+    return sorted(found, key=lambda p: _step_of(str(p)) or 0)
 
 
 def _save(model, tokenizer, run: dict[str, Any], out: Path) -> None:

@@ -181,7 +181,7 @@ def test_batch_evaluation_then_recommendation(service, tmp_path):
     good.write_text("text,label\nI love it,positive\nawful,negative\nthe bus is at 5,neutral\nyay,positive\n")
     table, confusion_png, _latency_png, files = fns["evaluate"](str(good), False, 100)
     assert [row[0] for row in table] == ["finetune", "rag"]
-    assert Path(confusion_png).read_bytes()[:4] == b"\x89PNG" and len(files) == 2
+    assert Path(confusion_png).read_bytes()[:4] == b"\x89PNG" and len(files) == 3
     text = fns["recommend"](None, None, None, "daily", "cpu", False)
     assert text.startswith("## Recommendation: ") and "labeled data changes daily" in text
 
@@ -223,3 +223,30 @@ def test_binds_locally_unless_on_spaces(monkeypatch):
     monkeypatch.setenv("SPACE_ID", "org/space")
     assert app.parse_args([]).host == "0.0.0.0"
     assert app.parse_args(["--port", "9000", "--artifacts", "x"]).artifacts == "x"
+
+
+def test_missing_backends_are_built_with_progress(shared_dir, data_dir, tmp_path, monkeypatch):
+    import compare.service as service_module
+    from finetune.config import FinetuneConfig
+    from finetune.train import train
+    from rag.build import build_index
+    from rag.config import RagConfig
+
+    def small_index(out, progress):
+        progress(0.5, "embedding")
+        build_index(RagConfig(train_size=120, val_size=40, k_grid=(5, 10), out=str(out)))
+
+    def small_finetune(out, progress):
+        tiny = str(shared_dir / "models" / "tiny-random-gpt2")
+        train(FinetuneConfig(base_model=tiny, train_size=60, eval_size=20, epochs=1, out=str(out)), progress=progress,
+              show_progress=False)  # fmt: skip
+
+    monkeypatch.setenv("FTRAG_DATA", str(data_dir))
+    monkeypatch.setattr(service_module, "build_demo_index", small_index)
+    monkeypatch.setattr(service_module, "build_demo_finetune", small_finetune)
+    seen: list[tuple[float, str]] = []
+    service = Service.start(tmp_path / "artifacts", progress=lambda f, m: seen.append((f, m)))
+    assert sorted(service.backends) == ["finetune", "rag"] and not service.unavailable
+    assert (tmp_path / "artifacts" / "rag" / "index.faiss").exists()
+    assert any(m.startswith("finetune: nothing at") for _, m in seen) and seen[-1] == (1.0, "ready")
+    assert Service.start(tmp_path / "none", build_missing=False).unavailable.keys() == {"finetune", "rag"}

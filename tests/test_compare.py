@@ -415,3 +415,20 @@ def test_decide_takes_the_best_of_several_fine_tunes():
     rec = decide(report, Constraints())
     assert rec.choice == "fine-tune"
     assert any("0.8000" in r["text"] and r["backend"] == "fine-tune" for r in rec.reasons)
+
+
+def test_decide_picks_the_fine_tune_that_meets_the_latency_budget():
+    report = synthetic_report(ft_p95=30.0, rag_p95=12.0)
+    report["backends"]["finetune-small"] = {**report["backends"]["finetune"], "accuracy": 0.70,
+                                            "latency_ms": {"p50": 3.0, "p95": 4.0, "p99": 5.0}}  # fmt: skip
+    rec = decide(report, Constraints(latency_budget_ms=5))
+    assert rec.choice == "fine-tune"
+    assert "rag" in rec.excluded and "hybrid" in rec.excluded and "fine-tune" not in rec.excluded
+    assert any("0.7000" in r["text"] for r in rec.reasons)
+
+
+def test_few_labels_use_the_curve_accuracies_not_the_full_data_report():
+    rec = decide(synthetic_report(), Constraints(labeled_examples=300), CURVE)
+    assert rec.choice == "rag"
+    assert "hybrid" in rec.excluded and "300" in rec.excluded["hybrid"]
+    assert any("fine-tune 0.5200, RAG 0.5700" in r["text"] for r in rec.reasons)

@@ -442,3 +442,47 @@ def test_threads_setting_applies(ft_dir):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_training_process_killed_mid_epoch_resumes_and_finishes(shared_dir, data_dir, tmp_path):
+    """SIGKILL (no clean-up at all) after a checkpoint: the same command then resumes from it and finishes."""
+    import signal
+    import time
+
+    out = tmp_path / "m"
+    command = [
+        sys.executable, "-m", "finetune.train",
+        "--base-model", str(shared_dir / "models" / "tiny-random-gpt2"), "--data", str(data_dir),
+        "--train-size", "640", "--eval-size", "32", "--epochs", "3", "--checkpoint-every", "10", "--patience", "0",
+        "--out", str(out),
+    ]  # fmt: skip
+    first = subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "m-checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (checkpoints / "checkpoint-20" / "trainer_state.json").exists():
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    assert not out.exists()
+    done = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["resumed_from"].startswith("checkpoint at step ") and _step(run["resumed_from"]) >= 20
+    assert run["epochs_run"] == pytest.approx(3.0)
+    assert not checkpoints.exists()
+
+
+def _step(text: str) -> int:
+    return int(text.rsplit(" ", 1)[1])
+
+
+def test_a_half_written_checkpoint_is_skipped_on_resume(shared_dir, small_train, tmp_path):
+    cfg = tiny_cfg(shared_dir, tmp_path / "m", train_size=160, eval_size=20, epochs=2, checkpoint_every=4, patience=0)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, small_train, callbacks=[CrashAfter(9)], show_progress=False)
+    partial = cfg.checkpoints_dir / "checkpoint-12"  # killed while writing: weights, but no trainer_state.json
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")
+    run = train(cfg, small_train, show_progress=False)
+    assert run["resumed_from"] == "checkpoint at step 8"

@@ -1,0 +1,125 @@
+"""Hostile input, property-based where it fits: arbitrary unicode, control and zero-width characters, markup,
+formula injection, wrong JSON types. Every case ends in a defined result or a clear error, and the app keeps serving.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import shutil
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import app
+from compare.report import csv_safe, disagreements_csv, escape_markdown, render_markdown
+from compare.service import MAX_CHARS, InputError, Service, check_texts
+from core.types import LABELS
+
+NASTY = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)) | st.sampled_from(
+        ["\u200b", "\u200d", "\ufeff", "\u202e", "\x00", "\x1b", "\r", "<", ">", "[", "]", "|", "`", "=", "@"]
+    ),
+    max_size=300,
+)  # fmt: skip
+SLOW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@given(NASTY)
+@settings(max_examples=300, deadline=None)
+def test_check_texts_accepts_or_explains(text):
+    try:
+        assert check_texts([text]) == [text]
+    except InputError as err:
+        assert "empty" in str(err) or "limit" in str(err)
+
+
+@given(NASTY)
+@settings(max_examples=300, deadline=None)
+def test_escaped_markdown_has_no_live_markup(text):
+    escaped = escape_markdown(text, limit=10_000)
+    assert "\n" not in escaped and "\r" not in escaped
+    # every markup character is preceded by a backslash
+    assert not re.search(r"(?<!\\)[<>\[\]|`*_#]", escaped.replace("\\\\", ""))
+
+
+@given(NASTY)
+@settings(max_examples=300, deadline=None)
+def test_csv_cells_never_start_a_formula(text):
+    row = {"text": text, "reference": "neutral", "predictions": {"a": "=1+1", "b": "@x"}}
+    report = {"backends": {"a": {}, "b": {}}, "disagreements": [row]}
+    rows = list(csv.reader(io.StringIO(disagreements_csv(report))))
+    for cell in rows[1]:
+        assert not cell.startswith(("=", "+", "-", "@", "\t", "\r", "\n"))
+    assert csv_safe("=cmd|' /C calc'!A0").startswith("'=")
+
+
+@given(NASTY.filter(lambda t: t.strip()))
+@SLOW
+def test_backends_answer_any_unicode(finetuned, rag_built, text):
+    for backend in (finetuned, rag_built):
+        [p] = backend.predict([text])
+        assert p.label in LABELS and sum(p.scores.values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_huge_and_zero_width_texts(finetuned, rag_built):
+    texts = ["\u200b" * 5000, "😀" * 20000, "<script>" * 2500, "=cmd|' /C calc'!A0"]
+    for backend in (finetuned, rag_built):
+        assert [p.label in LABELS for p in backend.predict(texts)] == [True] * 4
+
+
+def test_report_markdown_from_hostile_tweets_renders_no_html():
+    report = {
+        "dataset": {"source": "<img src=x onerror=alert(1)>", "split": "test", "n": 1},
+        "machine": {"cpu": "x", "cpu_count": 2, "torch_threads": 2},
+        "created": "now",
+        "latency": {"queries": 1, "batch_size": 1},
+        "hourly_price_usd": 0.1,
+        "backends": {
+            "<b>x</b>": {"accuracy": 1.0, "macro_f1": 1.0, "per_class": {}, "description": "[a](javascript:x)"}
+        },
+        "disagreements": [],
+    }
+    text = render_markdown(report)
+    assert not re.search(r"(?<!\\)<", text)  # every < is escaped, so no tag survives
+    assert "](javascript" not in text
+
+
+@pytest.fixture()
+def client(ft_dir, rag_dir, tmp_path):
+    root = tmp_path / "artifacts"
+    root.mkdir()
+    shutil.copytree(ft_dir, root / "finetune")
+    shutil.copytree(rag_dir, root / "rag")
+    return TestClient(app.create_app(app.App(Service.start(root, build_missing=False))))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"texts": None},
+        {"texts": {"a": 1}},
+        {"texts": [[1]]},
+        {"texts": ["ok"], "backends": "rag"},
+        {"texts": ["ok"] * 10_000},
+        {"texts": ["x" * (MAX_CHARS + 1)]},
+        {"texts": ["\x00\x1b[31m"]},
+        {"texts": ["ok"], "labels": ["neutral"], "extra": "ignored"},
+    ],
+)
+def test_api_wrong_types_and_huge_arrays_are_4xx_or_defined(client, body):
+    response = client.post("/api/classify", json=body)
+    assert response.status_code in {200, 400, 422}
+    assert isinstance(response.json(), dict)
+    assert client.get("/api/health").json()["status"] == "ok"
+
+
+def test_api_malformed_json_and_wrong_content_type(client):
+    as_json = {"content-type": "application/json"}
+    assert client.post("/api/classify", content=b"{not json", headers=as_json).status_code == 422
+    assert client.post("/api/classify", content=b"\xff\xfe", headers=as_json).status_code == 422
+    assert client.post("/api/teach", json={"texts": ["a"], "labels": [None]}).status_code == 422
+    assert client.get("/api/health").status_code == 200
