@@ -379,6 +379,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _log_progress():
+    """A progress callback that logs a line when the percentage or the stage changes, not on every step."""
+    last: dict[str, Any] = {"pct": -1, "stage": None}
+
+    def report(fraction: float, message: str) -> None:
+        pct, stage = int(100 * fraction), message.split(":")[0]
+        if pct != last["pct"] or stage != last["stage"]:
+            logger.info("[%3d%%] %s", pct, message)
+            last.update(pct=pct, stage=stage)
+
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
@@ -387,9 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging()
     artifacts = Path(args.artifacts)
-    service = Service.start(
-        artifacts, build_missing=not args.no_build, progress=lambda f, m: logger.info("[%3.0f%%] %s", 100 * f, m)
-    )
+    service = Service.start(artifacts, build_missing=not args.no_build, progress=_log_progress())
     logger.info("Backends ready in %.1f s: %s", service.started_seconds, sorted(service.backends))
     state = App(service, report_dir=artifacts / "report", curve_dir=artifacts / "curve")
     uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="warning")

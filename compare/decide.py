@@ -145,6 +145,12 @@ def decide(report: dict[str, Any], constraints: Constraints, curve: dict[str, An
             return f"p95 latency {p95:.1f} ms exceeds the {budget:g} ms budget (resource limits)"
         if constraints.accuracy_target is not None and b["accuracy"] < constraints.accuracy_target:
             return f"accuracy {b['accuracy']:.4f} is below the {constraints.accuracy_target:.4f} target (task nature)"
+        gate = ((b.get("fit") or {}).get("chosen") or {}) if kind == "hybrid" else {}
+        if constraints.need_evidence and gate.get("mode") == "gate":
+            return (
+                f"the hybrid shows labeled evidence only when its fine-tuned part is unsure (confidence below "
+                f"{gate.get('threshold', 0):.2f}), not with every answer (explainability)"
+            )
         if constraints.need_evidence and kind == "fine-tune":
             return (
                 f"a fine-tuned classifier shows no labeled examples as evidence (explainability), so its accuracy of "

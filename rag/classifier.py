@@ -204,6 +204,16 @@ class RagClassifier:
             self.index, self._texts, self._label_ids, self.meta = index, all_texts, all_ids, meta
             return len(all_texts)
 
+    def describe(self) -> str:
+        """One line that says what this classifier is: the vote, the corpus and the embedder."""
+        vote_kind = f"{self.weighting}" + (f" T={self.temperature:g}" if self.weighting == "softmax" else "")
+        path = Path(self.embedder.name)
+        embedder = "/".join(path.parts[-2:]) if path.is_absolute() else self.embedder.name
+        return (
+            f"kNN vote (k={self.k}, {vote_kind}) over {self.size:,} labeled examples embedded with {embedder} "
+            f"({self.index.kind} index)"
+        )
+
     def copy(self) -> RagClassifier:
         """An independent in-memory copy (same embedder, cloned index, no directory): `add` on it saves nothing."""
         with self._lock:

@@ -113,3 +113,43 @@ def finetuned(ft_dir: Path):
     import finetune
 
     return finetune.load(ft_dir)
+
+
+@pytest.fixture()
+def app_artifacts(ft_dir: Path, rag_dir: Path, tmp_path: Path) -> Path:
+    """An artifacts directory as the app expects it: fresh copies of the tiny fine-tune and the small index."""
+    root = tmp_path / "artifacts"
+    root.mkdir()
+    shutil.copytree(ft_dir, root / "finetune")
+    shutil.copytree(rag_dir, root / "rag")
+    return root
+
+
+@pytest.fixture()
+def serve():
+    """``serve(asgi_app) -> url``: run an app with uvicorn on a free local port for the rest of the test."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    servers = []
+
+    def start(asgi_app) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(asgi_app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        deadline = time.time() + 30
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port}/"
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -17,13 +13,8 @@ from compare.service import MAX_CHARS, InputError, Service, check_texts
 
 
 @pytest.fixture()
-def artifacts(ft_dir, rag_dir, tmp_path) -> Path:
-    """An artifacts directory with a tiny fine-tuned model and a small index (fresh copies per test)."""
-    root = tmp_path / "artifacts"
-    root.mkdir()
-    shutil.copytree(ft_dir, root / "finetune")
-    shutil.copytree(rag_dir, root / "rag")
-    return root
+def artifacts(app_artifacts) -> Path:
+    return app_artifacts
 
 
 @pytest.fixture()
@@ -189,32 +180,13 @@ def test_batch_evaluation_then_recommendation(service, tmp_path):
 # --- a launched app, through gradio_client --------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_launched_app_answers_gradio_client(service):
-    import uvicorn
+def test_launched_app_answers_gradio_client(service, serve):
     from gradio_client import Client
 
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app.create_app(app.App(service)), host="127.0.0.1", port=port,
-                                           log_level="warning"))  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 30
-        while not server.started and time.time() < deadline:
-            time.sleep(0.1)
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        result = client.predict("what a great day", api_name="/classify")
-        assert len(result) == 5  # two labels, two latency lines, the neighbours
-        assert result[0]["label"] in {"negative", "neutral", "positive"}
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    url = serve(app.create_app(app.App(service)))
+    result = Client(url, verbose=False).predict("what a great day", api_name="/classify")
+    assert len(result) == 5  # two labels, two latency lines, the neighbours
+    assert result[0]["label"] in {"negative", "neutral", "positive"}
 
 
 def test_binds_locally_unless_on_spaces(monkeypatch):

@@ -7,10 +7,6 @@ installs both and sets FTRAG_REQUIRE_BROWSER=1, so in CI a missing browser fails
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -46,31 +42,9 @@ def _require_browser():
     return sync_playwright
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
-def served_app(ft_dir, rag_dir, tmp_path):
-    import uvicorn
-
-    root = tmp_path / "artifacts"
-    root.mkdir()
-    shutil.copytree(ft_dir, root / "finetune")
-    shutil.copytree(rag_dir, root / "rag")
-    state = app.App(Service.start(root, build_missing=False))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app.create_app(state), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(timeout=10)
+def served_app(app_artifacts, serve) -> str:
+    return serve(app.create_app(app.App(Service.start(app_artifacts, build_missing=False))))
 
 
 def test_browser_types_a_tweet_and_sees_both_answers(served_app, tmp_path):

@@ -432,3 +432,10 @@ def test_few_labels_use_the_curve_accuracies_not_the_full_data_report():
     assert rec.choice == "rag"
     assert "hybrid" in rec.excluded and "300" in rec.excluded["hybrid"]
     assert any("fine-tune 0.5200, RAG 0.5700" in r["text"] for r in rec.reasons)
+
+
+def test_a_gated_hybrid_does_not_count_as_showing_evidence():
+    report = synthetic_report()
+    report["backends"]["hybrid"]["fit"] = {"chosen": {"mode": "gate", "threshold": 0.5}}
+    rec = decide(report, Constraints(need_evidence=True))
+    assert rec.choice == "rag" and "confidence below 0.50" in rec.excluded["hybrid"]

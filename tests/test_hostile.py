@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import shutil
 
 import pytest
 from fastapi.testclient import TestClient
@@ -89,12 +88,8 @@ def test_report_markdown_from_hostile_tweets_renders_no_html():
 
 
 @pytest.fixture()
-def client(ft_dir, rag_dir, tmp_path):
-    root = tmp_path / "artifacts"
-    root.mkdir()
-    shutil.copytree(ft_dir, root / "finetune")
-    shutil.copytree(rag_dir, root / "rag")
-    return TestClient(app.create_app(app.App(Service.start(root, build_missing=False))))
+def client(app_artifacts):
+    return TestClient(app.create_app(app.App(Service.start(app_artifacts, build_missing=False))))
 
 
 @pytest.mark.parametrize(
