@@ -201,6 +201,16 @@ def _label_value(result: dict[str, Any] | None) -> dict[str, float] | None:
     return None if result is None else {k: float(v) for k, v in result["scores"].items()}
 
 
+def _what_is(service: Service, name: str) -> str:
+    """One line under each answer column: what the backend is, in bold when it was trained from scratch."""
+    clf = service.backends.get(name)
+    if clf is None:
+        return f"*unavailable: {escape_markdown(service.unavailable.get(name, 'not loaded'), 300)}*"
+    describe = getattr(clf, "describe", None)
+    text = escape_markdown(describe() if callable(describe) else name, 300)
+    return f"**{text}**" if getattr(clf, "from_scratch", False) else text
+
+
 def build_demo(state: App) -> gr.Blocks:
     service = state.service
     names = ["finetune", "rag"]
@@ -282,7 +292,7 @@ def build_demo(state: App) -> gr.Blocks:
             lines.append(f"- {escape_markdown(b['description'], 400)}")
             if b["from_scratch"]:
                 lines.append(f"- **{escape_markdown(b['notice'] or 'trained from scratch', 400)}**")
-            lines.append(f"- data: {escape_markdown(str(b['data_source']), 300)}; examples: {b['train_size']}")
+            lines.append(f"- {escape_markdown(str(b['data_source']), 300)}; labeled examples: {b['train_size']}")
             seconds = b["seconds"]
             lines.append(f"- training / build time: {seconds:.0f} s" if seconds is not None else "- time: n/a")
             if b["eval_accuracy"] is not None:
@@ -306,6 +316,7 @@ def build_demo(state: App) -> gr.Blocks:
                 for name in names:
                     with gr.Column():
                         gr.Markdown(f"### {'Fine-tuned model' if name == 'finetune' else 'Retrieval (RAG)'}")
+                        gr.Markdown(_what_is(service, name), elem_id=f"what-{name}")
                         outputs.append(gr.Label(num_top_classes=3, label=f"{name} scores", elem_id=f"label-{name}"))
                         outputs.append(gr.Markdown(elem_id=f"latency-{name}"))
             neighbours = gr.Dataframe(

@@ -71,16 +71,28 @@ def test_teach_counts_at_once_and_says_what_retraining_costs(service):
         service.teach(["x", "y"], ["positive"])
 
 
-def test_a_corrupted_backend_is_reported_and_the_other_one_served(artifacts):
-    (artifacts / "finetune" / "model.safetensors").write_bytes(b"garbage")
-    service = Service.start(artifacts, build_missing=False)
-    assert list(service.backends) == ["rag"]
-    assert "model.safetensors" in service.unavailable["finetune"]
-    assert (artifacts / "finetune" / "model.safetensors").read_bytes() == b"garbage"  # never rebuilt over
-    assert set(service.classify(["hello"])[0]["results"]) == {"rag"}
-    with pytest.raises(InputError, match="not available.*model.safetensors"):
-        service.classify(["hello"], ["finetune"])
-    assert "unavailable" in service.models() and "finetune" in service.models()["unavailable"]
+@pytest.mark.parametrize(
+    ("backend", "file", "other"),
+    [
+        ("finetune", "model.safetensors", "rag"),
+        ("finetune", "run.json", "rag"),
+        ("rag", "index.faiss", "finetune"),
+        ("rag", "examples.parquet", "finetune"),
+        ("rag", "run.json", "finetune"),
+    ],
+)
+def test_a_corrupted_backend_is_reported_and_the_other_one_served(artifacts, backend, file, other):
+    path = artifacts / backend / file
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # truncated
+    damaged = path.read_bytes()
+    service = Service.start(artifacts, build_missing=True)  # even when allowed to build, it does not build over it
+    assert list(service.backends) == [other]
+    assert file in service.unavailable[backend]
+    assert path.read_bytes() == damaged
+    assert set(service.classify(["hello"])[0]["results"]) == {other}
+    with pytest.raises(InputError, match=f"not available.*{file}"):
+        service.classify(["hello"], [backend])
+    assert backend in service.models()["unavailable"]
 
 
 def test_models_say_what_is_loaded(service):
@@ -168,6 +180,10 @@ def test_batch_evaluation_then_recommendation(service, tmp_path):
     binary.write_bytes(b"text,label\n\xff\xfe\x00bad,positive\n")
     with pytest.raises(gr.Error, match="UTF-8"):
         fns["evaluate"](str(binary), False, 100)
+    huge = tmp_path / "huge.csv"
+    huge.write_text("text,label\n" + "x,positive\n" * 600_000)  # 6.6 MB
+    with pytest.raises(gr.Error, match="the limit is 5 MB"):
+        fns["evaluate"](str(huge), False, 100)
     good = tmp_path / "good.csv"
     good.write_text("text,label\nI love it,positive\nawful,negative\nthe bus is at 5,neutral\nyay,positive\n")
     table, confusion_png, _latency_png, files = fns["evaluate"](str(good), False, 100)
@@ -222,3 +238,11 @@ def test_missing_backends_are_built_with_progress(shared_dir, data_dir, tmp_path
     assert (tmp_path / "artifacts" / "rag" / "index.faiss").exists()
     assert any(m.startswith("finetune: nothing at") for _, m in seen) and seen[-1] == (1.0, "ready")
     assert Service.start(tmp_path / "none", build_missing=False).unavailable.keys() == {"finetune", "rag"}
+
+
+def test_the_compare_tab_says_when_the_model_was_trained_from_scratch(service):
+    service.backends["finetune"].meta["from_scratch"] = True
+    service.backends["finetune"].meta["scratch_preset"] = {"name": "tiny", "n_layer": 2, "n_embd": 128}
+    line = app._what_is(service, "finetune")
+    assert line.startswith("**GPT-2 \\(tiny: 2 layers, 128 wide\\) trained from scratch")
+    assert app._what_is(service, "rag").startswith("kNN vote")

@@ -60,6 +60,7 @@ def test_browser_types_a_tweet_and_sees_both_answers(served_app, tmp_path):
                 page.locator(f"#latency-{name}").get_by_text(" ms").wait_for(timeout=30_000)
             text = page.locator("body").inner_text()
             assert "Fine-tuned model" in text and "Retrieval (RAG)" in text
+            assert "kNN vote" in page.locator("#what-rag").inner_text()
             assert "<b>" not in page.locator("#latency-rag").inner_html()  # user text never becomes markup
             shot = tmp_path / "compare.png"
             page.screenshot(path=str(shot), full_page=True)

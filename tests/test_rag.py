@@ -418,3 +418,22 @@ def test_a_process_killed_while_adding_leaves_a_loadable_index(rag_dir, tmp_path
         texts = set(loaded.examples()[0])
         assert all(f"killed example {i}" in texts for i in range(acknowledged - 1))  # every acknowledged add kept
         before = loaded.size
+
+
+def test_single_text_fast_path_matches_the_eager_model(embedder):
+    eager = rag.Embedder(embedder.model, embedder.name, compile_single=False)
+    for text in ["hi", "my flight got cancelled again and nobody will tell us anything", "", "😀 " * 400]:
+        fast, slow = embedder.encode([text]), eager.encode([text])
+        assert float(fast[0] @ slow[0]) == pytest.approx(1.0, abs=1e-5)
+    assert embedder._traced is not False  # MiniLM traces
+
+
+def test_an_embedder_that_cannot_be_traced_runs_eagerly(embedder, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("not traceable")
+
+    monkeypatch.setattr("torch.jit.trace", refuse)
+    fresh = rag.Embedder(embedder.model, embedder.name)
+    vector = fresh.encode(["still works"])
+    assert fresh._traced is False
+    assert float(vector[0] @ embedder.encode(["still works"])[0]) == pytest.approx(1.0, abs=1e-5)
