@@ -19,7 +19,15 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Offline, with the shared data and tokenizer checked out beside the project (../shared, as in CI), use them unless
+# FTRAG_DATA / FTRAG_TOKENIZER say otherwise.
+SHARED ?= $(abspath ../shared)
+
 demo: install
+	@if [ -z "$$FTRAG_DATA" ] && [ -d "$(SHARED)/data/tweet_sentiment_extraction" ]; then \
+		export FTRAG_DATA="$(SHARED)/data/tweet_sentiment_extraction"; fi; \
+	if [ -z "$$FTRAG_TOKENIZER" ] && [ -d "$(SHARED)/models/gpt2-tokenizer" ]; then \
+		export FTRAG_TOKENIZER="$(SHARED)/models/gpt2-tokenizer"; fi; \
 	GRADIO_ANALYTICS_ENABLED=$${GRADIO_ANALYTICS_ENABLED:-False} $(PY) app.py $(ARGS)
 
 test: install
