@@ -118,3 +118,48 @@ def test_api_malformed_json_and_wrong_content_type(client):
     assert client.post("/api/classify", content=b"\xff\xfe", headers=as_json).status_code == 422
     assert client.post("/api/teach", json={"texts": ["a"], "labels": [None]}).status_code == 422
     assert client.get("/api/health").status_code == 200
+
+
+def _upload(client, name: str, content: bytes):
+    for prefix in ("/gradio_api", ""):
+        response = client.post(f"{prefix}/upload", files={"files": (name, content, "text/csv")})
+        if response.status_code != 404:
+            return response
+    raise AssertionError("no upload route found")
+
+
+@pytest.mark.parametrize("name", ["../../../../tmp/evil.csv", "..\\..\\evil.csv", "/etc/passwd", "a/../../b.csv"])
+def test_uploads_with_traversal_names_stay_in_the_upload_area(client, name):
+    import os
+    import tempfile
+    from pathlib import Path
+
+    response = _upload(client, name, b"text,label\nhello,positive\n")
+    assert response.status_code == 200
+    [stored] = response.json()
+    root = Path(os.environ.get("GRADIO_TEMP_DIR", Path(tempfile.gettempdir()) / "gradio")).resolve()
+    assert Path(stored).resolve().is_relative_to(root), stored
+    assert Path(stored).name not in {"", ".", ".."} and "\\" not in Path(stored).name  # one plain file name
+    assert not Path("/tmp/evil.csv").exists() or Path("/tmp/evil.csv").read_bytes() != b"text,label\nhello,positive\n"
+
+
+def test_oversize_upload_is_refused_by_the_server(client):
+    response = _upload(client, "big.csv", b"x" * (5 * 2**20 + 1))
+    assert response.status_code == 413
+    assert client.get("/api/health").status_code == 200
+
+
+def test_llm_errors_are_logged_without_their_message(rag_built, caplog):
+    """A provider error can quote the request (and a key); only its type is logged, and the vote answers."""
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    from rag.chain import LlmRagClassifier
+
+    class Leaky(FakeListChatModel):
+        def _call(self, *args, **kwargs):
+            raise RuntimeError("401: invalid api key sk-secret-123")
+
+    with caplog.at_level("DEBUG"):
+        [answer] = LlmRagClassifier(rag_built, Leaky(responses=["x"])).answer(["is this thing on"])
+    assert answer.source == "knn-fallback"
+    assert "RuntimeError" in caplog.text and "sk-secret" not in caplog.text
