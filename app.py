@@ -31,9 +31,9 @@ from compare.report import (
     render_markdown,
 )
 from compare.runner import check_report, evaluate
-from compare.service import MAX_CHARS, MAX_TEXTS, InputError, Service
+from compare.service import MAX_CHARS, MAX_TEXTS, InputError, Service, fetch_artifacts
 from core.data import DataError, load_tweets
-from core.files import dumps_json, read_json
+from core.files import ArtifactError, dumps_json, read_json
 from core.types import LABELS
 
 logger = logging.getLogger(__name__)
@@ -385,6 +385,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=TITLE)
     parser.add_argument("--artifacts", default="artifacts", help="holds finetune/, rag/ (and report/, curve/)")
     parser.add_argument("--no-build", action="store_true", help="serve what exists; do not build missing backends")
+    parser.add_argument(
+        "--artifacts-repo",
+        metavar="ORG/NAME",
+        help="first download prebuilt finetune/ and rag/ folders from this Hugging Face Hub repo into --artifacts",
+    )
     parser.add_argument("--host", default="0.0.0.0" if on_spaces else "127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     return parser.parse_args(argv)
@@ -411,6 +416,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging()
     artifacts = Path(args.artifacts)
+    if args.artifacts_repo:
+        try:
+            fetch_artifacts(args.artifacts_repo, artifacts)
+        except ArtifactError as err:
+            logger.error("%s; serving what is in %s", err, artifacts)
     service = Service.start(artifacts, build_missing=not args.no_build, progress=_log_progress())
     logger.info("Backends ready in %.1f s: %s", service.started_seconds, sorted(service.backends))
     state = App(service, report_dir=artifacts / "report", curve_dir=artifacts / "curve")

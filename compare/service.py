@@ -203,6 +203,39 @@ class Service:
         return out
 
 
+def fetch_artifacts(repo_id: str, dest: str | Path, revision: str | None = None) -> Path:
+    """Download prebuilt ``finetune/`` and ``rag/`` artifacts from a Hugging Face Hub repo into `dest`.
+
+    Only those two folders (plus report/ and curve/ when present) are fetched; what is already in `dest` is kept
+    when the download fails.
+
+    Raises:
+        ArtifactError: the Hub cannot be reached, the repo does not exist, or it holds neither folder.
+    """
+    from huggingface_hub import snapshot_download
+
+    from core.settings import hub_reachable
+
+    dest = Path(dest)
+    if not hub_reachable():
+        raise ArtifactError(f"cannot fetch artifacts from the Hub repo {repo_id!r}: the Hub cannot be reached")
+    try:
+        local = Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=["finetune/*", "rag/*", "report/*", "curve/*"],
+                local_dir=dest,
+            )
+        )
+    except Exception as err:  # network, authentication, no such repo: one message that names the repo
+        why = f"{type(err).__name__}: {err}"
+        raise ArtifactError(f"cannot fetch artifacts from the Hub repo {repo_id!r}: {why}") from err
+    if not any((local / name).is_dir() for name in ("finetune", "rag")):
+        raise ArtifactError(f"the Hub repo {repo_id!r} holds neither a finetune/ nor a rag/ folder")
+    return local
+
+
 def build_demo_index(out: Path, progress: Progress) -> None:
     """The full retrieval index (about 90 s on 2 cores)."""
     from rag.build import build_index

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -246,3 +247,26 @@ def test_the_compare_tab_says_when_the_model_was_trained_from_scratch(service):
     line = app._what_is(service, "finetune")
     assert line.startswith("**GPT-2 \\(tiny: 2 layers, 128 wide\\) trained from scratch")
     assert app._what_is(service, "rag").startswith("kNN vote")
+
+
+def test_prebuilt_artifacts_come_from_a_hub_repo(app_artifacts, tmp_path, monkeypatch):
+    import compare.service as service_module
+    from core.files import ArtifactError
+
+    calls = []
+
+    def fake_snapshot(repo_id, revision=None, allow_patterns=None, local_dir=None):
+        calls.append((repo_id, allow_patterns))
+        for name in ("finetune", "rag"):
+            shutil.copytree(app_artifacts / name, Path(local_dir) / name)
+        return str(local_dir)
+
+    monkeypatch.setattr("core.settings.hub_reachable", lambda timeout=2.0: True)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot)
+    dest = service_module.fetch_artifacts("org/ftrag-artifacts", tmp_path / "fetched")
+    assert calls == [("org/ftrag-artifacts", ["finetune/*", "rag/*", "report/*", "curve/*"])]
+    assert sorted(Service.start(dest, build_missing=False).backends) == ["finetune", "rag"]
+
+    monkeypatch.setattr("core.settings.hub_reachable", lambda timeout=2.0: False)
+    with pytest.raises(ArtifactError, match="the Hub cannot be reached"):
+        service_module.fetch_artifacts("org/ftrag-artifacts", tmp_path / "other")
