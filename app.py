@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from compare.report import (
 )
 from compare.runner import check_report, evaluate
 from compare.service import MAX_CHARS, MAX_TEXTS, InputError, Service, fetch_artifacts
-from core.data import DataError, load_tweets
+from core.data import load_tweets
 from core.files import ArtifactError, dumps_json, read_json
 from core.types import LABELS
 
@@ -48,6 +49,8 @@ EXAMPLES = [
 MAX_UPLOAD_BYTES = 5 * 2**20
 MAX_EVAL_ROWS = 2000
 LATENCY_QUERIES = 30
+KEEP_REPORTS = 8
+"""Downloadable reports kept on disk (several people may be downloading theirs)."""
 
 
 # --- the JSON API ----------------------------------------------------------------------------------------------------
@@ -85,6 +88,7 @@ class App:
         self.report_dir = report_dir
         self.curve_dir = curve_dir
         self.report: dict[str, Any] | None = None
+        self.report_files: list[Path] = []
         if report_dir is not None and (report_dir / "report.json").exists():
             try:
                 self.report = check_report(read_json(report_dir / "report.json", "report"))
@@ -251,9 +255,13 @@ def build_demo(state: App) -> gr.Blocks:
             report = state.evaluate_file(
                 getattr(file, "name", file), use_test, int(size), progress=lambda f, m: progress(f, desc=m)
             )
-        except (InputError, DataError) as err:
+        except ValueError as err:  # InputError, DataError, backends that cannot be compared
             raise gr.Error(str(err)) from err
+        # one fresh directory per evaluation (Gradio serves the files by path); only the newest few are kept
         out = Path(tempfile.mkdtemp(prefix="ftrag-report-"))
+        state.report_files.append(out)
+        while len(state.report_files) > KEEP_REPORTS:
+            shutil.rmtree(state.report_files.pop(0), ignore_errors=True)
         plots = plot(report, out)
         (out / "report.json").write_text(dumps_json(report), encoding="utf-8")
         (out / "report.md").write_text(render_markdown(report, [p.name for p in plots]), encoding="utf-8")

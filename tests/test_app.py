@@ -270,3 +270,19 @@ def test_prebuilt_artifacts_come_from_a_hub_repo(app_artifacts, tmp_path, monkey
     monkeypatch.setattr("core.settings.hub_reachable", lambda timeout=2.0: False)
     with pytest.raises(ArtifactError, match="the Hub cannot be reached"):
         service_module.fetch_artifacts("org/ftrag-artifacts", tmp_path / "other")
+
+
+def test_old_report_downloads_are_cleaned_up(service, tmp_path, monkeypatch):
+    monkeypatch.setattr(app, "KEEP_REPORTS", 2)
+    state = app.App(service)
+    demo = app.build_demo(state)
+    evaluate_fn = next(dep.fn for dep in demo.fns.values() if dep.api_name == "evaluate")
+    good = tmp_path / "good.csv"
+    good.write_text("text,label\nI love it,positive\nawful,negative\n")
+    dirs = []
+    for _ in range(3):
+        *_, files = evaluate_fn(str(good), False, 100)
+        dirs.append(Path(files[0]).parent)
+    assert not dirs[0].exists() and dirs[1].exists() and dirs[2].exists()
+    with pytest.raises(Exception, match="no backend|no backends"):
+        app.App(Service()).evaluate_file(str(good), False, 10)
