@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import functools
 import logging
 import threading
@@ -44,8 +42,7 @@ class Embedder:
         self.batch_size = batch_size
         self.compile_single = compile_single
         self._traced: Any = None  # None = not tried yet, False = not available
-        self._trace_lock = threading.RLock()
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._trace_lock = threading.Lock()
 
     @classmethod
     def load(cls, source: str | None = None, batch_size: int = 32) -> Embedder:
@@ -120,8 +117,7 @@ class Embedder:
             features = self.model.preprocess(texts)
             traced = self._single_text_graph() if len(texts) == 1 else None
             if traced:
-                inputs = [features[k] for k in traced.input_names]
-                features["token_embeddings"] = self._graph_thread().submit(_run, traced, inputs).result()
+                features["token_embeddings"] = traced(*(features[k] for k in traced.input_names))
                 for module in list(self.model)[1:]:
                     features = module(features)
                 vectors = features["sentence_embedding"]
@@ -136,22 +132,8 @@ class Embedder:
             return self._traced
         with self._trace_lock:
             if self._traced is None:
-                self._traced = self._graph_thread().submit(_trace_transformer, self.model).result()
+                self._traced = _trace_transformer(self.model)
         return self._traced
-
-    def _graph_thread(self) -> concurrent.futures.ThreadPoolExecutor:
-        # The frozen graph runs fast only on the thread that made it (measured: 3.4 ms there, 9.5 ms on any other
-        # thread, for MiniLM on 2 cores). Web servers call from many threads, so every traced call is handed to
-        # the one thread that traced it.
-        with self._trace_lock if self._executor is None else contextlib.nullcontext():
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ftrag-embed")
-        return self._executor
-
-
-def _run(traced: _Traced, inputs: list[torch.Tensor]) -> torch.Tensor:
-    with torch.inference_mode():  # thread-local: set again on the graph's own thread
-        return traced(*inputs)
 
 
 class _Traced:
