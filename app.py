@@ -23,18 +23,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from compare.decide import HARDWARE, UPDATES, Constraints, decide
-from compare.report import (
-    HEADLINE_COLUMNS,
-    disagreements_csv,
-    escape_markdown,
-    headline_rows,
-    plot,
-    render_markdown,
-)
+from compare.metrics import accuracy
+from compare.report import HEADLINE_COLUMNS, REPORT_FILES, escape_markdown, headline_rows, write_report
 from compare.runner import check_report, evaluate
 from compare.service import MAX_CHARS, MAX_TEXTS, InputError, Service, fetch_artifacts
 from core.data import load_tweets
-from core.files import ArtifactError, dumps_json, read_json
+from core.files import ArtifactError, read_json
 from core.types import LABELS
 
 logger = logging.getLogger(__name__)
@@ -114,10 +108,8 @@ class App:
             bad = sorted(set(labels) - set(LABELS))
             if bad:
                 raise InputError(f"unknown label(s) {bad}; use one of {list(LABELS)}")
-            out["accuracy"] = {
-                name: sum(r["results"][name]["label"] == y for r, y in zip(results, labels, strict=True)) / len(texts)
-                for name in results[0]["results"]
-            }
+            names = list(results[0]["results"])
+            out["accuracy"] = {n: accuracy([r["results"][n]["label"] for r in results], labels) for n in names}
         names = list(results[0]["results"])
         if len(names) == 2:
             a, b = names
@@ -262,14 +254,9 @@ def build_demo(state: App) -> gr.Blocks:
         state.report_files.append(out)
         while len(state.report_files) > KEEP_REPORTS:
             shutil.rmtree(state.report_files.pop(0), ignore_errors=True)
-        plots = plot(report, out)
-        (out / "report.json").write_text(dumps_json(report), encoding="utf-8")
-        (out / "report.md").write_text(render_markdown(report, [p.name for p in plots]), encoding="utf-8")
-        (out / "disagreements.csv").write_text(disagreements_csv(report), encoding="utf-8")
-        rows = headline_rows(report)
-        table = [list(r.values()) for r in rows]
-        downloads = [str(out / name) for name in ("report.json", "report.md", "disagreements.csv")]
-        return table, str(plots[0]), str(plots[1]), downloads
+        plots = write_report(report, out)
+        table = [list(r.values()) for r in headline_rows(report)]
+        return table, str(plots[0]), str(plots[1]), [str(out / name) for name in REPORT_FILES]
 
     def on_decide(examples, target, budget, updates, hardware, evidence):
         try:

@@ -227,3 +227,19 @@ def _save(fig, path: Path) -> Path:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
     return path
+
+
+REPORT_FILES = ("report.json", "report.md", "disagreements.csv")
+
+
+def write_report(report: dict[str, Any], out: str | Path) -> list[Path]:
+    """report.json, report.md, disagreements.csv and the plots, swapped into `out` together; returns the plots."""
+    from core.files import dumps_json, staged_dir
+
+    out = Path(out)
+    with staged_dir(out) as stage:
+        plots = plot(report, stage)
+        (stage / "report.json").write_text(dumps_json(report), encoding="utf-8")
+        (stage / "report.md").write_text(render_markdown(report, [p.name for p in plots]), encoding="utf-8")
+        (stage / "disagreements.csv").write_text(disagreements_csv(report), encoding="utf-8")
+    return [out / p.name for p in plots]

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from compare.hybrid import fit_hybrid
-from compare.report import disagreements_csv, plot, render_markdown
+from compare.report import write_report
 from compare.runner import DEFAULT_HOURLY_PRICE_USD, evaluate
 from compare.update import knowledge_update
 from core.cli import setup_logging
 from core.data import DataError, load_tweets, stratified_indices
-from core.files import ArtifactError, dumps_json, staged_dir
+from core.files import ArtifactError
 from core.settings import SourceError, resolve
 
 logger = logging.getLogger(__name__)
@@ -140,14 +140,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def write(report: dict[str, Any], out: str | Path) -> Path:
-    """report.json, report.md and the plots, swapped into `out` together."""
-    out = Path(out)
-    with staged_dir(out) as stage:
-        plots = plot(report, stage)
-        (stage / "report.json").write_text(dumps_json(report), encoding="utf-8")
-        (stage / "report.md").write_text(render_markdown(report, [p.name for p in plots]), encoding="utf-8")
-        (stage / "disagreements.csv").write_text(disagreements_csv(report), encoding="utf-8")
-    return out
+    """The report files and plots, swapped into `out` together (see `compare.report.write_report`)."""
+    write_report(report, out)
+    return Path(out)
 
 
 def main(argv: list[str] | None = None) -> int:

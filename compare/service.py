@@ -33,10 +33,10 @@ class InputError(ValueError):
     """Input a person gave that cannot be used; the message says what to change."""
 
 
-def check_texts(texts: Any, what: str = "text") -> list[str]:
+def validate_texts(texts: Any, what: str = "text") -> list[str]:
     """1 to MAX_TEXTS non-empty strings of at most MAX_CHARS characters, or an InputError saying which is wrong.
 
-    >>> check_texts(["ok"])
+    >>> validate_texts(["ok"])
     ['ok']
     """
     if isinstance(texts, str):
@@ -114,6 +114,9 @@ class Service:
             except (ArtifactError, ValueError, OSError) as err:
                 logger.error("%s is unavailable: %s", name, err)
                 service.unavailable[name] = str(err)
+        if service.backends:  # the first real request should not pay for lazy set-up (thread pools, the trace)
+            report(0.98, "warming up")
+            service.classify(["warming up"])
         service.started_seconds = time.perf_counter() - start
         report(1.0, "ready")
         return service
@@ -138,7 +141,7 @@ class Service:
 
         Returns ``[{"text", "results": {backend: {label, scores, evidence, latency_ms}}}]``.
         """
-        texts = check_texts(texts)
+        texts = validate_texts(texts)
         chosen = self._pick(backends)
         out = [{"text": t, "results": {}} for t in texts]
         for name, clf in chosen.items():
@@ -151,7 +154,7 @@ class Service:
 
     def teach(self, texts: Any, labels: Any) -> dict[str, Any]:
         """Add labeled examples to the retrieval index (searchable at once, saved atomically)."""
-        texts = check_texts(texts, "example")
+        texts = validate_texts(texts, "example")
         labels = [labels] if isinstance(labels, str) else labels
         if not isinstance(labels, (list, tuple)) or len(labels) != len(texts):
             raise InputError(f"give one label per example: {len(texts)} examples")

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import app
-from compare.service import MAX_CHARS, InputError, Service, check_texts
+from compare.service import MAX_CHARS, InputError, Service, validate_texts
 
 
 @pytest.fixture()
@@ -56,7 +56,7 @@ def test_service_loads_both_backends_and_classifies(service):
 )
 def test_bad_texts_get_a_clear_message(texts, message):
     with pytest.raises(InputError, match=message):
-        check_texts(texts)
+        validate_texts(texts)
 
 
 def test_teach_counts_at_once_and_says_what_retraining_costs(service):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import app
 from compare.report import csv_safe, disagreements_csv, escape_markdown, render_markdown
-from compare.service import MAX_CHARS, InputError, Service, check_texts
+from compare.service import MAX_CHARS, InputError, Service, validate_texts
 from core.types import LABELS
 
 NASTY = st.text(
@@ -31,7 +31,7 @@ SLOW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthChe
 @settings(max_examples=300, deadline=None)
 def test_check_texts_accepts_or_explains(text):
     try:
-        assert check_texts([text]) == [text]
+        assert validate_texts([text]) == [text]
     except InputError as err:
         assert "empty" in str(err) or "limit" in str(err)
 
