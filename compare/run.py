@@ -139,18 +139,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def write(report: dict[str, Any], out: str | Path) -> Path:
-    """The report files and plots, swapped into `out` together (see `compare.report.write_report`)."""
-    write_report(report, out)
-    return Path(out)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     try:
         report = run(args)
-        write(report, args.out)
+        write_report(report, args.out)
     except (ValueError, ArtifactError) as err:  # DataError, SourceError, bad backends
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -32,22 +32,24 @@ def _parse_tuple(item_type: type) -> Any:
     return parse
 
 
-def _optional_int(text: str) -> int | None:
-    if text.lower() in {"all", "none"}:
-        return None
-    try:
-        return int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {text!r}") from err
+def _optional(number: type, none_words: tuple[str, ...]) -> Any:
+    """A parser for an optional number: one of `none_words` means None.
 
+    >>> _optional(int, ("all",))("ALL"), _optional(float, ("auto",))("0.5")
+    (None, 0.5)
+    """
 
-def _optional_float(text: str) -> float | None:
-    if text.lower() in {"auto", "none"}:
-        return None
-    try:
-        return float(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from err
+    def parse(text: str) -> Any:
+        if text.lower() in {*none_words, "none"}:
+            return None
+        try:
+            return number(text)
+        except ValueError as err:
+            words = " or ".join(f"'{w}'" for w in none_words)
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if number is int else 'a number'} or "
+                                             f"{words}, got {text!r}") from err  # fmt: skip
+
+    return parse
 
 
 def field_docs(config_cls: type) -> dict[str, str]:
@@ -106,9 +108,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
             item = typing.get_args(base)[0]
             kwargs.update(type=_parse_tuple(item), metavar=f"{item.__name__.upper()},...")
         elif base is int and optional:
-            kwargs.update(type=_optional_int, metavar="N|all")
+            kwargs.update(type=_optional(int, ("all",)), metavar="N|all")
         elif base is float and optional:
-            kwargs.update(type=_optional_float, metavar="X|auto")
+            kwargs.update(type=_optional(float, ("auto",)), metavar="X|auto")
         elif base in (int, float, str):
             kwargs.update(type=base, metavar=base.__name__.upper())
         else:  # pragma: no cover - configs use only the types above

@@ -134,6 +134,15 @@ def staged_dir(dest: str | Path) -> Iterator[Path]:
         raise
 
 
+def refuse_to_replace(dest: str | Path, what: str, overwrite: bool) -> None:
+    """Raise FileExistsError when `dest` is a non-empty directory and replacing it was not asked for (`overwrite`)."""
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise FileExistsError(f"{dest} is a file, not a directory for {what}; choose another --out")
+    if not overwrite and dest.is_dir() and any(dest.iterdir()):
+        raise FileExistsError(f"{dest} already holds {what}; pass --overwrite to replace it")
+
+
 def replace_dir(new: Path, dest: Path) -> None:
     """Move directory `new` to `dest`, replacing any existing `dest`.
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from core.cli import parse_config, setup_logging
 from core.data import DataError, load_tweets, stratified_indices
-from core.files import atomic_write_json, dumps_json, read_json, staged_dir
+from core.files import atomic_write_json, dumps_json, read_json, refuse_to_replace, staged_dir
 from core.settings import Source, SourceError, resolve
 from core.types import LABELS
 from finetune.config import SCRATCH_PRESETS, FinetuneConfig
@@ -213,23 +213,21 @@ def progress_callback(report: Progress):
     return _Progress()
 
 
-class _EpochCounter:
-    """Remembers the epoch a run (or a resumed run) started at, so throughput counts only this process's work."""
+def epoch_counter():
+    """A `TrainerCallback` that remembers the epoch a run (or a resumed run) started at, so that throughput counts
+    only the work this process did: ``counter.epochs_done(state)``."""
+    from transformers import TrainerCallback
 
-    @staticmethod
-    def make():
-        from transformers import TrainerCallback
+    class _Counter(TrainerCallback):
+        start_epoch = 0.0
 
-        class Counter(TrainerCallback):
-            start_epoch = 0.0
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start_epoch = float(state.epoch or 0.0)
 
-            def on_train_begin(self, args, state, control, **kwargs):
-                self.start_epoch = float(state.epoch or 0.0)
+        def epochs_done(self, state) -> float:
+            return max(float(state.epoch or 0.0) - self.start_epoch, 0.0)
 
-            def epochs_done(self, state) -> float:
-                return max(float(state.epoch or 0.0) - self.start_epoch, 0.0)
-
-        return Counter()
+    return _Counter()
 
 
 # --- the run ---------------------------------------------------------------------------------------------------------
@@ -261,8 +259,7 @@ def train(
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, set_seed
 
     out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} already holds a model; pass --overwrite to replace it")
+    refuse_to_replace(out, "a model", overwrite)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     report = progress or (lambda fraction, message: None)
@@ -297,7 +294,7 @@ def train(
     logger.info("Model: %s, %.1fM parameters; %s", base_description, n_params / 1e6, tokenizer_source.describe())
 
     resume = _prepare_checkpoints(cfg, args)
-    counter = _EpochCounter.make()
+    counter = epoch_counter()
     trainer_callbacks = [*callbacks, counter]
     if cfg.patience > 0:
         trainer_callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.patience))

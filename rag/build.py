@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from core.cli import parse_config, setup_logging
+from core.files import refuse_to_replace
 from rag.classifier import RagClassifier
 from rag.config import RagConfig
 
@@ -17,8 +18,7 @@ from rag.config import RagConfig
 def build_index(cfg: RagConfig, overwrite: bool = False) -> RagClassifier:
     """Build the index described by `cfg` and save it to ``cfg.out`` (refusing to replace one unless `overwrite`)."""
     out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} already holds an index; pass --overwrite to replace it")
+    refuse_to_replace(out, "an index", overwrite)
     classifier = RagClassifier.build(cfg)
     classifier.save(out)
     classifier.directory = out

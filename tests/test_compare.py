@@ -402,9 +402,9 @@ def test_parse_sizes():
 
 
 def test_report_files_are_json(report, tmp_path):
-    from compare.run import write
+    from compare.report import write_report
 
-    write(report, tmp_path / "r")
+    write_report(report, tmp_path / "r")
     assert json.loads((tmp_path / "r" / "report.json").read_text())["format_version"] == 1
     assert Path(tmp_path / "r" / "report.md").read_text().startswith("# Fine-tune vs RAG")
 

@@ -45,18 +45,24 @@ def tiny_cfg(shared_dir: Path, out: Path, **overrides) -> FinetuneConfig:
     return FinetuneConfig(**settings)
 
 
+def scratch_cfg(shared_dir: Path, out: Path, **overrides) -> FinetuneConfig:
+    """GPT-2 of the `tiny` preset from scratch, with the real GPT-2 tokenizer."""
+    settings = {
+        "from_scratch": True,
+        "scratch_size": "tiny",
+        "tokenizer": str(shared_dir / "models" / "gpt2-tokenizer"),
+        "epochs": 1,
+        "out": str(out),
+    }
+    settings.update(overrides)
+    return FinetuneConfig(**settings)
+
+
 @pytest.fixture(scope="session")
 def scratch_run(shared_dir, small_train, tmp_path_factory):
     """A GPT-2 of the `tiny` preset trained from scratch with the real GPT-2 tokenizer."""
     out = tmp_path_factory.mktemp("scratch") / "model"
-    cfg = FinetuneConfig(
-        from_scratch=True,
-        scratch_size="tiny",
-        tokenizer=str(shared_dir / "models" / "gpt2-tokenizer"),
-        eval_size=60,
-        epochs=1,
-        out=str(out),
-    )
+    cfg = scratch_cfg(shared_dir, out, eval_size=60)
     run = train(cfg, small_train, show_progress=False)
     return out, run
 
@@ -207,15 +213,7 @@ def test_from_scratch_says_so_everywhere(scratch_run, caplog):
 
 
 def test_from_scratch_logs_a_warning(shared_dir, small_train, tmp_path, caplog):
-    cfg = FinetuneConfig(
-        from_scratch=True,
-        scratch_size="tiny",
-        tokenizer=str(shared_dir / "models" / "gpt2-tokenizer"),
-        train_size=40,
-        eval_size=20,
-        epochs=1,
-        out=str(tmp_path / "m"),
-    )
+    cfg = scratch_cfg(shared_dir, tmp_path / "m", train_size=40, eval_size=20)
     with caplog.at_level("WARNING", logger="finetune.train"):
         train(cfg, small_train, show_progress=False)
     assert any("trained from scratch" in r.getMessage() for r in caplog.records)
@@ -486,3 +484,11 @@ def test_a_half_written_checkpoint_is_skipped_on_resume(shared_dir, small_train,
     (partial / "model.safetensors").write_bytes(b"half")
     run = train(cfg, small_train, show_progress=False)
     assert run["resumed_from"] == "checkpoint at step 8"
+
+
+def test_out_that_is_a_file_is_refused(shared_dir, small_train, tmp_path):
+    out = tmp_path / "m"
+    out.write_text("not a model directory")
+    with pytest.raises(FileExistsError, match="is a file, not a directory"):
+        train(tiny_cfg(shared_dir, out), small_train, overwrite=True, show_progress=False)
+    assert out.read_text() == "not a model directory"
