@@ -129,3 +129,129 @@ def summary(
     if confidences is not None:
         out["calibration"] = calibration(confidences, [p == r for p, r in zip(predictions, references, strict=True)])
     return out
+
+
+# --- uncertainty: how much a score would move on another sample of texts like these ----------------------------------
+
+
+def _resample_weights(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """How often each of the `n` examples is drawn in each bootstrap resample: shape (n_resamples, n), rows sum to n.
+
+    Every resampled score is then a weighted sum over the original examples, one matrix product for all resamples.
+    """
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
+    draws = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    flat = (draws + n * np.arange(n_resamples)[:, None]).ravel()
+    return np.bincount(flat, minlength=n_resamples * n).reshape(n_resamples, n).astype(np.float64)
+
+
+def _accuracy_rows(weights: np.ndarray, predictions: np.ndarray, references: np.ndarray, labels) -> np.ndarray:
+    return weights @ (predictions == references).astype(np.float64) / weights.sum(axis=1)
+
+
+def _macro_f1_rows(weights: np.ndarray, predictions: np.ndarray, references: np.ndarray, labels) -> np.ndarray:
+    # F1 = 2 TP / (2 TP + FP + FN) = 2 TP / (times predicted + times present); 0 when both are 0, as in macro_f1.
+    per_label = []
+    for label in labels:
+        predicted, present = predictions == label, references == label
+        tp = weights @ (predicted & present).astype(np.float64)
+        either = weights @ (predicted.astype(np.float64) + present)
+        per_label.append(np.divide(2 * tp, either, out=np.zeros_like(tp), where=either > 0))
+    return np.mean(per_label, axis=0)
+
+
+_RESAMPLED = {"accuracy": _accuracy_rows, "macro_f1": _macro_f1_rows}
+
+
+def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    low, high = np.quantile(values, [(1.0 - confidence) / 2, (1.0 + confidence) / 2])
+    return float(low), float(high)
+
+
+def bootstrap_ci(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    metric: str = "accuracy",
+    labels: Sequence[str] | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of `metric` ("accuracy" or "macro_f1") over the evaluated examples.
+
+    Draw the n examples n times with replacement, `n_resamples` times (seeded); score each resample; the interval is
+    the (1 - confidence) / 2 and (1 + confidence) / 2 quantiles of those scores. `labels` as in macro_f1 (default:
+    every label seen).
+
+    >>> bootstrap_ci(["a"] * 80 + ["b"] * 20, ["a"] * 100)  # 80 of 100 right
+    (0.72, 0.88)
+    >>> preds, refs = ["a"] * 45 + ["b"] * 45 + ["a"] * 10, ["a"] * 45 + ["b"] * 55  # macro-F1 0.9
+    >>> tuple(round(x, 3) for x in bootstrap_ci(preds, refs, "macro_f1", ["a", "b"]))
+    (0.838, 0.96)
+    """
+    _check(predictions, references)
+    if metric not in _RESAMPLED:
+        raise ValueError(f"metric must be one of {sorted(_RESAMPLED)}, got {metric!r}")
+    preds, refs = np.asarray(predictions, dtype=str), np.asarray(references, dtype=str)
+    labels = sorted(set(preds) | set(refs)) if labels is None else list(labels)
+    values = _RESAMPLED[metric](_resample_weights(len(refs), n_resamples, seed), preds, refs, labels)
+    return _percentiles(values, confidence)
+
+
+def mcnemar_p(predictions_a: Sequence[str], predictions_b: Sequence[str], references: Sequence[str]) -> float:
+    """Exact two-sided McNemar p-value: could two backends scored on the same texts be equally accurate?
+
+    Only the discordant texts count: b = right by A only, c = right by B only. Under "equally accurate" each is a
+    fair coin flip, so p = min(1, 2 P(X <= min(b, c))) with X ~ Binomial(b + c, 1/2); p = 1 when b + c = 0.
+
+    >>> refs = ["x"] * 10
+    >>> mcnemar_p(["x"] + ["y"] * 9, ["y"] + ["x"] * 9, refs)  # b = 1, c = 9: 2 * (1 + 10) / 2**10
+    0.021484375
+    """
+    _check(predictions_a, references)
+    _check(predictions_b, references)
+    hit_a = np.asarray(predictions_a, dtype=str) == np.asarray(references, dtype=str)
+    hit_b = np.asarray(predictions_b, dtype=str) == np.asarray(references, dtype=str)
+    b, c = int(np.sum(hit_a & ~hit_b)), int(np.sum(~hit_a & hit_b))
+    if b + c == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(min(b, c), b + c, 0.5, alternative="two-sided").pvalue)
+
+
+def paired_difference(
+    predictions_a: Sequence[str],
+    predictions_b: Sequence[str],
+    references: Sequence[str],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Accuracy of A minus accuracy of B on the same texts, its paired bootstrap interval and the McNemar p-value.
+
+    Paired: each resample draws the same texts for both, so the interval is of the difference itself (narrower than
+    two separate intervals suggest when the backends tend to fail on the same texts). A difference whose interval
+    contains 0 is within noise.
+
+    >>> refs = ["x"] * 100
+    >>> a, b = ["x"] * 80 + ["y"] * 20, ["x"] * 70 + ["y"] * 30  # A is right on every text B gets right, and 10 more
+    >>> result = paired_difference(a, b, refs)
+    >>> result["accuracy_diff"], result["diff_ci95"], round(result["mcnemar_p"], 5)
+    (0.1, (0.04, 0.16), 0.00195)
+    """
+    _check(predictions_a, references)
+    _check(predictions_b, references)
+    refs = np.asarray(references, dtype=str)
+    hit_a = (np.asarray(predictions_a, dtype=str) == refs).astype(np.float64)
+    hit_b = (np.asarray(predictions_b, dtype=str) == refs).astype(np.float64)
+    weights = _resample_weights(len(refs), n_resamples, seed)
+    diffs = weights @ (hit_a - hit_b) / len(refs)
+    return {
+        "accuracy_diff": float(np.mean(hit_a - hit_b)),
+        "diff_ci95": _percentiles(diffs, confidence),
+        "mcnemar_p": mcnemar_p(predictions_a, predictions_b, references),
+    }
