@@ -1,6 +1,7 @@
 """Run the same labeled queries through every backend and collect what the decision needs.
 
-`evaluate` returns the report: per backend the metrics, calibration, latency, throughput and cost; agreement
+`evaluate` returns the report: per backend the metrics with bootstrap intervals, calibration, latency, throughput
+and cost; for every pair of backends the accuracy difference with its interval and a McNemar test; agreement
 between backends and the examples where they disagree. `render_markdown` and `plot` turn it into report.md and
 PNGs. Nothing here knows how a backend works inside: only the `Classifier` contract and its ``meta``.
 """
@@ -19,16 +20,27 @@ from pathlib import Path
 from typing import Any
 
 from compare.latency import measure
-from compare.metrics import agreement, summary
+from compare.metrics import agreement, bootstrap_ci, paired_difference, summary
 from core.types import Classifier
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+"""Bumped only for a change old readers cannot cope with; keys added since (the intervals, ``pairwise``) are
+optional to every reader, which shows "n/a" where a report predates them."""
 DEFAULT_HOURLY_PRICE_USD = 0.10
 """On-demand price of a small 2-vCPU cloud machine like the one measured here (pass your own)."""
 
 Progress = Callable[[float, str], None]
+
+INTERVALS = {
+    "method": "percentile bootstrap",
+    "resamples": 1000,
+    "seed": 0,
+    "confidence": 0.95,
+    "paired_test": "exact McNemar",
+}
+"""How every interval in a report is computed: resampling the evaluated texts, seeded, so a re-run gives the same."""
 
 
 def check_backends(classifiers: Mapping[str, Classifier], dataset_labels: Sequence[str] = ()) -> list[str]:
@@ -87,6 +99,79 @@ def _describe(clf: Classifier) -> dict[str, Any]:
     }
 
 
+def backend_intervals(predictions: Sequence[str], references: Sequence[str], labels: Sequence[str]) -> dict:
+    """``accuracy_ci95`` and ``macro_f1_ci95`` of one backend as [low, high], computed as INTERVALS says."""
+    kw = {"n_resamples": INTERVALS["resamples"], "seed": INTERVALS["seed"], "confidence": INTERVALS["confidence"]}
+    return {
+        f"{metric}_ci95": [round(x, 4) for x in bootstrap_ci(predictions, references, metric, labels, **kw)]
+        for metric in ("accuracy", "macro_f1")
+    }
+
+
+def pairwise(predictions: Mapping[str, Sequence[str]], references: Sequence[str]) -> list[dict[str, Any]]:
+    """For every pair of backends (in report order): accuracy of a minus b on the same texts, its paired interval, and
+    the exact McNemar p-value.
+    """
+    kw = {"n_resamples": INTERVALS["resamples"], "seed": INTERVALS["seed"], "confidence": INTERVALS["confidence"]}
+    rows = []
+    for a, b in itertools.combinations(predictions, 2):
+        result = paired_difference(predictions[a], predictions[b], references, **kw)
+        rows.append(
+            {
+                "a": a,
+                "b": b,
+                "accuracy_diff": round(result["accuracy_diff"], 4),
+                "diff_ci95": [round(x, 4) for x in result["diff_ci95"]],
+                "mcnemar_p": float(f"{result['mcnemar_p']:.4g}"),  # significant digits: a tiny p must not read as 0
+            }
+        )
+    return rows
+
+
+def _score(
+    classifiers: Mapping[str, Classifier],
+    texts: list[str],
+    references: list[str],
+    labels: list[str],
+    report_progress: Progress,
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
+    """Classify every text with every backend: each backend's metrics and description, and its predicted labels."""
+    backends: dict[str, dict[str, Any]] = {}
+    predictions: dict[str, list[str]] = {}
+    for i, (name, clf) in enumerate(classifiers.items()):
+        report_progress(0.6 * i / len(classifiers), f"{name}: classifying {len(texts)} texts")
+        start = time.perf_counter()
+        answers = clf.predict(texts)
+        seconds = time.perf_counter() - start
+        predictions[name] = [p.label for p in answers]
+        confidences = [max(p.scores.values()) for p in answers]
+        backends[name] = {
+            **summary(predictions[name], references, labels, confidences),
+            **backend_intervals(predictions[name], references, labels),
+            "evaluation_seconds": round(seconds, 3),
+            **_describe(clf),
+        }
+        logger.info("%s: accuracy %.4f on %d texts", name, backends[name]["accuracy"], len(texts))
+    return backends, predictions
+
+
+def _timings(timed: dict[str, Any], one_off_seconds: float | None, hourly_price: float) -> dict[str, Any]:
+    return {
+        "latency_ms": {k: round(v, 3) for k, v in timed["latency_ms"].items()},
+        "latency_samples_ms": [round(v, 3) for v in timed["samples"]],
+        "samples_per_second": round(timed["samples_per_second"], 2),
+        "cost": cost(timed["samples_per_second"], one_off_seconds, hourly_price),
+    }
+
+
+def _disagreements(texts: list[str], references: list[str], predictions: dict[str, list[str]]) -> list[dict]:
+    return [
+        {"text": text, "reference": ref, "predictions": {name: predictions[name][i] for name in predictions}}
+        for i, (text, ref) in enumerate(zip(texts, references, strict=True))
+        if len({predictions[name][i] for name in predictions}) > 1
+    ]
+
+
 def evaluate(
     classifiers: Mapping[str, Classifier] | Sequence[Classifier],
     dataset,
@@ -115,24 +200,7 @@ def evaluate(
         raise ValueError(f"hourly_price must be positive, got {hourly_price}")
     labels = check_backends(classifiers, references)
     report_progress = progress or (lambda fraction, message: None)
-    n_backends = len(classifiers)
-
-    backends: dict[str, dict[str, Any]] = {}
-    predictions: dict[str, list[str]] = {}
-    for i, (name, clf) in enumerate(classifiers.items()):
-        report_progress(0.6 * i / n_backends, f"{name}: classifying {len(texts)} texts")
-        start = time.perf_counter()
-        answers = clf.predict(texts)
-        seconds = time.perf_counter() - start
-        predictions[name] = [p.label for p in answers]
-        confidences = [max(p.scores.values()) for p in answers]
-        backends[name] = {
-            **summary(predictions[name], references, labels, confidences),
-            "evaluation_seconds": round(seconds, 3),
-            **_describe(clf),
-        }
-        logger.info("%s: accuracy %.4f on %d texts", name, backends[name]["accuracy"], len(texts))
-
+    backends, predictions = _score(classifiers, texts, references, labels, report_progress)
     report_progress(0.6, "timing single queries and batches")
     timed = measure(
         classifiers,
@@ -142,19 +210,11 @@ def evaluate(
         progress=lambda f, m: report_progress(0.6 + 0.35 * f, m),
     )
     for name, t in timed.items():
-        backends[name]["latency_ms"] = {k: round(v, 3) for k, v in t["latency_ms"].items()}
-        backends[name]["latency_samples_ms"] = [round(v, 3) for v in t["samples"]]
-        backends[name]["samples_per_second"] = round(t["samples_per_second"], 2)
-        backends[name]["cost"] = cost(t["samples_per_second"], backends[name]["one_off_seconds"], hourly_price)
-
+        backends[name].update(_timings(t, backends[name]["one_off_seconds"], hourly_price))
     pairs = {
         f"{a} vs {b}": agreement(predictions[a], predictions[b]) for a, b in itertools.combinations(predictions, 2)
     }
-    disagreements = [
-        {"text": text, "reference": ref, "predictions": {name: predictions[name][i] for name in predictions}}
-        for i, (text, ref) in enumerate(zip(texts, references, strict=True))
-        if len({predictions[name][i] for name in predictions}) > 1
-    ]
+    disagreements = _disagreements(texts, references, predictions)
     report_progress(1.0, "done")
     return {
         "format_version": FORMAT_VERSION,
@@ -168,8 +228,10 @@ def evaluate(
         "labels": labels,
         "machine": machine(),
         "latency": {"queries": min(latency_queries, len(texts)), "batch_size": batch_size, "interleaved": True},
+        "intervals": dict(INTERVALS),
         "hourly_price_usd": hourly_price,
         "backends": backends,
+        "pairwise": pairwise(predictions, references),
         "agreement": pairs,
         "disagreement_count": len(disagreements),
         "disagreements": disagreements[:max_disagreements],
