@@ -1,11 +1,15 @@
-"""Loading labeled tweets from any source into one shape: ``text`` (str) and ``label`` (a string in LABELS).
+"""Loading labeled tweets from any source into one shape: ``text`` (str) and ``label`` (str) columns.
 
-Normalising once, here, means the backends and the comparison never see a source's own column names.
+Normalising once, here, means the backends and the comparison never see a source's own column names. The label
+set comes from the data: integer ids with their names (a ``ClassLabel`` feature, a ``label_text`` column beside
+the ids, or names given by the caller) keep the id order; plain string labels are sorted. `label_names` hands the
+ordered set to the backends, which record it in every artifact.
 """
 
 from __future__ import annotations
 
 import codecs
+import json
 import logging
 import re
 from collections import Counter, defaultdict
@@ -14,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, load_dataset
 
 from core.settings import SourceError, resolve
-from core.types import LABELS
+from core.types import LABELS, check_labels
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +29,11 @@ TEXT_COLUMNS = ("text", "tweet", "sentence", "content", "review", "document")
 """Column names taken as the text, in order of preference."""
 LABEL_COLUMNS = ("label_text", "sentiment", "label", "labels", "class", "category")
 """Column names taken as the label, in order of preference (a string column before an integer one)."""
+KNOWN_LABEL_NAMES: dict[str, tuple[str, ...]] = {"tweet_sentiment_extraction": LABELS}
+"""Names of the integer ids of datasets whose files carry the ids alone (the default dataset's parquet files)."""
 FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _UTF8_CHECK_CHUNK = 1 << 20
+_LABELS_NOTE = "label names in id order: "
 
 
 class DataError(ValueError):
@@ -38,8 +45,9 @@ def load_tweets(
     split: str | None = None,
     limit: int | None = None,
     seed: int = 0,
+    labels: Sequence[str] | None = None,
 ) -> Dataset | DatasetDict:
-    """Load labeled texts as ``text`` / ``label`` columns with string labels from LABELS.
+    """Load labeled texts as ``text`` / ``label`` columns with string labels; `label_names` gives their order.
 
     Args:
         source: a Hub dataset id, a local directory in the Hub layout, or a CSV / TSV / JSON(L) / parquet file.
@@ -48,12 +56,17 @@ def load_tweets(
         split: return only this split as a `Dataset`; None returns every split as a `DatasetDict`.
         limit: keep a seeded, label-stratified sample of this many rows from each returned split.
         seed: the sampling seed.
+        labels: the label names, in the order of the integer ids 0, 1, ... (``--labels a,b,c``): they name the
+            ids even where the data also has a name column; string labels must be among them. None: the names
+            the data carries (see the module docstring).
 
-    Empty and whitespace-only texts are dropped, and the number dropped is logged; nothing else is removed.
+    Label names are trimmed and lower-cased. Empty and whitespace-only texts are dropped, and the number dropped is
+    logged; nothing else is removed.
 
     Raises:
-        DataError: missing file, unknown format, no text or label column, labels outside LABELS, bytes that are
-            not UTF-8, no rows, an unknown split, a limit larger than a split.
+        DataError: missing file, unknown format, no text or label column, integer labels without names, fewer
+            than 2 labels, labels outside `labels`, bytes that are not UTF-8, no rows, an unknown split, a limit
+            larger than a split.
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise DataError(f"limit must be a positive integer, got {limit!r}")
@@ -65,14 +78,42 @@ def load_tweets(
     splits = _read(name, is_local=resolved.is_local)
     if split is not None and split not in splits:
         raise DataError(f"{name}: no split {split!r}; it has {sorted(splits)}")
+    names = _label_set(splits, name, labels)
     wanted = {split: splits[split]} if split is not None else dict(splits)
     out = {}
     for split_name, ds in wanted.items():
-        ds = _normalise(ds, f"{name} [{split_name}]")
+        ds = _normalise(ds, f"{name} [{split_name}]", names, by_id=labels is not None)
         if limit is not None:
             ds = stratified_sample(ds, limit, seed=seed, what=f"{name} [{split_name}]")
         out[split_name] = ds
     return out[split] if split is not None else DatasetDict(out)
+
+
+def label_names(dataset: Dataset | DatasetDict) -> list[str]:
+    """The ordered label set of `dataset`: as `load_tweets` recorded it, else its labels sorted.
+
+    The recorded set survives `select`, `shuffle`, `filter` and sampling, and holds every label of the source
+    even when a small sample misses one.
+
+    >>> label_names(Dataset.from_dict({"text": ["a", "b"], "label": ["yes", "no"]}))
+    ['no', 'yes']
+    """
+    if isinstance(dataset, DatasetDict):
+        dataset = next(iter(dataset.values()))
+    note = dataset.info.description or ""
+    if note.startswith(_LABELS_NOTE):
+        return list(json.loads(note[len(_LABELS_NOTE) :]))
+    return sorted(set(dataset["label"]))
+
+
+def with_label_names(dataset: Dataset, names: Sequence[str]) -> Dataset:
+    """`dataset` (``text`` / ``label``) with `names` recorded as its ordered label set (see `label_names`)."""
+    columns = {"text": list(dataset["text"]), "label": list(dataset["label"])}
+    return Dataset.from_dict(columns, info=_names_info(check_labels(names)))
+
+
+def _names_info(names: Sequence[str]) -> DatasetInfo:
+    return DatasetInfo(description=_LABELS_NOTE + json.dumps(list(names)))
 
 
 def _read(name: str, is_local: bool) -> DatasetDict:
@@ -130,60 +171,124 @@ def _pick(columns: Sequence[str], candidates: Sequence[str]) -> str | None:
     return next((lowered[c] for c in candidates if c in lowered), None)
 
 
-def _normalise(ds: Dataset, what: str) -> Dataset:
-    if ds.num_rows == 0:
-        raise DataError(f"{what}: no rows")
+def _columns(ds: Dataset, what: str) -> tuple[str, str, str | None]:
+    """The text column, the label column and (when the labels are names) a column of their integer ids."""
     text_col = _pick(ds.column_names, TEXT_COLUMNS)
     if text_col is None:
         raise DataError(f"{what}: no text column; expected one of {list(TEXT_COLUMNS)}, found {ds.column_names}")
     label_col = _pick(ds.column_names, LABEL_COLUMNS)
     if label_col is None:
         raise DataError(f"{what}: no label column; expected one of {list(LABEL_COLUMNS)}, found {ds.column_names}")
+    ids = [c for c in ds.column_names if c.lower() in LABEL_COLUMNS and c != label_col and _is_id_column(ds, c)]
+    return text_col, label_col, (ids[0] if ids and not _is_id_column(ds, label_col) else None)
 
+
+def _is_id_column(ds: Dataset, column: str) -> bool:
+    feature = ds.features[column]
+    return isinstance(feature, ClassLabel) or str(getattr(feature, "dtype", "")).startswith(("int", "uint"))
+
+
+def _label_set(splits: DatasetDict, source: str, given: Sequence[str] | None) -> list[str]:
+    """The ordered label names of the whole source (every split), or a DataError saying why there are none."""
+    try:
+        if given is not None:
+            return check_labels([normalise_label(name) for name in given])
+        return check_labels(_names_from_data(splits, source))
+    except DataError:
+        raise
+    except ValueError as err:
+        raise DataError(f"{source}: {err}") from err
+
+
+def _names_from_data(splits: DatasetDict, source: str) -> list[str]:
+    pairs: set[tuple[int, str]] = set()
+    names: set[str] = set()
+    has_ids = False
+    for split_name, ds in splits.items():
+        _, label_col, id_col = _columns(ds, f"{source} [{split_name}]")
+        feature = ds.features[label_col]
+        if isinstance(feature, ClassLabel):
+            return [normalise_label(name) for name in feature.names]
+        values = [_raw_label(v) for v in ds[label_col]]
+        has_ids = has_ids or any(isinstance(v, int) for v in values)
+        names.update(v for v in values if isinstance(v, str))
+        if id_col is not None:
+            ids = ds[id_col]
+            pairs.update((i, v) for i, v in zip(ids, values, strict=True) if isinstance(v, str) and (i or 0) >= 0)
+    if has_ids:
+        known = KNOWN_LABEL_NAMES.get(Path(source).name)
+        if known is None:
+            raise ValueError(
+                "the labels are integer ids with no names; name them in id order with --labels a,b,c "
+                "(labels=[...]), or add a label_text column"
+            )
+        return list(known)
+    return _order_by_id(pairs) if pairs else sorted(names)
+
+
+def _order_by_id(pairs: set[tuple[int, str]]) -> list[str]:
+    """Names ordered by their ids, or a ValueError when an id has two names or a name two ids."""
+    for side in (0, 1):
+        seen: dict = defaultdict(set)
+        for pair in pairs:
+            seen[pair[side]].add(pair[1 - side])
+        clash = {k: sorted(v) for k, v in seen.items() if len(v) > 1}
+        if clash:
+            raise ValueError(f"the label ids and names do not match one to one: {clash}")
+    return [name for _, name in sorted(pairs)]
+
+
+def normalise_label(name: str) -> str:
+    """A label name as stored: trimmed and lower-cased, so ``Positive`` and ``positive`` are one label."""
+    return str(name).strip().lower()
+
+
+def _raw_label(value: Any) -> int | str | None:
+    """One raw label as an integer id, a (normalised) name, or None when it is neither."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, np.integer)) or (isinstance(value, float) and float(value).is_integer()):
+        return int(value)
+    if isinstance(value, str):
+        name = normalise_label(value)
+        return int(name) if name.lstrip("-").isdigit() else (name or None)
+    return None
+
+
+def _normalise(ds: Dataset, what: str, names: Sequence[str], by_id: bool) -> Dataset:
+    """`ds` as ``text`` / ``label`` strings; with `by_id` (names given by the caller) an id column wins over names."""
+    if ds.num_rows == 0:
+        raise DataError(f"{what}: no rows")
+    text_col, label_col, id_col = _columns(ds, what)
+    label_col = id_col if by_id and id_col is not None else label_col
     texts = ["" if t is None else str(t) for t in ds[text_col]]
-    labels = _labels_as_strings(ds, label_col, what)
+    labels = _labels_as_strings(ds, label_col, what, names)
     keep = [i for i, t in enumerate(texts) if t.strip()]
     dropped = len(texts) - len(keep)
     if dropped:
         logger.warning("%s: dropped %d empty or whitespace-only text(s) of %d", what, dropped, len(texts))
     if not keep:
         raise DataError(f"{what}: every text is empty")
-    return Dataset.from_dict({"text": [texts[i] for i in keep], "label": [labels[i] for i in keep]})
+    kept = {"text": [texts[i] for i in keep], "label": [labels[i] for i in keep]}
+    return Dataset.from_dict(kept, info=_names_info(names))
 
 
-def _labels_as_strings(ds: Dataset, column: str, what: str) -> list[str]:
-    feature = ds.features[column]
-    values = ds[column]
-    if isinstance(feature, ClassLabel):
-        values = [None if v is None or v < 0 else feature.names[v] for v in values]
+def _labels_as_strings(ds: Dataset, column: str, what: str, names: Sequence[str]) -> list[str]:
+    known = set(names)
     out: list[str] = []
     bad: Counter = Counter()
-    for value in values:
-        label = _label_name(value)
-        if label is None:
+    for value in ds[column]:
+        raw = _raw_label(value)
+        if isinstance(raw, int):
+            raw = names[raw] if 0 <= raw < len(names) else None
+        if raw is None or raw not in known:
             bad[repr(value)] += 1
         else:
-            out.append(label)
+            out.append(raw)
     if bad:
         shown = ", ".join(f"{v} x{n}" for v, n in bad.most_common(5))
-        raise DataError(f"{what}: {sum(bad.values())} label(s) in column {column!r} outside {list(LABELS)}: {shown}")
+        raise DataError(f"{what}: {sum(bad.values())} label(s) in column {column!r} outside {list(names)}: {shown}")
     return out
-
-
-def _label_name(value: Any) -> str | None:
-    """Map one raw label to a name in LABELS: integers index LABELS (0 negative, 1 neutral, 2 positive)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, np.integer)) or (isinstance(value, float) and float(value).is_integer()):
-        index = int(value)
-        return LABELS[index] if 0 <= index < len(LABELS) else None
-    if isinstance(value, str):
-        name = value.strip().lower()
-        if name in LABELS:
-            return name
-        if name.lstrip("-").isdigit():
-            return _label_name(int(name))
-    return None
 
 
 def stratified_indices(labels: Sequence[str], n: int, seed: int = 0) -> list[int]:

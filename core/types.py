@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
-"""The label schema of the reference task, in the order of the dataset's integer ids (0, 1, 2)."""
+"""The label names of the reference task (tweet sentiment), in the order of its integer ids (0, 1, 2). Any other
+label set works: it comes from the data (see `core.data.label_names`) and travels with every artifact."""
 
 SCORE_TOLERANCE = 1e-4
 """How far from 1 the scores of a prediction may sum (float32 softmax rounding)."""
@@ -71,6 +72,39 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     if bad:
         raise TypeError(f"texts must be strings, got {sorted(set(bad))}")
     return texts
+
+
+def check_labels(labels: Sequence[str]) -> list[str]:
+    """`labels` as a list of two or more distinct, non-empty names, or a ValueError naming the problem.
+
+    >>> check_labels(("non_irony", "irony"))
+    ['non_irony', 'irony']
+    """
+    if isinstance(labels, str):
+        raise ValueError(f"labels must be a list of names, not one string: {labels!r}")
+    names = list(labels)
+    bad = [name for name in names if not isinstance(name, str) or not name.strip()]
+    if bad:
+        raise ValueError(f"label names must be non-empty strings, got {bad}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"label names must be distinct, got {repeated} more than once")
+    if len(names) < 2:
+        raise ValueError(f"a classifier needs at least 2 labels, got {names}")
+    return names
+
+
+def check_same_labels(what: str, expected: Sequence[str], other: str, got: Sequence[str]) -> None:
+    """A ValueError when two label sets differ (order aside): nothing trained on one label set is scored, combined
+    or compared with another.
+
+    >>> check_same_labels("model", ["a", "b"], "data", ["b", "a"])
+    """
+    if set(expected) != set(got):
+        raise ValueError(
+            f"label sets differ: {what} has {list(expected)}, {other} has {list(got)}; a model is only scored "
+            "against data, and combined with models, of its own label set"
+        )
 
 
 @runtime_checkable

@@ -6,9 +6,9 @@ from collections import Counter
 
 import pandas as pd
 import pytest
-from datasets import Dataset, DatasetDict
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from core.data import DataError, leak_report, load_tweets, stratified_sample
+from core.data import DataError, label_names, leak_report, load_tweets, stratified_sample
 from core.types import LABELS
 
 
@@ -19,6 +19,7 @@ def test_real_dataset_loads_with_string_labels(tweets, caplog):
     for split in tweets.values():
         assert split.column_names == ["text", "label"]
         assert set(split["label"]) == set(LABELS)
+        assert label_names(split) == list(LABELS)  # the default data's ids carry no names: the reference ones
         assert all(t.strip() for t in split["text"])
     # the dataset's own order and mapping: 0 negative, 1 neutral, 2 positive
     assert tweets["train"][1] == {"text": " Sooo SAD I will miss you here in San Diego!!!", "label": "negative"}
@@ -83,12 +84,61 @@ def test_csv_with_tweet_and_sentiment_columns(tmp_path):
     assert ds["label"] == ["positive", "neutral", "negative"]
 
 
-def test_jsonl_with_integer_labels(tmp_path):
+def test_jsonl_with_integer_labels_named_by_the_caller(tmp_path):
     path = tmp_path / "tweets.jsonl"
     path.write_text("\n".join(json.dumps({"text": t, "label": y}) for t, y in [("bad", 0), ("ok", 1), ("good", 2)]))
-    ds = load_tweets(str(path))
+    with pytest.raises(DataError, match=r"tweets.jsonl: the labels are integer ids with no names.*--labels a,b,c"):
+        load_tweets(str(path))
+    ds = load_tweets(str(path), labels=["Worst", "middle", "best"])
     assert isinstance(ds, DatasetDict) and list(ds) == ["train"]
-    assert ds["train"]["label"] == ["negative", "neutral", "positive"]
+    assert ds["train"]["label"] == ["worst", "middle", "best"]
+    assert label_names(ds) == label_names(ds["train"]) == ["worst", "middle", "best"]  # id order, not sorted
+
+
+def test_emotion_and_irony_load_with_their_own_labels_in_id_order(shared_dir):
+    emotion = load_tweets(str(shared_dir / "data" / "tweeteval_emotion"))
+    assert {k: v.num_rows for k, v in emotion.items()} == {"train": 3257, "validation": 374, "test": 1421}
+    assert all(label_names(split) == ["anger", "joy", "optimism", "sadness"] for split in emotion.values())
+    assert emotion["train"][0]["label"] == "optimism"  # id 2
+    irony = load_tweets(str(shared_dir / "data" / "tweeteval_irony"), split="test", limit=40, seed=3)
+    assert label_names(irony) == ["non_irony", "irony"]  # ids 0 and 1: not the sorted order
+    assert set(irony["label"]) == {"non_irony", "irony"}
+    # the recorded set survives sampling down to rows of one label
+    assert label_names(irony.filter(lambda row: row["label"] == "irony")) == ["non_irony", "irony"]
+
+
+def test_labels_flag_names_the_ids_of_a_real_dataset(shared_dir):
+    renamed = load_tweets(str(shared_dir / "data" / "tweeteval_irony"), split="train", labels=("plain", "ironic"))
+    assert label_names(renamed) == ["plain", "ironic"]
+    assert set(renamed["label"]) == {"plain", "ironic"}  # the ids, named by the caller, win over label_text
+
+
+def test_string_labels_are_sorted_and_class_label_keeps_its_order(tmp_path):
+    path = tmp_path / "yes_no.csv"
+    path.write_text("text,label\na,Yes\nb,no\nc,maybe\n")
+    assert label_names(load_tweets(str(path), split="train")) == ["maybe", "no", "yes"]
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["zebra", "apple"])})
+    Dataset.from_dict({"text": ["x", "y"], "label": [0, 1]}, features=features).to_parquet(tmp_path / "cl.parquet")
+    loaded = load_tweets(str(tmp_path / "cl.parquet"), split="train")
+    assert label_names(loaded) == ["zebra", "apple"] and loaded["label"] == ["zebra", "apple"]
+
+
+def test_fewer_than_two_labels_is_an_error(tmp_path):
+    path = tmp_path / "one.csv"
+    path.write_text("text,label\na,spam\nb,spam\n")
+    with pytest.raises(DataError, match=r"one.csv: a classifier needs at least 2 labels, got \['spam'\]"):
+        load_tweets(str(path))
+    with pytest.raises(DataError, match="at least 2 labels"):
+        load_tweets(str(path), labels=["spam"])
+    with pytest.raises(DataError, match="distinct"):
+        load_tweets(str(path), labels=["spam", "Spam"])
+
+
+def test_ids_and_names_that_disagree_are_an_error(tmp_path):
+    path = tmp_path / "clash.parquet"
+    pd.DataFrame({"text": ["a", "b", "c"], "label": [0, 0, 1], "label_text": ["x", "y", "z"]}).to_parquet(path)
+    with pytest.raises(DataError, match=r"clash.parquet: the label ids and names do not match one to one"):
+        load_tweets(str(path))
 
 
 def test_parquet_prefers_label_text(tmp_path):
@@ -101,8 +151,8 @@ def test_parquet_prefers_label_text(tmp_path):
 
 def test_tsv(tmp_path):
     path = tmp_path / "tweets.tsv"
-    path.write_text("text\tlabel\nhello, world\tneutral\n")
-    assert load_tweets(str(path), split="train")["text"] == ["hello, world"]
+    path.write_text("text\tlabel\nhello, world\tneutral\nbye\tnegative\n")
+    assert load_tweets(str(path), split="train")["text"] == ["hello, world", "bye"]
 
 
 # --- bad input: each a DataError (a ValueError) naming the file and the problem --------------------------------
@@ -136,11 +186,11 @@ def test_no_label_column(tmp_path):
 
 
 @pytest.mark.parametrize("bad", ["joy", "3", "-1"])
-def test_labels_outside_the_three_classes(tmp_path, bad):
+def test_labels_outside_the_named_ones(tmp_path, bad):
     path = tmp_path / "labels.csv"
     path.write_text(f"text,label\nfine,positive\nhmm,{bad}\n")
     with pytest.raises(DataError, match=r"labels.csv \[train\]: 1 label\(s\) in column 'label' outside"):
-        load_tweets(str(path))
+        load_tweets(str(path), labels=LABELS)
 
 
 def test_non_utf8_bytes(tmp_path):
@@ -163,7 +213,7 @@ def test_header_only_and_all_blank_files(tmp_path):
     with pytest.raises(DataError, match="header.csv"):
         load_tweets(str(header))
     blank = tmp_path / "blank.csv"
-    blank.write_text('text,label\n"  ",neutral\n')
+    blank.write_text('text,label\n"  ",neutral\n" ",positive\n')
     with pytest.raises(DataError, match=r"blank.csv \[train\]: every text is empty"):
         load_tweets(str(blank))
 
