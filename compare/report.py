@@ -68,6 +68,21 @@ def _num(value: Any, digits: int = 1) -> str:
     return f"{value:,}"
 
 
+def with_interval(value: float, interval: list[float] | None) -> str:
+    """A score and its interval, as in the headline table; "n/a" for the interval of a report that has none.
+
+    >>> with_interval(0.79263, [0.7791, 0.8062]), with_interval(0.79263, None)
+    ('0.7926 [0.779, 0.806]', '0.7926 [n/a]')
+    """
+    if not interval:
+        return f"{value:.4f} [n/a]"
+    return f"{value:.4f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def _p_value(p: float) -> str:
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
 HEADLINE_COLUMNS = (
     "backend",
     "accuracy",
@@ -91,8 +106,8 @@ def headline_rows(report: dict[str, Any]) -> list[dict[str, str]]:
         rows.append(
             {
                 "backend": name,
-                "accuracy": f"{b['accuracy']:.4f}",
-                "macro-F1": f"{b['macro_f1']:.4f}",
+                "accuracy": with_interval(b["accuracy"], b.get("accuracy_ci95")),
+                "macro-F1": with_interval(b["macro_f1"], b.get("macro_f1_ci95")),
                 "ECE": f"{calibration['ece']:.3f}" if "ece" in calibration else "n/a",
                 "p50 ms": _num(b.get("latency_ms", {}).get("p50")),
                 "p95 ms": _num(b.get("latency_ms", {}).get("p95")),
@@ -115,6 +130,37 @@ def markdown_table(rows: list[dict[str, Any]], limit: int = 200) -> str:
     return "\n".join(lines)
 
 
+def paired_lines(report: dict[str, Any]) -> list[str]:
+    """The "Paired comparisons" section of report.md, one line per pair of backends.
+
+    Each line gives the accuracy difference, its interval, the McNemar p-value, and whether the difference is within
+    noise (its interval contains 0).
+    """
+    if len(report["backends"]) < 2:
+        return []
+    if "pairwise" not in report:
+        old = "n/a: this report predates paired comparisons; re-run `python -m compare.run` for them."
+        return ["## Paired comparisons", "", old, ""]
+    lines = [
+        "## Paired comparisons",
+        "",
+        "Accuracy of the first backend minus the second on the same texts, with its paired bootstrap interval, and "
+        "the exact McNemar test on the texts that exactly one of the two gets right.",
+        "",
+    ]
+    for pair in report["pairwise"]:
+        a, b, diff, (low, high) = pair["a"], pair["b"], pair["accuracy_diff"], pair["diff_ci95"]
+        if low <= 0.0 <= high:
+            verdict = "Within noise: the interval contains 0."
+        else:
+            verdict = f"{a if diff > 0 else b} is more accurate: the interval excludes 0."
+        lines.append(
+            f"- **{escape_markdown(a)} − {escape_markdown(b)}**: {diff:+.4f} [{low:+.3f}, {high:+.3f}], McNemar "
+            f"p = {_p_value(pair['mcnemar_p'])}. {escape_markdown(verdict)}"
+        )
+    return [*lines, ""]
+
+
 def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> str:
     """The whole report as Markdown: headline table, what each backend is, per-class scores, disagreements."""
     data = report["dataset"]
@@ -130,8 +176,9 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
         f"Latency: {report['latency']['queries']} single queries per backend, interleaved across backends, warm-up "
         f"excluded; throughput in batches of {report['latency']['batch_size']}. Cost at "
         f"${report['hourly_price_usd']:.2f} per machine-hour. ECE: expected calibration error (0 = a score of 0.9 "
-        "is right 90% of the time).",
+        "is right 90% of the time). " + _intervals_note(report),
         "",
+        *paired_lines(report),
         "## Backends",
         "",
     ]
@@ -171,8 +218,21 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _intervals_note(report: dict[str, Any]) -> str:
+    how = report.get("intervals")
+    if not how:
+        return "Intervals: n/a (this report predates them)."
+    return (
+        f"Intervals: {100 * how['confidence']:g}% {how['method']} over the {report['dataset']['n']} texts "
+        f"({how['resamples']} resamples, seed {how['seed']})."
+    )
+
+
 def plot(report: dict[str, Any], out: str | Path) -> list[Path]:
-    """confusion_matrices.png, latency.png and reliability.png in `out`; returns their paths."""
+    """confusion_matrices.png, latency.png, reliability.png and accuracy.png in `out`; returns their paths.
+
+    The order is kept (new plots go at the end): callers take the first two as the confusion and latency images.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,7 +255,7 @@ def plot(report: dict[str, Any], out: str | Path) -> list[Path]:
         ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xlabel="predicted", ylabel="reference")
         ax.set_xticklabels(labels, rotation=30)
         ax.set_yticklabels(labels)
-        ax.set_title(f"{name}: accuracy {report['backends'][name]['accuracy']:.3f}")
+        ax.set_title(f"{name}: accuracy {_plus_minus(report['backends'][name])}")
     written.append(_save(fig, out / "confusion_matrices.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -217,7 +277,36 @@ def plot(report: dict[str, Any], out: str | Path) -> list[Path]:
     ax.set(xlabel="confidence (top score)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="Reliability")
     ax.legend(loc="upper left")
     written.append(_save(fig, out / "reliability.png"))
+    written.append(_accuracy_bars(report, out / "accuracy.png"))
     return written
+
+
+def _plus_minus(backend: dict[str, Any]) -> str:
+    """Accuracy ± half the width of its interval (percentile intervals are nearly symmetric for accuracy)."""
+    interval = backend.get("accuracy_ci95")
+    if not interval:
+        return f"{backend['accuracy']:.3f} ± n/a"
+    return f"{backend['accuracy']:.3f} ± {(interval[1] - interval[0]) / 2:.3f}"
+
+
+def _accuracy_bars(report: dict[str, Any], path: Path) -> Path:
+    """accuracy.png: one bar per backend, its interval as an error bar (none where the report has no interval)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(report["backends"])
+    accuracy = np.array([report["backends"][n]["accuracy"] for n in names])
+    intervals = [report["backends"][n].get("accuracy_ci95") or [a, a] for n, a in zip(names, accuracy, strict=True)]
+    below_above = np.abs(np.array(intervals, dtype=float).T - accuracy)
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2.5, 4))
+    ax.bar(range(len(names)), accuracy, yerr=below_above, capsize=6, color="tab:blue", alpha=0.8)
+    for i, (value, interval) in enumerate(zip(accuracy, intervals, strict=True)):
+        ax.text(i, interval[1] + 0.01, f"{value:.3f}", ha="center", va="bottom")
+    ax.set_xticks(range(len(names)), names)
+    how = report.get("intervals")
+    caption = f"{100 * how['confidence']:g}% bootstrap intervals" if how else "no intervals in this report"
+    ax.set(ylabel="accuracy", ylim=(0, 1.08), title=f"Accuracy ({caption})")
+    return _save(fig, path)
 
 
 def _save(fig, path: Path) -> Path:

@@ -240,7 +240,7 @@ def test_markdown_report_escapes_tweets_and_plots_are_pngs(report, tmp_path):
     assert "<script>" not in text and "\\<script\\>" in text and "[x](" not in text
     assert "| finetune |" not in text or "accuracy" in text
     paths = plot(report, tmp_path)
-    assert {p.name for p in paths} == {"confusion_matrices.png", "latency.png", "reliability.png"}
+    assert [p.name for p in paths] == ["confusion_matrices.png", "latency.png", "reliability.png", "accuracy.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert escape_markdown("a\nb  c") == "a b c"
