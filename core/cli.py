@@ -118,6 +118,17 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
         parser.add_argument(_flag(field.name), **kwargs)
 
 
+def add_labels_argument(parser: argparse.ArgumentParser) -> None:
+    """``--labels a,b,c`` for CLIs without a config dataclass: the data's label names in the order of its ids."""
+    parser.add_argument(
+        "--labels",
+        type=_parse_tuple(str),
+        default=None,
+        metavar="STR,...",
+        help="label names in the order of the data's integer ids (for ids without names); default: the data's own",
+    )
+
+
 def config_from_args(config_cls: type[T], args: argparse.Namespace) -> T:
     """Build the config from parsed flags; its own validation turns bad values into a parser error upstream."""
     names = {f.name for f in dataclasses.fields(config_cls)}  # type: ignore[arg-type]

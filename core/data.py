@@ -21,7 +21,7 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, load_dataset
 
 from core.settings import SourceError, resolve
-from core.types import LABELS, check_labels
+from core.types import LABELS, check_labels, normalise_label
 
 logger = logging.getLogger(__name__)
 
@@ -236,11 +236,6 @@ def _order_by_id(pairs: set[tuple[int, str]]) -> list[str]:
         if clash:
             raise ValueError(f"the label ids and names do not match one to one: {clash}")
     return [name for _, name in sorted(pairs)]
-
-
-def normalise_label(name: str) -> str:
-    """A label name as stored: trimmed and lower-cased, so ``Positive`` and ``positive`` are one label."""
-    return str(name).strip().lower()
 
 
 def _raw_label(value: Any) -> int | str | None:

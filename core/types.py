@@ -74,6 +74,15 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     return texts
 
 
+def normalise_label(name: str) -> str:
+    """A label name as stored: trimmed and lower-cased, so ``Positive`` and ``positive`` are one label.
+
+    >>> normalise_label(" Non_Irony ")
+    'non_irony'
+    """
+    return str(name).strip().lower()
+
+
 def check_labels(labels: Sequence[str]) -> list[str]:
     """`labels` as a list of two or more distinct, non-empty names, or a ValueError naming the problem.
 

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.types import check_labels, normalise_label
+
 SCRATCH_PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 128},
     "small": {"n_layer": 4, "n_head": 4, "n_embd": 256},
@@ -39,6 +41,8 @@ class FinetuneConfig:
         tokenizer: tokenizer Hub id or local dir; None = the base model's own, or (from scratch) ``FTRAG_TOKENIZER``
             or ``gpt2``.
         data: labeled data source; None = ``FTRAG_DATA`` or the default Hub dataset.
+        labels: label names in the order of the data's integer ids (``--labels a,b,c``), for data whose ids carry
+            no names or to rename them; None = the labels the data carries (see `core.data.load_tweets`).
         train_size: training examples (seeded, stratified, disjoint from the evaluation slice); None = all the rest.
         eval_size: evaluation examples carved from the training split (the test split is never used here).
         epochs: training epochs (the best epoch's weights are kept).
@@ -66,6 +70,7 @@ class FinetuneConfig:
     scratch_size: str = field(default="small", metadata={"choices": tuple(SCRATCH_PRESETS)})
     tokenizer: str | None = None
     data: str | None = None
+    labels: tuple[str, ...] | None = None
     train_size: int | None = None
     eval_size: int = 1000
     epochs: float = 3.0
@@ -86,6 +91,8 @@ class FinetuneConfig:
     out: str = "artifacts/finetune"
 
     def __post_init__(self) -> None:
+        if self.labels is not None:
+            self.labels = tuple(check_labels([normalise_label(name) for name in self.labels]))
         if self.scratch_size not in SCRATCH_PRESETS:
             raise ValueError(f"scratch_size must be one of {tuple(SCRATCH_PRESETS)}, got {self.scratch_size!r}")
         if self.train_size is not None and self.train_size < 1:

@@ -21,10 +21,9 @@ from typing import Any
 import numpy as np
 
 from core.cli import parse_config, setup_logging
-from core.data import DataError, load_tweets, stratified_indices
+from core.data import DataError, label_names, load_tweets, stratified_indices
 from core.files import atomic_write_json, dumps_json, read_json, refuse_to_replace, staged_dir
 from core.settings import Source, SourceError, resolve
-from core.types import LABELS
 from finetune.config import SCRATCH_PRESETS, FinetuneConfig
 from finetune.model import CARD_FILE, FORMAT_VERSION, LABELS_FILE, RUN_FILE, ensure_pad_token
 
@@ -71,6 +70,19 @@ def split_train_eval(dataset, train_size: int | None, eval_size: int, seed: int 
     return dataset.select(rest), dataset.select(eval_idx)
 
 
+def training_labels(dataset, labels: Sequence[str] | None = None) -> list[str]:
+    """The model's labels, in head order: `labels` when given, else the data's (`core.data.label_names`).
+
+    Raises:
+        DataError: the data has labels outside them.
+    """
+    names = list(labels) if labels is not None else label_names(dataset)
+    unknown = sorted(set(dataset["label"]) - set(names))
+    if unknown:
+        raise DataError(f"the training data has labels {unknown} outside the label set {names}")
+    return names
+
+
 def tokenize(dataset, tokenizer, labels: Sequence[str], max_length: int):
     """Token ids (truncated at `max_length`, unpadded), integer ``labels`` and a ``length`` column for grouping."""
     label_ids = {name: i for i, name in enumerate(labels)}
@@ -92,18 +104,21 @@ def compute_metrics(eval_pred) -> dict[str, float]:
     logits, label_ids = eval_pred.predictions, eval_pred.label_ids
     if isinstance(logits, tuple):
         logits = logits[0]
-    predicted = np.asarray(logits).argmax(axis=-1)
+    logits = np.asarray(logits)
+    predicted = logits.argmax(axis=-1)
+    every_label = range(logits.shape[-1])  # one output per label: a label never predicted nor present scores 0
     return {
         "accuracy": float(accuracy_score(label_ids, predicted)),
-        "macro_f1": float(f1_score(label_ids, predicted, average="macro", labels=range(len(LABELS)), zero_division=0)),
+        "macro_f1": float(f1_score(label_ids, predicted, average="macro", labels=every_label, zero_division=0)),
     }
 
 
 # --- model -----------------------------------------------------------------------------------------------------------
 
 
-def check_base_model(cfg: FinetuneConfig) -> Source | None:
-    """Resolve the base model and check that its config loads and its labels (if any) fit; None from scratch."""
+def check_base_model(cfg: FinetuneConfig, labels: Sequence[str]) -> Source | None:
+    """Resolve the base model and check that its config loads and its head (if any) is for `labels`; None from
+    scratch. A head with generic names (``LABEL_0``...) is replaced by one of the data's size."""
     from transformers import AutoConfig
 
     if cfg.from_scratch:
@@ -118,10 +133,10 @@ def check_base_model(cfg: FinetuneConfig) -> Source | None:
         raise FinetuneError(f"base model {source.value!r} cannot be loaded: {err}") from err
     existing = [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else []
     generic = all(str(name).startswith("LABEL_") for name in existing)
-    if existing and not generic and existing != list(LABELS):
+    if existing and not generic and existing != list(labels):
         raise FinetuneError(
             f"base model {source.value!r} is already a classifier for labels {existing}, but the data's labels are "
-            f"{list(LABELS)}; start from a base checkpoint (without a classification head for other labels)"
+            f"{list(labels)}; start from a base checkpoint (without a classification head for other labels)"
         )
     return source
 
@@ -152,16 +167,16 @@ def load_tokenizer(cfg: FinetuneConfig, base: Source | None = None):
     return ensure_pad_token(tokenizer), source
 
 
-def build_model(cfg: FinetuneConfig, tokenizer, base: Source | None) -> tuple[Any, str]:
-    """The model to train and a description of where its weights come from."""
+def build_model(cfg: FinetuneConfig, tokenizer, base: Source | None, labels: Sequence[str]) -> tuple[Any, str]:
+    """The model to train, with a head of one output per label, and a description of where its weights come from."""
     from transformers import AutoModelForSequenceClassification, GPT2Config, GPT2ForSequenceClassification
 
-    id2label = dict(enumerate(LABELS))
+    id2label = dict(enumerate(labels))
     label2id = {name: i for i, name in id2label.items()}
     if base is None:
         config = GPT2Config(
             vocab_size=len(tokenizer),
-            num_labels=len(LABELS),
+            num_labels=len(id2label),
             id2label=id2label,
             label2id=label2id,
             pad_token_id=tokenizer.pad_token_id,
@@ -173,7 +188,7 @@ def build_model(cfg: FinetuneConfig, tokenizer, base: Source | None) -> tuple[An
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             base.value,
-            num_labels=len(LABELS),
+            num_labels=len(id2label),
             id2label=id2label,
             label2id=label2id,
             local_files_only=base.is_local,
@@ -273,18 +288,19 @@ def train(
                 data_source = resolve("data", cfg.data).describe()
             except SourceError as err:
                 raise DataError(str(err)) from err
-            dataset = load_tweets(cfg.data, split="train", seed=cfg.seed)
+            dataset = load_tweets(cfg.data, split="train", seed=cfg.seed, labels=cfg.labels)
         else:
             data_source = "in-memory dataset"
+        labels = training_labels(dataset, cfg.labels)
         train_ds, eval_ds = split_train_eval(dataset, cfg.train_size, cfg.eval_size, seed=cfg.seed)
 
         set_seed(cfg.seed)
         report(0.0, "loading the tokenizer and the model")
-        base = check_base_model(cfg)
+        base = check_base_model(cfg, labels)
         tokenizer, tokenizer_source = load_tokenizer(cfg, base)
-        model, base_description = build_model(cfg, tokenizer, base)
-        train_tok = tokenize(train_ds, tokenizer, LABELS, cfg.max_length)
-        eval_tok = tokenize(eval_ds, tokenizer, LABELS, cfg.max_length)
+        model, base_description = build_model(cfg, tokenizer, base, labels)
+        train_tok = tokenize(train_ds, tokenizer, labels, cfg.max_length)
+        eval_tok = tokenize(eval_ds, tokenizer, labels, cfg.max_length)
     if train_tok.num_rows == 0:
         raise DataError("no training example has any tokens")
     if cfg.from_scratch:
@@ -332,7 +348,7 @@ def train(
         "parameters": n_params,
         "tokenizer": tokenizer_source.describe(),
         "data_source": data_source,
-        "labels": list(LABELS),
+        "labels": labels,
         "train_size": train_ds.num_rows,
         "eval_size": eval_ds.num_rows,
         "max_length": cfg.max_length,
@@ -441,13 +457,12 @@ def model_card(run: dict[str, Any]) -> str:
         "pipeline_tag: text-classification",
         "tags:",
         "- text-classification",
-        "- sentiment",
         *(["- trained-from-scratch"] if scratch else []),
         "---",
         "",
     ]
     title = "GPT-2 trained from scratch" if scratch else "Fine-tuned"
-    title += " tweet sentiment classifier"
+    title += f" tweet classifier ({', '.join(run.get('labels', []))})"
     body = [f"# {title}", ""]
     if scratch:
         preset = run.get("scratch_preset") or {}

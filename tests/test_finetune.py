@@ -84,6 +84,8 @@ def scratch_run(shared_dir, small_train, tmp_path_factory):
         ("patience", -1, "patience must not be negative"),
         ("checkpoint_every", 0, "checkpoint_every must be"),
         ("threads", 0, "threads must be at least 1"),
+        ("labels", ("spam",), "at least 2 labels"),
+        ("labels", ("spam", " SPAM"), "distinct"),
     ],
 )
 def test_config_rejects_bad_values(field, value, message):
@@ -390,6 +392,48 @@ def test_checkpoint_with_other_labels_is_refused(shared_dir, small_train, tmp_pa
     model.save_pretrained(other)
     with pytest.raises(FinetuneError, match=r"already a classifier for labels \['ham', 'spam'\]"):
         train(tiny_cfg(shared_dir, tmp_path / "m", base_model=str(other)), small_train, show_progress=False)
+
+
+# --- any label set --------------------------------------------------------------------------------------------------
+
+
+def test_a_fine_tune_on_emotion_has_a_head_of_its_four_labels(emotion_ft_dir, emotion_labels):
+    from transformers import AutoConfig
+
+    assert json.loads((emotion_ft_dir / "labels.json").read_text()) == emotion_labels
+    run = json.loads((emotion_ft_dir / "run.json").read_text())
+    assert run["labels"] == emotion_labels and run["train_size"] == 160 and run["eval_size"] == 40
+    assert AutoConfig.from_pretrained(emotion_ft_dir).id2label == dict(enumerate(emotion_labels))
+    assert "tweet classifier (anger, joy, optimism, sadness)" in (emotion_ft_dir / "README.md").read_text()
+    model = finetune.load(emotion_ft_dir)
+    assert model.labels == emotion_labels
+    assert [list(p.scores) for p in model.predict(["so angry", "what a day"])] == [emotion_labels] * 2
+
+
+def test_labels_flag_names_the_ids_end_to_end(shared_dir, tmp_path, capsys):
+    out = tmp_path / "irony"
+    irony = shared_dir / "data" / "tweeteval_irony"
+    tiny = shared_dir / "models" / "tiny-random-gpt2"
+    argv = ["--data", str(irony), "--labels", "Plain,Ironic", "--base-model", str(tiny), "--train-size", "60"]
+    assert main([*argv, "--eval-size", "20", "--epochs", "1", "--out", str(out)]) == 0
+    assert json.loads((out / "labels.json").read_text()) == ["plain", "ironic"]  # id order, as named
+    assert json.loads((out / "run.json").read_text())["config"]["labels"] == ["plain", "ironic"]
+
+
+def test_a_head_for_other_labels_is_refused_and_one_for_the_same_labels_is_kept(
+    shared_dir, emotion_ft_dir, small_train, emotion_train, tmp_path
+):
+    with pytest.raises(FinetuneError, match=r"already a classifier for labels \['anger', 'joy', 'optimism', 'sad"):
+        train(tiny_cfg(shared_dir, tmp_path / "a", base_model=str(emotion_ft_dir)), small_train, show_progress=False)
+    cfg = tiny_cfg(shared_dir, tmp_path / "b", base_model=str(emotion_ft_dir), eval_size=40)
+    assert train(cfg, emotion_train, show_progress=False)["labels"] == ["anger", "joy", "optimism", "sadness"]
+
+
+def test_in_memory_data_with_labels_outside_the_configured_ones_is_refused(shared_dir, small_train, tmp_path):
+    cfg = tiny_cfg(shared_dir, tmp_path / "m", labels=("negative", "positive"))
+    with pytest.raises(DataError, match=r"labels \['neutral'\] outside the label set \['negative', 'positive'\]"):
+        train(cfg, small_train, show_progress=False)
+    assert not (tmp_path / "m").exists()
 
 
 def _copy(src: Path, dest: Path) -> Path:
