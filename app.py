@@ -18,17 +18,27 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from compare.decide import HARDWARE, UPDATES, Constraints, decide
 from compare.metrics import accuracy
 from compare.report import HEADLINE_COLUMNS, REPORT_FILES, escape_markdown, headline_rows, write_report
 from compare.runner import check_report, evaluate
-from compare.service import MAX_CHARS, MAX_TEXTS, InputError, Service, fetch_artifacts
+from compare.service import (
+    InputError,
+    Service,
+    fetch_artifacts,
+    hide_paths,
+    load_upload,
+    uploaded_file,
+)
 from core.data import load_tweets
 from core.files import ArtifactError, read_json
+from core.limits import MAX_BODY_BYTES, MAX_CHARS, MAX_TEXTS, MAX_UPLOAD_BYTES, MAX_UPLOAD_ROWS
 from core.types import LABELS
 
 logger = logging.getLogger(__name__)
@@ -40,8 +50,6 @@ EXAMPLES = [
     "the meeting has been moved to 3pm on thursday",
     "not sure how I feel about the new update tbh",
 ]
-MAX_UPLOAD_BYTES = 5 * 2**20
-MAX_EVAL_ROWS = 2000
 LATENCY_QUERIES = 30
 KEEP_REPORTS = 8
 """Downloadable reports kept on disk (several people may be downloading theirs)."""
@@ -50,22 +58,28 @@ KEEP_REPORTS = 8
 # --- the JSON API ----------------------------------------------------------------------------------------------------
 
 
-class ClassifyBody(BaseModel):
+class Body(BaseModel):
+    """Every request body: numbers must be finite (NaN, Infinity and 1e999 are refused with 422, not a 500)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+class ClassifyBody(Body):
     texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS, description=f"1 to {MAX_TEXTS} texts")
     backends: list[str] | None = Field(default=None, max_length=8, description="default: every loaded backend")
 
 
-class CompareBody(BaseModel):
+class CompareBody(Body):
     texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS)
     labels: list[str] | None = Field(default=None, max_length=MAX_TEXTS, description="references, to score")
 
 
-class TeachBody(BaseModel):
+class TeachBody(Body):
     texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS)
     labels: list[str] = Field(min_length=1, max_length=MAX_TEXTS)
 
 
-class RecommendBody(BaseModel):
+class RecommendBody(Body):
     labeled_examples: int | None = Field(default=None, ge=1)
     accuracy_target: float | None = Field(default=None, gt=0, le=1)
     latency_budget_ms: float | None = Field(default=None, gt=0)
@@ -77,8 +91,16 @@ class RecommendBody(BaseModel):
 class App:
     """The service plus the latest comparison report and learning curve the UI shows."""
 
-    def __init__(self, service: Service, report_dir: Path | None = None, curve_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        service: Service,
+        report_dir: Path | None = None,
+        curve_dir: Path | None = None,
+        upload_root: str | Path | None = None,
+    ) -> None:
         self.service = service
+        self.upload_root = Path(upload_root or gr.utils.get_upload_folder())
+        """The only folder uploaded files are read from (Gradio's upload area)."""
         self.report_dir = report_dir
         self.curve_dir = curve_dir
         self.report: dict[str, Any] | None = None
@@ -121,39 +143,98 @@ class App:
             raise InputError("no comparison report yet: run one in the Batch evaluation tab (or compare.run)")
         return {"constraints": constraints.__dict__, **decide(self.report, constraints, self.curve).to_dict()}
 
-    def evaluate_file(self, path: str | None, use_test_split: bool, size: int, progress=None) -> dict[str, Any]:
+    def evaluate_file(self, path: Any, use_test_split: bool, size: int, progress=None) -> dict[str, Any]:
+        """Score every backend on an uploaded file or on `size` texts of the test split (one of the two, never both).
+
+        The file must have been uploaded through this app (see `uploaded_file`); the report's ``dataset.scored``
+        says what was scored.
+        """
+        if use_test_split and path:
+            raise InputError(
+                "both a file and the bundled test split are selected: untick “use the bundled test split” to score "
+                "your file, or clear the file to score the test split"
+            )
         if use_test_split:
-            dataset = load_tweets(None, split="test", limit=int(size), seed=0)
-            source = "the bundled test split"
+            n = min(max(int(size), 1), MAX_UPLOAD_ROWS)
+            dataset = load_tweets(None, split="test", limit=n, seed=0)
+            source, split, scored = "the bundled test split", "test", f"{n:,} texts of the bundled test split"
+        elif not path:
+            raise InputError("upload a CSV or JSONL file with text and label columns, or pick the test split")
         else:
-            if not path:
-                raise InputError("upload a CSV or JSONL file with text and label columns, or pick the test split")
-            file = Path(path)
-            if file.stat().st_size > MAX_UPLOAD_BYTES:
-                raise InputError(f"the file is {file.stat().st_size / 2**20:.1f} MB; the limit is 5 MB")
-            dataset = load_tweets(str(file), split="train")
-            if dataset.num_rows > MAX_EVAL_ROWS:
-                dataset = dataset.select(range(MAX_EVAL_ROWS))
-            source = "an uploaded file"
+            dataset, scored = load_upload(uploaded_file(path, self.upload_root))
+            source, split = "an uploaded file", "uploaded"
         report = evaluate(
             self.service.backends,
             dataset,
             data_source=source,
-            split="uploaded" if not use_test_split else "test",
+            split=split,
             latency_queries=min(LATENCY_QUERIES, dataset.num_rows),
             batch_rounds=1,
             progress=progress,
         )
+        report["dataset"]["scored"] = scored
         self.report = report
         return report
 
 
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes under `prefix` gets 413 before it is read whole.
+
+    A declared Content-Length over the limit is refused before a byte is read; a chunked body is counted as it
+    arrives and refused as soon as it passes the limit.
+    """
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES, prefix: str = "/api/") -> None:
+        self.app, self.limit, self.prefix = app, limit, prefix
+
+    def _too_large(self) -> HTTPException:
+        return HTTPException(status_code=413, detail=f"the request body is over the limit of {self.limit:,} bytes")
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            response = JSONResponse(status_code=413, content={"error": self._too_large().detail})
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counted() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise self._too_large()  # FastAPI lets an HTTPException from reading the body through as it is
+            return message
+
+        return await self.app(scope, counted, send)
+
+
+def _validation_message(err: RequestValidationError) -> dict[str, Any]:
+    """A 422 body that says what is wrong without echoing the input (which may be huge, or NaN that JSON lacks)."""
+    details = [
+        {"loc": [str(part)[:50] for part in e.get("loc", ())][:6], "msg": str(e.get("msg", ""))[:200]}
+        for e in err.errors()[:10]
+    ]
+    text = "; ".join(f"{'.'.join(d['loc'][1:]) or 'body'}: {d['msg']}" for d in details)
+    return {"error": text or "the request body is not valid", "details": details}
+
+
 def create_api(state: App) -> FastAPI:
     api = FastAPI(title="Fine-tune vs RAG API", description="Classify with both backends, compare, teach, decide.")
+    api.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
 
     @api.exception_handler(InputError)
     async def _input_error(request: Request, err: InputError) -> JSONResponse:
-        return JSONResponse(status_code=400, content={"error": str(err)})
+        return JSONResponse(status_code=400, content={"error": hide_paths(str(err))})
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content=_validation_message(err))
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(status_code=err.status_code, content={"error": str(err.detail)}, headers=err.headers)
 
     @api.get("/api/health")
     def health() -> dict[str, Any]:
@@ -189,6 +270,11 @@ def create_api(state: App) -> FastAPI:
 # --- the UI ----------------------------------------------------------------------------------------------------------
 
 
+def _ui_error(err: Exception) -> gr.Error:
+    """An error for the page: it stays until dismissed and names no server path."""
+    return gr.Error(hide_paths(str(err)), duration=None)
+
+
 def _neighbours(result: dict[str, Any]) -> list[list[Any]]:
     return [[e["text"], e["label"], round(e["score"], 3)] for e in result.get("evidence", [])]
 
@@ -215,7 +301,7 @@ def build_demo(state: App) -> gr.Blocks:
         try:
             [row] = service.classify([text])
         except InputError as err:
-            raise gr.Error(str(err)) from err
+            raise _ui_error(err) from err
         outputs = []
         for name in names:
             result = row["results"].get(name)
@@ -234,7 +320,7 @@ def build_demo(state: App) -> gr.Blocks:
             result = service.teach([text], [label])
             after = service.classify([query])[0]["results"].get("rag") if query.strip() else None
         except InputError as err:
-            raise gr.Error(str(err)) from err
+            raise _ui_error(err) from err
         message = (
             f"Added “{escape_markdown(text, 200)}” as **{label}**: the index now holds {result['index_size']:,} "
             f"examples ({result['seconds'] * 1000:.0f} ms). "
@@ -248,7 +334,7 @@ def build_demo(state: App) -> gr.Blocks:
                 getattr(file, "name", file), use_test, int(size), progress=lambda f, m: progress(f, desc=m)
             )
         except ValueError as err:  # InputError, DataError, backends that cannot be compared
-            raise gr.Error(str(err)) from err
+            raise _ui_error(err) from err
         # one fresh directory per evaluation (Gradio serves the files by path); only the newest few are kept
         out = Path(tempfile.mkdtemp(prefix="ftrag-report-"))
         state.report_files.append(out)
@@ -270,7 +356,7 @@ def build_demo(state: App) -> gr.Blocks:
             )
             rec = state.recommend(constraints)
         except (InputError, ValueError) as err:
-            raise gr.Error(str(err)) from err
+            raise _ui_error(err) from err
         choice = rec["choice"] or "no choice: the measurements do not support one"
         lines = [f"## Recommendation: {escape_markdown(choice)}", ""]
         lines += [f"- *{r['criterion']}* ({escape_markdown(r['backend'])}): {escape_markdown(r['text'], 500)}"
@@ -296,7 +382,8 @@ def build_demo(state: App) -> gr.Blocks:
             lines.append(f"### {escape_markdown(name)}: unavailable\n- {escape_markdown(why, 500)}")
         return "\n".join(lines) or "Nothing is loaded."
 
-    with gr.Blocks(title=TITLE) as demo:
+    # Uploads and generated files older than an hour are deleted every hour (and all of them at restart).
+    with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# {TITLE}")
         if service.unavailable:
             missing = [f"**{escape_markdown(k)}** unavailable: {escape_markdown(v, 300)}" for k, v in
@@ -324,7 +411,7 @@ def build_demo(state: App) -> gr.Blocks:
                 upload = gr.File(label="CSV or JSONL with text and label columns", file_types=[".csv", ".jsonl"])
                 with gr.Column():
                     use_test = gr.Checkbox(value=True, label="Use the bundled test split instead")
-                    size = gr.Slider(50, MAX_EVAL_ROWS, value=300, step=50, label="Test texts")
+                    size = gr.Slider(50, MAX_UPLOAD_ROWS, value=300, step=50, label="Test texts")
             run = gr.Button("Evaluate both", variant="primary")
             metrics_table = gr.Dataframe(headers=list(HEADLINE_COLUMNS), label="Metrics")
             with gr.Row():
@@ -372,7 +459,12 @@ def create_app(state: App) -> FastAPI:
     """The FastAPI app: the JSON API under /api and the Gradio UI at /."""
     demo = build_demo(state)
     demo.queue(default_concurrency_limit=4, max_size=64)
-    return gr.mount_gradio_app(create_api(state), demo, path="/", max_file_size=MAX_UPLOAD_BYTES)
+    mounted = gr.mount_gradio_app(create_api(state), demo, path="/", max_file_size=MAX_UPLOAD_BYTES)
+    # Gradio checks that a file handed to a handler was uploaded (and refuses any other server path) only once the
+    # Blocks count as launched, which `mount_gradio_app` never marks. Mark it, so that check runs; the handlers check
+    # the path again themselves (`uploaded_file`).
+    demo.has_launched = True
+    return mounted
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

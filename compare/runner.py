@@ -261,6 +261,15 @@ def check_report(report: Any) -> dict[str, Any]:
             f"report format {version!r} is not supported (this version reads format {FORMAT_VERSION}); "
             "re-run `python -m compare.run` to regenerate it"
         )
-    if not report["backends"]:
+    if not isinstance(report["backends"], dict) or not report["backends"]:
         raise ValueError("the report has no backends")
+    n = (report.get("dataset") or {}).get("n") if isinstance(report.get("dataset"), dict) else None
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError("the report does not say how many texts were scored (dataset.n)")
+    for name, b in report["backends"].items():
+        accuracy = b.get("accuracy") if isinstance(b, dict) else None
+        if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)) or not 0 <= accuracy <= 1:
+            raise ValueError(f"the report's backend {name!r} has no accuracy between 0 and 1")
+        if not isinstance(b.get("latency_ms", {}), dict):
+            raise ValueError(f"the report's backend {name!r} has latency_ms that is not a table of percentiles")
     return report

@@ -7,6 +7,7 @@ same functions. Inputs are checked here, once, with messages meant for the perso
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -15,14 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from core.files import ArtifactError
+from core.limits import MAX_CHARS, MAX_TEXTS, MAX_UPLOAD_BYTES, MAX_UPLOAD_ROWS
 from core.types import LABELS, Classifier
 
 logger = logging.getLogger(__name__)
 
-MAX_TEXTS = 64
-"""Texts per classify / teach call."""
-MAX_CHARS = 2000
-"""Characters per text (a tweet has at most 280); longer input is refused with a message, not truncated silently."""
 DEMO_FINETUNE_SIZE = 3000
 DEMO_SCRATCH_EPOCHS = 3
 
@@ -58,8 +56,93 @@ def validate_texts(texts: Any, what: str = "text") -> list[str]:
             raise InputError(
                 f"{what} {i + 1} has {len(text):,} characters; the limit is {MAX_CHARS:,} (a tweet has at most 280)"
             )
+        if not _encodable(text):
+            raise InputError(f"{what} {i + 1} is not valid Unicode (it holds a lone surrogate such as \\ud800)")
         out.append(text)
     return out
+
+
+UPLOAD_SUFFIXES = (".csv", ".jsonl")
+
+
+def uploaded_file(path: Any, root: str | Path) -> Path:
+    """`path` when it is a file that was uploaded into the folder `root`, else an InputError that reveals nothing.
+
+    A raw API call can name any server path as an "uploaded" file (Gradio's own check is skipped when the UI is
+    mounted on another app), so every path a request hands over is checked here: resolved (no ``..``, no links out)
+    and inside `root`.
+    """
+    refusal = InputError("that file was not uploaded here: upload a CSV or JSONL file with the file box")
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise refusal
+    try:
+        file = Path(path).resolve(strict=True)
+        inside = file.is_relative_to(Path(root).resolve(strict=True))
+    except (OSError, RuntimeError, ValueError):
+        raise refusal from None
+    if not inside or not file.is_file():
+        raise refusal
+    if file.suffix.lower() not in UPLOAD_SUFFIXES:
+        raise InputError(f"upload a .csv or .jsonl file, not {file.suffix or 'a file without an extension'}")
+    size = file.stat().st_size
+    if size > MAX_UPLOAD_BYTES:
+        raise InputError(f"the file is {size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES / 2**20:.0f} MB")
+    return file
+
+
+def load_upload(file: Path, first_rows: bool = True):
+    """The labeled rows of an uploaded file (see `uploaded_file`) and a note saying what was kept.
+
+    Every text is held to `MAX_CHARS`, as typed text is: a longer row is refused with its row number, before any
+    model sees it. Past `MAX_UPLOAD_ROWS` rows the file is cut to its first rows (said in the note) when
+    `first_rows`, refused otherwise. Error messages name "the uploaded file", never a server path.
+    """
+    from core.data import DataError, load_tweets
+
+    try:
+        dataset = load_tweets(str(file), split="train")
+    except DataError as err:
+        raise InputError(str(err).replace(str(file), "the uploaded file")) from None
+    total = dataset.num_rows
+    note = f"all {total:,} rows of the uploaded file"
+    if total > MAX_UPLOAD_ROWS:
+        if not first_rows:
+            raise InputError(f"the uploaded file has {total:,} rows; the limit is {MAX_UPLOAD_ROWS:,}")
+        dataset = dataset.select(range(MAX_UPLOAD_ROWS))
+        note = f"the first {MAX_UPLOAD_ROWS:,} of {total:,} rows of the uploaded file (the limit per evaluation)"
+    long_rows = [i for i, text in enumerate(dataset["text"]) if len(text) > MAX_CHARS]
+    if long_rows:
+        longest = max(len(dataset[i]["text"]) for i in long_rows[:100])
+        rows = ", ".join(str(i + 1) for i in long_rows[:5]) + (" ..." if len(long_rows) > 5 else "")
+        raise InputError(
+            f"{len(long_rows)} row(s) of the uploaded file have more than {MAX_CHARS:,} characters (rows {rows}; "
+            f"the longest has {longest:,}); the limit is {MAX_CHARS:,} per text, as for typed text"
+        )
+    bad = [i for i, text in enumerate(dataset["text"]) if not _encodable(text)]
+    if bad:
+        raise InputError(f"row {bad[0] + 1} of the uploaded file is not valid Unicode")
+    return dataset, note
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w/.~:])/[^\s'\"()\[\],;]+")
+
+
+def hide_paths(text: str) -> str:
+    """`text` with every absolute path cut to its last two parts: answers never show where files live on the server.
+
+    >>> hide_paths("/srv/app/artifacts/rag/index.faiss: index file is missing")
+    'rag/index.faiss: index file is missing'
+    """
+    return _ABSOLUTE_PATH.sub(lambda m: "/".join(Path(m.group()).parts[-2:]), str(text))
+
+
+def _encodable(text: str) -> bool:
+    """True when `text` can be written as UTF-8 (JSON allows lone surrogates like "\\ud800"; tokenizers do not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass
@@ -113,7 +196,7 @@ class Service:
                 service.backends[name] = loaders[name](path)
             except (ArtifactError, ValueError, OSError) as err:
                 logger.error("%s is unavailable: %s", name, err)
-                service.unavailable[name] = str(err)
+                service.unavailable[name] = hide_paths(str(err))
         if service.backends:  # the first real request should not pay for lazy set-up (thread pools, the trace)
             report(0.98, "warming up")
             service.classify(["warming up"])
@@ -190,18 +273,17 @@ class Service:
             meta = dict(getattr(clf, "meta", {}) or {})
             describe = getattr(clf, "describe", None)
             out["backends"][name] = {
-                "description": describe() if callable(describe) else name,
+                "description": hide_paths(describe() if callable(describe) else name),
                 "from_scratch": bool(meta.get("from_scratch")),
                 "notice": meta.get("notice"),
-                "data_source": meta.get("data_source"),
+                "data_source": hide_paths(meta.get("data_source") or "") or None,
                 "train_size": meta.get("train_size", meta.get("size")),
                 "seconds": meta.get("train_seconds", meta.get("build_seconds")),
                 "eval_accuracy": meta.get("eval_accuracy"),
                 "eval_macro_f1": meta.get("eval_macro_f1"),
-                "embedder": meta.get("embedder"),
+                "embedder": hide_paths(meta["embedder"]) if meta.get("embedder") else None,
                 "k": getattr(clf, "k", None),
                 "size": getattr(clf, "size", None),
-                "directory": str(getattr(clf, "directory", "") or ""),
             }
         return out
 

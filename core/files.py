@@ -108,6 +108,10 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise ValueError(f"{path}: {what} is missing") from err
+    except IsADirectoryError as err:
+        raise ValueError(f"{path}: is a directory, not the {what} file") from err
+    except PermissionError as err:
+        raise ValueError(f"{path}: {what} cannot be read (permission denied)") from err
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: {what} is corrupted (not valid JSON: {err})") from err
 
@@ -134,13 +138,30 @@ def staged_dir(dest: str | Path) -> Iterator[Path]:
         raise
 
 
+class OutputError(ValueError):
+    """An output location that cannot be written: found before any long work starts, not after it."""
+
+
+def check_writable(dest: str | Path, what: str) -> None:
+    """Raise `OutputError` unless `dest`'s parent can be created and holds a new file (where the stage will go)."""
+    parent = Path(dest).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise OutputError(f"cannot write {what} to {dest}: {err.strerror or err}") from err
+
+
 def refuse_to_replace(dest: str | Path, what: str, overwrite: bool) -> None:
-    """Raise FileExistsError when `dest` is a non-empty directory and replacing it was not asked for (`overwrite`)."""
+    """Raise FileExistsError when `dest` is a non-empty directory and replacing it was not asked for (`overwrite`),
+    and `OutputError` when it cannot be written at all (checked up front, before hours of training or embedding)."""
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise FileExistsError(f"{dest} is a file, not a directory for {what}; choose another --out")
     if not overwrite and dest.is_dir() and any(dest.iterdir()):
         raise FileExistsError(f"{dest} already holds {what}; pass --overwrite to replace it")
+    check_writable(dest, what)
 
 
 def replace_dir(new: Path, dest: Path) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from core.files import ArtifactError, read_json, recover_dir
+from core.limits import clip_for_tokenizer
 from core.types import Prediction, check_texts
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,8 @@ class TextClassifier:
         probs = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
         if not texts:
             return probs
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        clipped = clip_for_tokenizer(texts, self.max_length)  # bounded work whatever the input's size
+        encoded = self.tokenizer(clipped, truncation=True, max_length=self.max_length)
         features = [{key: encoded[key][i] for key in encoded} for i in range(len(texts))]
         for feature in features:
             if not feature["input_ids"]:

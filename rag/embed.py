@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from core.limits import clip_for_tokenizer
 from core.settings import Source, resolve
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class Embedder:
             show_progress: draw a tqdm bar (for command-line jobs).
             progress: called as ``progress(done, total)`` after each chunk (for the app's progress bar).
         """
-        texts = list(texts)
+        texts = clip_for_tokenizer(texts, self.model.max_seq_length or 512)  # bounded work whatever the input
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         batch_size = batch_size or self.batch_size

@@ -168,7 +168,7 @@ def test_ui_handlers_escape_and_refuse(service, artifacts):
 
 
 def test_batch_evaluation_then_recommendation(service, tmp_path):
-    state = app.App(service)
+    state = app.App(service, upload_root=tmp_path)
     demo = app.build_demo(state)
     fns = {dep.api_name: dep.fn for dep in demo.fns.values() if dep.api_name}
     bad = tmp_path / "bad.csv"
@@ -274,7 +274,7 @@ def test_prebuilt_artifacts_come_from_a_hub_repo(app_artifacts, tmp_path, monkey
 
 def test_old_report_downloads_are_cleaned_up(service, tmp_path, monkeypatch):
     monkeypatch.setattr(app, "KEEP_REPORTS", 2)
-    state = app.App(service)
+    state = app.App(service, upload_root=tmp_path)
     demo = app.build_demo(state)
     evaluate_fn = next(dep.fn for dep in demo.fns.values() if dep.api_name == "evaluate")
     good = tmp_path / "good.csv"
@@ -285,4 +285,4 @@ def test_old_report_downloads_are_cleaned_up(service, tmp_path, monkeypatch):
         dirs.append(Path(files[0]).parent)
     assert not dirs[0].exists() and dirs[1].exists() and dirs[2].exists()
     with pytest.raises(Exception, match="no backend|no backends"):
-        app.App(Service()).evaluate_file(str(good), False, 10)
+        app.App(Service(), upload_root=tmp_path).evaluate_file(str(good), False, 10)

@@ -93,23 +93,147 @@ def client(app_artifacts):
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "status"),
     [
-        {"texts": None},
-        {"texts": {"a": 1}},
-        {"texts": [[1]]},
-        {"texts": ["ok"], "backends": "rag"},
-        {"texts": ["ok"] * 10_000},
-        {"texts": ["x" * (MAX_CHARS + 1)]},
-        {"texts": ["\x00\x1b[31m"]},
-        {"texts": ["ok"], "labels": ["neutral"], "extra": "ignored"},
+        ({"texts": None}, 422),
+        ({"texts": {"a": 1}}, 422),
+        ({"texts": [[1]]}, 422),
+        ({"texts": ["ok"], "backends": "rag"}, 422),
+        ({"texts": ["ok"] * 10_000}, 422),
+        ({"texts": ["x" * (MAX_CHARS + 1)]}, 400),
+        ({"texts": ["\x00\x1b[31m"]}, 200),
+        ({"texts": ["ok"], "labels": ["neutral"], "extra": "ignored"}, 200),
     ],
 )
-def test_api_wrong_types_and_huge_arrays_are_4xx_or_defined(client, body):
+def test_api_wrong_types_and_huge_arrays_are_4xx_or_defined(client, body, status):
     response = client.post("/api/classify", json=body)
-    assert response.status_code in {200, 400, 422}
-    assert isinstance(response.json(), dict)
+    assert response.status_code == status, response.text
+    answer = response.json()
+    assert ("results" in answer) if status == 200 else ("error" in answer and "results" not in answer)
+    assert len(response.content) < 5_000 or status == 200  # errors never echo the input back
     assert client.get("/api/health").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("route", "raw"),
+    [
+        ("/api/recommend", b'{"accuracy_target": NaN}'),
+        ("/api/recommend", b'{"latency_budget_ms": Infinity}'),
+        ("/api/recommend", b'{"latency_budget_ms": 1e999}'),
+        ("/api/recommend", b'{"labeled_examples": -Infinity}'),
+    ],
+)
+def test_non_finite_numbers_are_422_not_500(client, route, raw):
+    response = client.post(route, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert "finite" in response.json()["error"] or "valid" in response.json()["error"]
+
+
+@pytest.mark.parametrize("route", ["/api/classify", "/api/compare", "/api/teach"])
+def test_a_lone_surrogate_is_a_400_with_a_reason(client, route):
+    raw = b'{"texts": ["fine", "\\ud800 broken"], "labels": ["neutral", "neutral"]}'
+    response = client.post(route, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "text 2 is not valid Unicode" in response.json()["error"] or "example 2" in response.json()["error"]
+
+
+def test_a_huge_body_is_413_before_it_is_read(client):
+    big = b'{"texts": ["' + b"a" * (60 * 2**20) + b'"]}'
+    response = client.post("/api/classify", content=big, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and len(response.content) < 500
+    assert "limit" in response.json()["error"]
+
+
+def test_a_streamed_huge_body_is_cut_off_and_memory_stays_flat(app_artifacts, serve):
+    """50 MB sent chunked (no Content-Length): refused once past the limit; the server's memory barely moves."""
+    import httpx
+    import psutil
+
+    url = serve(app.create_app(app.App(Service.start(app_artifacts, build_missing=False))))
+    process = psutil.Process()
+    chunk = b"a" * 2**20
+    before = process.memory_info().rss
+
+    def body():
+        yield b'{"texts": ["'
+        for _ in range(50):
+            yield chunk
+        yield b'"]}'
+
+    try:
+        response = httpx.post(url + "api/classify", content=body(), headers={"content-type": "application/json"},
+                              timeout=60)  # fmt: skip
+        status = response.status_code
+    except httpx.HTTPError:  # the server may close the connection while the client is still sending
+        status = 413
+    assert status == 413
+    assert process.memory_info().rss - before < 100 * 2**20
+    assert httpx.get(url + "api/health", timeout=10).json()["status"] == "ok"
+
+
+def test_answers_name_no_server_path(client, app_artifacts):
+    models = client.get("/api/models").text
+    assert str(app_artifacts) not in models and "/tmp/" not in models
+    (app_artifacts / "rag" / "index.faiss").unlink()
+    broken = Service.start(app_artifacts, build_missing=False)
+    assert str(app_artifacts) not in broken.unavailable["rag"] and "index.faiss" in broken.unavailable["rag"]
+
+
+def _gradio_call(url: str, api_name: str, data: list) -> str:
+    """POST a raw Gradio API call and read its event stream to the end."""
+    import httpx
+
+    event = httpx.post(f"{url}gradio_api/call/{api_name}", json={"data": data}, timeout=30).json()["event_id"]
+    return httpx.get(f"{url}gradio_api/call/{api_name}/{event}", timeout=60).text
+
+
+@pytest.fixture()
+def served(app_artifacts, serve):
+    return serve(app.create_app(app.App(Service.start(app_artifacts, build_missing=False))))
+
+
+def test_evaluate_refuses_a_server_path_that_was_never_uploaded(served, tmp_path):
+    secret = tmp_path / "secret.csv"
+    secret.write_text("text,label\nTOPSECRET tweet,positive\nanother TOPSECRET,negative\n")
+    headers = tmp_path / "headers.csv"
+    headers.write_text("private_column_a,private_column_b\n1,2\n")
+    for path in (secret, headers, "/etc/passwd", str(tmp_path / ".." / tmp_path.name / "secret.csv")):
+        stream = _gradio_call(
+            served, "evaluate", [{"path": str(path), "meta": {"_type": "gradio.FileData"}}, False, 50]
+        )
+        assert "event: error" in stream
+        assert "TOPSECRET" not in stream and "private_column" not in stream and "root:" not in stream
+    with pytest.raises(InputError, match="not uploaded here") as refused:  # the handler's own check, behind Gradio's
+        app.App(Service(), upload_root=tmp_path / "uploads").evaluate_file(str(secret), False, 50)
+    assert "TOPSECRET" not in str(refused.value) and str(tmp_path) not in str(refused.value)
+
+
+def _upload_to(url: str, name: str, content: bytes) -> str:
+    import httpx
+
+    [stored] = httpx.post(f"{url}gradio_api/upload", files={"files": (name, content, "text/csv")}, timeout=30).json()
+    return stored
+
+
+def test_an_uploaded_4_million_character_cell_is_refused_in_seconds(served):
+    import time
+
+    import httpx
+
+    stored = _upload_to(served, "huge-cell.csv", b"text,label\n" + b"x" * 4_000_000 + b",positive\nok,neutral\n")
+    start = time.perf_counter()
+    stream = _gradio_call(served, "evaluate", [{"path": stored, "meta": {"_type": "gradio.FileData"}}, False, 50])
+    assert time.perf_counter() - start < 30  # it once ran for half an hour
+    assert "event: error" in stream and "more than 2,000 characters" in stream and "4,000,000" in stream
+    assert httpx.post(served + "api/classify", json={"texts": ["still serving?"]}, timeout=10).status_code == 200
+
+
+def test_an_upload_with_the_test_split_ticked_is_ambiguous(served):
+    stored = _upload_to(served, "mine.csv", b"text,label\nI love it,positive\nawful,negative\n")
+    stream = _gradio_call(served, "evaluate", [{"path": stored, "meta": {"_type": "gradio.FileData"}}, True, 50])
+    assert "event: error" in stream and "both a file and the bundled test split" in stream
+    stream = _gradio_call(served, "evaluate", [{"path": stored, "meta": {"_type": "gradio.FileData"}}, False, 50])
+    assert "event: complete" in stream
 
 
 def test_api_malformed_json_and_wrong_content_type(client):
@@ -163,3 +287,32 @@ def test_llm_errors_are_logged_without_their_message(rag_built, caplog):
         [answer] = LlmRagClassifier(rag_built, Leaky(responses=["x"])).answer(["is this thing on"])
     assert answer.source == "knn-fallback"
     assert "RuntimeError" in caplog.text and "sk-secret" not in caplog.text
+
+
+def test_decide_cli_gives_one_line_errors_for_a_directory_or_a_broken_report(tmp_path, capsys):
+    from compare.decide import main as decide_main
+
+    assert decide_main(["--report", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    broken = tmp_path / "report.json"
+    broken.write_text('{"format_version": 1, "backends": {"rag": {"latency_ms": {}}}}')
+    assert decide_main(["--report", str(broken)]) == 2
+    assert "dataset.n" in capsys.readouterr().err
+
+
+def test_a_saved_report_with_missing_keys_is_ignored_not_a_500(app_artifacts):
+    (app_artifacts / "report").mkdir()
+    (app_artifacts / "report" / "report.json").write_text('{"format_version": 1, "backends": {"rag": {}}}')
+    state = app.App(Service.start(app_artifacts, build_missing=False), report_dir=app_artifacts / "report")
+    response = TestClient(app.create_app(state)).post("/api/recommend", json={})
+    assert response.status_code == 400 and "no comparison report yet" in response.json()["error"]
+
+
+def test_rag_build_refuses_an_unwritable_out_before_embedding(tmp_path, capsys, monkeypatch):
+    from rag import build
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setattr(build.RagClassifier, "build", lambda *a, **k: pytest.fail("embedded before checking --out"))
+    assert build.main(["--out", str(blocker / "index"), "--train-size", "50"]) == 2
+    assert "cannot write an index" in capsys.readouterr().err
