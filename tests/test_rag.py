@@ -243,7 +243,7 @@ def test_truncated_file(rag_dir, name):
 def test_files_from_different_builds_are_refused(rag_dir, tmp_path, rag_built):
     index = VectorIndex.create("flat", 384)
     index.add(rag_built.embedder.encode(["one"]))
-    other = RagClassifier(rag_built.embedder, index, ["one"], ["neutral"]).save(tmp_path / "other")
+    other = RagClassifier(rag_built.embedder, index, ["one"], ["neutral"], label_names=LABELS).save(tmp_path / "other")
     (rag_dir / "index.faiss").write_bytes((other / "index.faiss").read_bytes())
     with pytest.raises(ArtifactError, match="do not belong together"):
         rag.load(rag_dir)
@@ -449,3 +449,44 @@ def test_other_threads_get_the_same_vectors(embedder):
     for v in vectors:
         assert float(v[0] @ main_vector[0]) == pytest.approx(1.0, abs=1e-6)
     assert embedder._traced is not False
+
+
+# --- any label set ---------------------------------------------------------------------------------------------------
+
+
+def test_an_index_on_emotion_votes_over_its_four_labels(emotion_rag, emotion_labels):
+    assert emotion_rag.labels == emotion_labels and emotion_rag.size == 200
+    assert emotion_rag.meta["tuning"]["chosen"] is not None  # the vote was tuned over the 4 labels
+    for p in emotion_rag.predict(["I am so furious right now", "", "what a lovely morning"]):
+        assert list(p.scores) == emotion_labels and p.label in emotion_labels
+
+
+def test_a_saved_index_records_its_labels_and_refuses_others(emotion_rag, emotion_labels, tmp_path):
+    directory = emotion_rag.save(tmp_path / "emotion")
+    assert json.loads((directory / "run.json").read_text())["labels"] == emotion_labels
+    loaded = rag.load(directory, embedder=emotion_rag.embedder)
+    assert loaded.labels == emotion_labels
+    with pytest.raises(ValueError, match=r"unknown label\(s\) \['positive'\]; this index knows only \['anger', 'joy'"):
+        loaded.add(["a sunny day"], ["positive"])
+    assert loaded.size == 200
+    assert loaded.add(["a sunny day"], ["joy"]) == 201
+
+
+def test_labels_flag_names_the_ids_when_building(shared_dir, embedder, tmp_path, monkeypatch):
+    monkeypatch.setattr("rag.classifier.Embedder.load", lambda *args, **kwargs: embedder)
+    irony = shared_dir / "data" / "tweeteval_irony"
+    argv = ["--data", str(irony), "--labels", "plain, Ironic", "--train-size", "40", "--no-tune"]
+    assert build_main([*argv, "--out", str(tmp_path / "irony")]) == 0
+    assert json.loads((tmp_path / "irony" / "run.json").read_text())["labels"] == ["plain", "ironic"]
+    assert RagConfig(labels=["A", "b"]).labels == ("a", "b")
+    with pytest.raises(ValueError, match="at least 2 labels"):
+        RagConfig(labels=("only",))
+
+
+def test_a_classifier_needs_two_labels(rag_built):
+    index = VectorIndex.create("flat", 384)
+    index.add(rag_built.embedder.encode(["one"]))
+    with pytest.raises(ValueError, match=r"at least 2 labels, got \['neutral'\]"):
+        RagClassifier(rag_built.embedder, index, ["one"], ["neutral"])
+    two = RagClassifier(rag_built.embedder, index, ["one"], ["yes"], label_names=["no", "yes"])
+    assert two.labels == ["no", "yes"] and list(two.predict(["one"])[0].scores) == ["no", "yes"]
