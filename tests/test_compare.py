@@ -359,11 +359,15 @@ def test_compare_run_cli_writes_the_report_with_a_hybrid(shared_dir, data_dir, r
     assert {"report.json", "report.md", "confusion_matrices.png", "latency.png", "reliability.png"} <= names
     report = json.loads((out / "report.json").read_text())
     assert set(report["backends"]) == {"finetune", "rag", "hybrid"}
+    assert all(len(b["accuracy_ci95"]) == len(b["macro_f1_ci95"]) == 2 for b in report["backends"].values())
+    assert [(p["a"], p["b"]) for p in report["pairwise"]] == [("finetune", "rag"), ("finetune", "hybrid"),
+                                                              ("rag", "hybrid")]  # fmt: skip
     assert report["backends"]["hybrid"]["fit"]["validation_size"] == 40
     assert report["knowledge_update"]["rag"]["measured"] and report["knowledge_update"]["new_examples"] == 20
     assert report["knowledge_update"]["finetune"]["measured"] is False
     assert json.loads(capsys.readouterr().out)["n"] == 60
-    assert "| finetune |" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert "| finetune |" in markdown and "## Paired comparisons" in markdown
 
 
 def test_compare_run_cli_bad_input(rag_dir, data_dir, tmp_path, capsys):
