@@ -162,7 +162,7 @@ def paired_lines(report: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> str:
-    """The whole report as Markdown: headline table, what each backend is, per-class scores, disagreements."""
+    """The report as Markdown: headline table with intervals, paired tests, backends, per class, disagreements."""
     data = report["dataset"]
     lines = [
         "# Fine-tune vs RAG: comparison report",
