@@ -23,10 +23,10 @@ from typing import Any
 
 from compare.decide import crossover
 from compare.metrics import accuracy, macro_f1
-from core.cli import setup_logging
-from core.data import DataError, load_tweets, stratified_sample
+from core.cli import add_labels_argument, setup_logging
+from core.data import DataError, label_names, load_tweets, stratified_sample
 from core.files import ArtifactError, atomic_write, dumps_json
-from core.types import LABELS
+from core.types import check_same_labels
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ def learning_curve(
 
     report = progress or (lambda fraction, message: None)
     texts, references = list(test["text"]), list(test["label"])
+    labels = label_names(train)
+    check_same_labels("the training data", labels, "the test data", label_names(test))
     embedder = embedder or rag.Embedder.load()
     rows: list[dict[str, Any]] = []
     for i, size in enumerate(sizes):
@@ -90,7 +92,7 @@ def learning_curve(
         predicted = [p.label for p in index.predict(texts)]
         row["rag"] = {
             "accuracy": accuracy(predicted, references),
-            "macro_f1": macro_f1(predicted, references, LABELS),
+            "macro_f1": macro_f1(predicted, references, labels),
             "seconds": index.meta["build_seconds"],
         }
         report((i + 0.3) / len(sizes), f"{n} labeled examples: fine-tuning")
@@ -103,7 +105,7 @@ def learning_curve(
             predicted = [p.label for p in model.predict(texts)]
         row["finetune"] = {
             "accuracy": accuracy(predicted, references),
-            "macro_f1": macro_f1(predicted, references, LABELS),
+            "macro_f1": macro_f1(predicted, references, labels),
             "seconds": round(seconds, 2),
             "base_model": run["base_model"],
             "from_scratch": run["from_scratch"],
@@ -115,6 +117,7 @@ def learning_curve(
         "backends": {name: [r[name]["accuracy"] for r in rows] for name in ("finetune", "rag")},
         "rows": rows,
         "test_size": len(texts),
+        "labels": labels,
         "seed": seed,
     }
     curve["crossover"] = crossover(curve)
@@ -153,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--sizes", default="100,300,1000,3000", help="labeled-example counts; 'all' = every one")
     parser.add_argument("--data", default=None)
+    add_labels_argument(parser)
     parser.add_argument("--test-limit", type=int, default=1000, help="test texts scored at every size")
     parser.add_argument("--base-model", default=None, help="checkpoint to fine-tune (default: FTRAG_BASE_MODEL/gpt2)")
     parser.add_argument("--from-scratch", action="store_true", help="fine-tune a GPT-2 trained from scratch")
@@ -180,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     try:
-        train = load_tweets(args.data, split="train")
-        test = load_tweets(args.data, split="test", limit=args.test_limit, seed=args.seed)
+        train = load_tweets(args.data, split="train", labels=args.labels)
+        test = load_tweets(args.data, split="test", limit=args.test_limit, seed=args.seed, labels=args.labels)
         sizes = parse_sizes(args.sizes, train.num_rows)
         config(100, "x")  # validate the fine-tune settings before any work
         curve = learning_curve(sizes, train, test, finetune_config=config, seed=args.seed)

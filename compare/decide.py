@@ -18,6 +18,7 @@ from typing import Any
 
 from compare.runner import check_report
 from core.files import read_json
+from core.types import check_same_labels
 
 CHOICES = {"finetune": "fine-tune", "rag": "rag", "hybrid": "hybrid"}
 UPDATES = ("daily", "weekly", "rarely")
@@ -102,6 +103,8 @@ def _accuracy_at(curve: dict[str, Any], backend: str, n: int) -> tuple[int, floa
 def decide(report: dict[str, Any], constraints: Constraints, curve: dict[str, Any] | None = None) -> Recommendation:
     """Recommend fine-tune, rag or hybrid for `constraints`, from the measured `report` (and learning `curve`)."""
     report = check_report(report)
+    if curve and curve.get("labels") and report.get("labels"):  # one label set, or the curve says nothing here
+        check_same_labels("the report", report["labels"], "the learning curve", curve["labels"])
     rec = Recommendation(choice=None)
     n = int(report["dataset"]["n"])
 

@@ -40,7 +40,7 @@ class HybridClassifier:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not 0.0 <= threshold <= 1.0 or not 0.0 <= weight <= 1.0:
             raise ValueError(f"threshold and weight must be in [0, 1], got {threshold} and {weight}")
-        if list(primary.labels) != list(secondary.labels):
+        if set(primary.labels) != set(secondary.labels):  # the order may differ: scores are read by name
             raise ValueError(
                 f"cannot combine backends with different labels: {primary.name} has {list(primary.labels)}, "
                 f"{secondary.name} has {list(secondary.labels)}"
@@ -107,6 +107,9 @@ def fit_hybrid(
     if not texts or len(texts) != len(references):
         raise ValueError(f"need a non-empty validation slice with one reference per text, got {len(texts)} texts")
     labels = list(primary.labels)
+    unknown = sorted(set(references) - set(labels))
+    if unknown:
+        raise ValueError(f"the validation slice has labels {unknown} that {primary.name} does not know ({labels})")
     first = primary.predict(texts)
     second = list(secondary_predictions) if secondary_predictions is not None else secondary.predict(texts)
     p1 = np.array([[p.scores[label] for label in labels] for p in first])

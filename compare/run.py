@@ -17,12 +17,13 @@ from typing import Any
 
 from compare.hybrid import fit_hybrid
 from compare.report import write_report
-from compare.runner import DEFAULT_HOURLY_PRICE_USD, evaluate
+from compare.runner import DEFAULT_HOURLY_PRICE_USD, check_backends, evaluate
 from compare.update import knowledge_update
-from core.cli import setup_logging
-from core.data import DataError, load_tweets, stratified_indices
+from core.cli import add_labels_argument, setup_logging
+from core.data import DataError, label_names, load_tweets, stratified_indices
 from core.files import ArtifactError
 from core.settings import SourceError, resolve
+from core.types import check_same_labels
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hybrid", action=argparse.BooleanOptionalAction, default=True, help="add the hybrid")
     parser.add_argument("--data", default=None, help="labeled data source (default: FTRAG_DATA or the Hub dataset)")
     parser.add_argument("--split", default="test", help="the split to evaluate on")
+    add_labels_argument(parser)
     parser.add_argument("--limit", type=int, default=None, help="a seeded stratified sample of this many texts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latency-queries", type=int, default=100, help="single queries timed per backend")
@@ -75,10 +77,19 @@ def hybrid_validation(finetune_meta: dict[str, Any], data: str | None) -> tuple[
     config = finetune_meta.get("config") or {}
     if finetune_meta.get("data_source") == "in-memory dataset" or "eval_size" not in config:
         return None
-    train = load_tweets(config.get("data") or data, split="train")
+    train = load_tweets(config.get("data") or data, split="train", labels=config.get("labels"))
     _, evaluation = split_train_eval(train, config.get("train_size"), config["eval_size"], seed=config.get("seed", 0))
     texts, labels = list(evaluation["text"]), list(evaluation["label"])
     return texts[:HYBRID_VALIDATION_MAX], labels[:HYBRID_VALIDATION_MAX]
+
+
+def check_data_labels(classifiers: dict[str, Any], data_labels: list[str], source: str) -> None:
+    """A ValueError when a backend's label set is not the data's: a model is never scored against other labels."""
+    for name, clf in classifiers.items():
+        try:
+            check_same_labels(name, clf.labels, f"the data ({source})", data_labels)
+        except ValueError as err:
+            raise ValueError(f"{err} (name the data's ids with --labels if they are the same labels)") from err
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -94,11 +105,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         classifiers[name] = finetune.load(directory, quantize=args.quantize, name=name)
     if args.rag:
         classifiers["rag"] = rag.load(args.rag)
+    check_backends(classifiers)  # artifacts of two label sets are refused before any data is read
     try:
         source = resolve("data", args.data).describe()
     except SourceError as err:
         raise DataError(str(err)) from err
-    dataset = load_tweets(args.data, split=args.split, limit=args.limit, seed=args.seed)
+    dataset = load_tweets(args.data, split=args.split, limit=args.limit, seed=args.seed, labels=args.labels)
+    check_data_labels(classifiers, label_names(dataset), source)
     notes = []
     if args.hybrid and "finetune" in classifiers and "rag" in classifiers:
         slice_ = hybrid_validation(classifiers["finetune"].meta, args.data)

@@ -392,6 +392,7 @@ def test_learning_curve_on_tiny_backends(shared_dir, small_train, small_test, em
     for name in ("finetune", "rag"):
         assert len(curve["backends"][name]) == 2 and all(0 <= a <= 1 for a in curve["backends"][name])
     assert curve["rows"][1]["rag"]["seconds"] > 0
+    assert curve["labels"] == list(LABELS)
     assert curve["crossover"] == crossover(curve)
 
 
@@ -443,3 +444,71 @@ def test_a_gated_hybrid_does_not_count_as_showing_evidence():
     report["backends"]["hybrid"]["fit"] = {"chosen": {"mode": "gate", "threshold": 0.5}}
     rec = decide(report, Constraints(need_evidence=True))
     assert rec.choice == "rag" and "confidence below 0.50" in rec.excluded["hybrid"]
+
+
+# --- any label set ---------------------------------------------------------------------------------------------------
+
+
+def test_emotion_backends_are_compared_and_decided_with_their_own_labels(
+    emotion_ft_dir, emotion_rag, emotion_dir, emotion_labels, tmp_path, capsys
+):
+    rag_dir = emotion_rag.save(tmp_path / "rag")
+    out = tmp_path / "report"
+    backends = ["--finetune", str(emotion_ft_dir), "--rag", str(rag_dir), "--data", str(emotion_dir)]
+    sizes = ["--limit", "60", "--latency-queries", "3", "--update-examples", "10"]
+    assert run_main([*backends, *sizes, "--out", str(out)]) == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["labels"] == emotion_labels
+    assert set(report["backends"]) == {"finetune", "rag", "hybrid"}  # the hybrid fitted on the emotion eval slice
+    assert report["backends"]["hybrid"]["fit"]["validation_size"] == 40
+    for b in report["backends"].values():
+        assert np.array(b["confusion_matrix"]).shape == (4, 4) and np.array(b["confusion_matrix"]).sum() == 60
+        assert list(b["per_class"]) == emotion_labels
+    assert report["knowledge_update"]["rag"]["measured"]
+    rec = decide(report, Constraints(updates="daily"))
+    assert rec.choice in {"fine-tune", "rag", "hybrid"} and rec.reasons
+    capsys.readouterr()
+    assert decide_main(["--report", str(out / "report.json"), "--need-evidence"]) == 0
+    assert json.loads(capsys.readouterr().out)["choice"] in {"rag", "hybrid"}
+
+
+def test_artifacts_of_two_label_sets_are_refused(
+    ft_dir, finetuned, emotion_rag, emotion_dir, emotion_test, tmp_path, capsys
+):
+    rag_dir = emotion_rag.save(tmp_path / "rag")
+    mixed = ["--finetune", str(ft_dir), "--rag", str(rag_dir), "--data", str(emotion_dir)]
+    assert run_main([*mixed, "--out", str(tmp_path / "mixed")]) == 2
+    err = capsys.readouterr().err
+    assert "backends have different label sets" in err and "'anger', 'joy'" in err and "'negative', 'neutral'" in err
+    assert not (tmp_path / "mixed").exists()
+    with pytest.raises(ValueError, match="different label sets"):
+        evaluate({"finetune": finetuned, "rag": emotion_rag}, emotion_test)
+    with pytest.raises(ValueError, match="cannot combine backends with different labels"):
+        HybridClassifier(finetuned, emotion_rag)
+
+
+def test_a_model_is_never_scored_against_data_of_other_labels(ft_dir, emotion_dir, emotion_rag, tmp_path, capsys):
+    assert run_main(["--finetune", str(ft_dir), "--data", str(emotion_dir), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "label sets differ: finetune has ['negative', 'neutral', 'positive'], the data" in err
+    assert "['anger', 'joy', 'optimism', 'sadness']" in err
+    subset = tmp_path / "subset.csv"
+    subset.write_text("text,label\nso angry,anger\nyay,joy\n")  # string labels: the set is these two
+    rag_dir = emotion_rag.save(tmp_path / "rag")
+    argv = ["--rag", str(rag_dir), "--data", str(subset), "--split", "train", "--update-examples", "0"]
+    argv += ["--latency-queries", "1", "--out", str(tmp_path / "s")]
+    assert run_main(argv) == 2
+    assert "label sets differ" in capsys.readouterr().err
+    assert run_main([*argv, "--labels", "anger,joy,optimism,sadness"]) == 0  # declared: two of the four is a slice
+
+
+def test_hybrid_refuses_a_validation_slice_of_other_labels():
+    with pytest.raises(ValueError, match=r"labels \['joy'\] that ft does not know"):
+        fit_hybrid(Fixed("ft", {"a": _scores(1, 0, 0)}), Fixed("rag", {"a": _scores(1, 0, 0)}), ["a"], ["joy"])
+
+
+def test_decide_refuses_a_curve_of_other_labels():
+    report = {**synthetic_report(), "labels": ["anger", "joy", "optimism", "sadness"]}
+    with pytest.raises(ValueError, match="label sets differ: the report has"):
+        decide(report, Constraints(labeled_examples=300), {**CURVE, "labels": list(LABELS)})
+    assert decide(report, Constraints(labeled_examples=300), {**CURVE, "labels": report["labels"]}).choice == "rag"
