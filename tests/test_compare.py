@@ -502,6 +502,14 @@ def test_a_model_is_never_scored_against_data_of_other_labels(ft_dir, emotion_di
     assert run_main([*argv, "--labels", "anger,joy,optimism,sadness"]) == 0  # declared: two of the four is a slice
 
 
+def test_the_hybrid_slice_is_recomputed_with_the_fine_tunes_own_label_names(shared_dir):
+    from compare.run import hybrid_validation
+
+    config = {"data": str(shared_dir / "data" / "tweeteval_irony"), "labels": ["plain", "ironic"], "eval_size": 20}
+    texts, labels = hybrid_validation({"config": {**config, "train_size": 60, "seed": 0}}, None)
+    assert len(texts) == 20 and set(labels) == {"plain", "ironic"}
+
+
 def test_hybrid_refuses_a_validation_slice_of_other_labels():
     with pytest.raises(ValueError, match=r"labels \['joy'\] that ft does not know"):
         fit_hybrid(Fixed("ft", {"a": _scores(1, 0, 0)}), Fixed("rag", {"a": _scores(1, 0, 0)}), ["a"], ["joy"])

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from datasets import Dataset
@@ -408,6 +409,16 @@ def test_a_fine_tune_on_emotion_has_a_head_of_its_four_labels(emotion_ft_dir, em
     model = finetune.load(emotion_ft_dir)
     assert model.labels == emotion_labels
     assert [list(p.scores) for p in model.predict(["so angry", "what a day"])] == [emotion_labels] * 2
+
+
+def test_eval_metrics_average_over_every_label_of_the_head():
+    from transformers import EvalPrediction
+
+    from finetune.train import compute_metrics
+
+    logits = np.eye(4)[[0, 1, 2, 2]]  # 4 labels; label 3 is never predicted nor present
+    metrics = compute_metrics(EvalPrediction(predictions=logits, label_ids=np.array([0, 1, 2, 2])))
+    assert metrics == {"accuracy": 1.0, "macro_f1": 0.75}
 
 
 def test_labels_flag_names_the_ids_end_to_end(shared_dir, tmp_path, capsys):
