@@ -18,7 +18,7 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,7 +39,7 @@ from compare.service import (
 from core.data import load_tweets
 from core.files import ArtifactError, read_json
 from core.limits import MAX_BODY_BYTES, MAX_CHARS, MAX_TEXTS, MAX_UPLOAD_BYTES, MAX_UPLOAD_ROWS
-from core.types import LABELS
+from serving.access import Refused, bearer_token
 
 logger = logging.getLogger(__name__)
 
@@ -127,9 +127,10 @@ class App:
         if labels is not None:
             if len(labels) != len(texts):
                 raise InputError(f"give one label per text: {len(texts)} texts, {len(labels)} labels")
-            bad = sorted(set(labels) - set(LABELS))
+            known = self.service.labels()
+            bad = sorted(set(labels) - set(known))
             if bad:
-                raise InputError(f"unknown label(s) {bad}; use one of {list(LABELS)}")
+                raise InputError(f"unknown label(s) {bad}; use one of {known}")
             names = list(results[0]["results"])
             out["accuracy"] = {n: accuracy([r["results"][n]["label"] for r in results], labels) for n in names}
         names = list(results[0]["results"])
@@ -210,6 +211,12 @@ class BodyLimit:
         return await self.app(scope, counted, send)
 
 
+def _client(request: Request | None) -> str:
+    """Who is asking, for the rate limit: the peer address (behind a proxy, the proxy's unless it forwards it)."""
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None) or "?"
+
+
 def _validation_message(err: RequestValidationError) -> dict[str, Any]:
     """A 422 body that says what is wrong without echoing the input (which may be huge, or NaN that JSON lacks)."""
     details = [
@@ -227,6 +234,11 @@ def create_api(state: App) -> FastAPI:
     @api.exception_handler(InputError)
     async def _input_error(request: Request, err: InputError) -> JSONResponse:
         return JSONResponse(status_code=400, content={"error": hide_paths(str(err))})
+
+    @api.exception_handler(Refused)
+    async def _refused(request: Request, err: Refused) -> JSONResponse:
+        headers = {"Retry-After": str(max(1, round(err.retry_after)))} if err.retry_after else None
+        return JSONResponse(status_code=err.status, content={"error": str(err)}, headers=headers)
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -249,8 +261,14 @@ def create_api(state: App) -> FastAPI:
         return state.compare_texts(body.texts, body.labels)
 
     @api.post("/api/teach")
-    def teach(body: TeachBody) -> dict[str, Any]:
-        return state.service.teach(body.texts, body.labels)
+    def teach(body: TeachBody, request: Request, authorization: str | None = Header(default=None)) -> dict[str, Any]:
+        """Add labeled examples to the shared index (see SECURITY.md for who may)."""
+        return state.service.teach(body.texts, body.labels, bearer_token(authorization), _client(request))
+
+    @api.delete("/api/teach/{teach_id}")
+    def forget(teach_id: int, request: Request, authorization: str | None = Header(default=None)) -> dict[str, Any]:
+        """Remove one taught example (the id that /api/teach returned)."""
+        return state.service.forget(teach_id, bearer_token(authorization), _client(request))
 
     @api.post("/api/recommend")
     def recommend(body: RecommendBody) -> dict[str, Any]:
@@ -315,16 +333,17 @@ def build_demo(state: App) -> gr.Blocks:
         outputs.append(_neighbours(rag_result) if rag_result else [])
         return outputs
 
-    def on_teach(text: str, label: str, query: str):
+    def on_teach(text: str, label: str, query: str, token: str, request: gr.Request):
         try:
-            result = service.teach([text], [label])
+            result = service.teach([text], [label], token=token or None, client=_client(request))
             after = service.classify([query])[0]["results"].get("rag") if query.strip() else None
-        except InputError as err:
+        except (InputError, Refused) as err:
             raise _ui_error(err) from err
+        what = "was already taught: merged" if result["merged"] else "added"
         message = (
-            f"Added “{escape_markdown(text, 200)}” as **{label}**: the index now holds {result['index_size']:,} "
-            f"examples ({result['seconds'] * 1000:.0f} ms). "
-            f"{escape_markdown(result['finetune_note'], 400)}."
+            f"“{escape_markdown(text, 200)}” as **{escape_markdown(label)}** {what} (id {result['ids'][0]}; "
+            f"`DELETE /api/teach/{result['ids'][0]}` removes it): the index now holds {result['index_size']:,} "
+            f"examples ({result['seconds'] * 1000:.0f} ms). {escape_markdown(result['finetune_note'], 400)}."
         )
         return message, _label_value(after), _neighbours(after) if after else []
 
@@ -442,13 +461,18 @@ def build_demo(state: App) -> gr.Blocks:
                 "retraining to learn it."
             )
             teach_text = gr.Textbox(label="Example", max_length=MAX_CHARS)
-            teach_label = gr.Radio(list(LABELS), value="positive", label="Its label")
+            teach_label = gr.Radio(service.labels(), value=service.labels()[-1], label="Its label")
             teach_query = gr.Textbox(label="Then classify this with RAG", value=EXAMPLES[3])
-            teach_btn = gr.Button("Teach", variant="primary")
+            teach_token = gr.Textbox(
+                label="Operator token", type="password", visible=service.teach_policy.token is not None
+            )
+            teach_btn = gr.Button("Teach", variant="primary", interactive=service.teach_policy.open)
+            if not service.teach_policy.open:
+                gr.Markdown("*Teaching the shared index is off on this public app.*")
             teach_msg = gr.Markdown()
             teach_scores = gr.Label(label="RAG now says")
             teach_neighbours = gr.Dataframe(headers=["neighbour", "label", "similarity"])
-            teach_btn.click(on_teach, [teach_text, teach_label, teach_query],
+            teach_btn.click(on_teach, [teach_text, teach_label, teach_query, teach_token],
                             [teach_msg, teach_scores, teach_neighbours], api_name="teach")  # fmt: skip
         with gr.Tab("Models"):
             gr.Markdown(models_markdown)
@@ -510,8 +534,17 @@ def main(argv: list[str] | None = None) -> None:
             logger.error("%s; serving what is in %s", err, artifacts)
     service = Service.start(artifacts, build_missing=not args.no_build, progress=_log_progress())
     logger.info("Backends ready in %.1f s: %s", service.started_seconds, sorted(service.backends))
+    service.start_compactor(float(os.environ.get("FTRAG_COMPACT_SECONDS", "600")))
     state = App(service, report_dir=artifacts / "report", curve_dir=artifacts / "curve")
-    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="warning")
+    config = uvicorn.Config(
+        create_app(state), host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3
+    )
+    uvicorn.Server(config).run()
+    # SIGTERM: uvicorn stops serving and waits at most 3 s for open requests. A long evaluation may still be running
+    # in a worker thread; the teach log is already on disk, so nothing is lost by not waiting for it.
+    service.close()
+    logging.shutdown()
+    os._exit(0)
 
 
 if __name__ == "__main__":

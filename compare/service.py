@@ -17,7 +17,8 @@ from typing import Any
 
 from core.files import ArtifactError
 from core.limits import MAX_CHARS, MAX_TEXTS, MAX_UPLOAD_BYTES, MAX_UPLOAD_ROWS
-from core.types import LABELS, Classifier
+from core.types import Classifier
+from serving.access import Refused, TeachPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +155,11 @@ class Service:
     artifacts: Path | None = None
     started_seconds: float = 0.0
 
+    teach_policy: TeachPolicy = field(default_factory=TeachPolicy.from_env)
+
     def __post_init__(self) -> None:
-        self._teach_lock = threading.Lock()
+        self._changes = 0  # teaches and removals since the last compaction
+        self._stop = threading.Event()
 
     # --- start-up --------------------------------------------------------------------------------------------------
 
@@ -194,9 +198,12 @@ class Service:
                     raise ArtifactError(f"{path}: not built (start with building enabled, or build it from the CLI)")
                 report(base + 0.45, f"{name}: loading {path}")
                 service.backends[name] = loaders[name](path)
+                if name == "rag" and service.backends[name].log is None:
+                    service.backends[name].open_log()  # taught examples go to a log beside the index
             except (ArtifactError, ValueError, OSError) as err:
                 logger.error("%s is unavailable: %s", name, err)
                 service.unavailable[name] = hide_paths(str(err))
+        service._refuse_mixed_labels()
         if service.backends:  # the first real request should not pay for lazy set-up (thread pools, the trace)
             report(0.98, "warming up")
             service.classify(["warming up"])
@@ -204,7 +211,24 @@ class Service:
         report(1.0, "ready")
         return service
 
+    def _refuse_mixed_labels(self) -> None:
+        """Backends trained on another label set than the first one are not served (their answers cannot meet)."""
+        first = next(iter(self.backends.items()), None)
+        for name, clf in list(self.backends.items())[1:]:
+            if set(clf.labels) != set(first[1].labels):
+                why = f"its labels {list(clf.labels)} are not the labels of {first[0]} {list(first[1].labels)}"
+                logger.error("%s is unavailable: %s", name, why)
+                self.unavailable[name] = why
+                del self.backends[name]
+
     # --- calls -----------------------------------------------------------------------------------------------------
+
+    def labels(self) -> list[str]:
+        """The label set the loaded backends answer with (they all share one; see compare.runner.check_backends)."""
+        from core.types import LABELS
+
+        first = next(iter(self.backends.values()), None)
+        return list(first.labels) if first is not None else list(LABELS)
 
     def _pick(self, backends: Sequence[str] | None) -> dict[str, Classifier]:
         if backends is None:
@@ -235,22 +259,84 @@ class Service:
                 row["results"][name] = {**p.to_dict(), "latency_ms": round(ms, 2)}
         return out
 
-    def teach(self, texts: Any, labels: Any) -> dict[str, Any]:
-        """Add labeled examples to the retrieval index (searchable at once, saved atomically)."""
+    def teach(self, texts: Any, labels: Any, token: str | None = None, client: str = "") -> dict[str, Any]:
+        """Add labeled examples to the shared retrieval index, if `teach_policy` allows this client.
+
+        Recorded in the teach log first (one fsynced insert), searchable as soon as this returns; exact duplicates
+        of a taught example are merged. Returns the ids (for `forget`), and what retraining the fine-tune would cost.
+        """
+        rag = self._teachable()
         texts = validate_texts(texts, "example")
         labels = [labels] if isinstance(labels, str) else labels
         if not isinstance(labels, (list, tuple)) or len(labels) != len(texts):
             raise InputError(f"give one label per example: {len(texts)} examples")
-        bad = sorted({str(x) for x in labels if x not in LABELS})
+        bad = sorted({str(x) for x in labels if x not in rag.labels})
         if bad:
-            raise InputError(f"unknown label(s) {bad}; use one of {list(LABELS)}")
-        if "rag" not in self.backends:
+            raise InputError(f"unknown label(s) {bad}; use one of {list(rag.labels)}")
+        self.teach_policy.check(token, client, examples=len(texts))
+        start = time.perf_counter()
+        written = rag.teach(list(texts), list(labels), client=client)
+        seconds = time.perf_counter() - start
+        self._changes += 1
+        merged = sum(w["merged"] for w in written)
+        return {
+            "added": len(texts) - merged,
+            "merged": merged,
+            "ids": [w["id"] for w in written],
+            "index_size": rag.size,
+            "seconds": round(seconds, 4),
+            **self.retrain_cost(),
+        }
+
+    def forget(self, teach_id: Any, token: str | None = None, client: str = "") -> dict[str, Any]:
+        """Remove one taught example from the shared index (the undo of `teach`), if `teach_policy` allows it."""
+        rag = self._teachable()
+        if isinstance(teach_id, bool) or not isinstance(teach_id, int) or teach_id < 1:
+            raise InputError(f"a taught example's id is a positive integer, got {teach_id!r}")
+        self.teach_policy.check(token, client, examples=1)
+        if not rag.forget(teach_id):
+            raise Refused(f"no taught example has id {teach_id} (or it was already removed)", 404)
+        self._changes += 1
+        return {"removed": teach_id, "index_size": rag.size}
+
+    def _teachable(self):
+        rag = self.backends.get("rag")
+        if rag is None:
             raise InputError(f"the retrieval backend is not available: {self.unavailable.get('rag', 'not loaded')}")
-        with self._teach_lock:
-            start = time.perf_counter()
-            size = self.backends["rag"].add(list(texts), list(labels))
-            seconds = time.perf_counter() - start
-        return {"added": len(texts), "index_size": size, "seconds": round(seconds, 3), **self.retrain_cost()}
+        if getattr(rag, "log", None) is None:
+            raise InputError("this retrieval index has no teach log (it was loaded without a directory)")
+        if not self.teach_policy.open:
+            raise Refused("teaching the shared index is off on this public app (the operator can set a token)", 403)
+        return rag
+
+    def start_compactor(self, interval_s: float) -> threading.Thread | None:
+        """Every `interval_s` seconds, in a background thread, `compact_when_changed` (0 = never)."""
+        if interval_s <= 0:
+            return None
+
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.compact_when_changed()
+                except (OSError, ValueError) as err:  # a full disk: the log still holds everything; try later
+                    logger.warning("Compacting the teach log failed (%s); it stays as it is", err)
+
+        thread = threading.Thread(target=loop, name="teach-log-compactor", daemon=True)
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        """Stop background work (the compactor)."""
+        self._stop.set()
+
+    def compact_when_changed(self) -> bool:
+        """Fold the teach log into the index files if anything was taught or removed since the last time."""
+        rag = self.backends.get("rag")
+        if not self._changes or rag is None or getattr(rag, "log", None) is None:
+            return False
+        self._changes = 0
+        rag.compact()
+        return True
 
     def retrain_cost(self) -> dict[str, Any]:
         """What the fine-tuned model would need to learn the same examples: a retrain, of the measured length."""

@@ -26,6 +26,7 @@ from core.types import LABELS, Prediction, check_labels, check_texts
 from rag.config import WEIGHTINGS, RagConfig
 from rag.embed import Embedder, EmbedderError
 from rag.index import IndexFileError, VectorIndex
+from rag.teachlog import TeachLog
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class RagClassifier:
         name: str = "rag",
         meta: dict[str, Any] | None = None,
         directory: str | Path | None = None,
+        teach_ids: Sequence[int] | None = None,
     ) -> None:
         if len(texts) != len(labels) or len(texts) != len(index):
             raise ValueError(f"{len(texts)} texts, {len(labels)} labels and {len(index)} vectors must be as many")
@@ -110,6 +112,9 @@ class RagClassifier:
         self.directory = Path(directory) if directory is not None else None
         self._texts = list(texts)
         self._label_ids = self._to_ids(labels)
+        # The teach-log id of each row (-1: an example the index was built with); see `teach` and `forget`.
+        self._teach_ids = np.full(len(texts), -1, dtype=np.int64) if teach_ids is None else np.asarray(teach_ids)
+        self.log: TeachLog | None = None
         self._lock = threading.RLock()
 
     # --- the Classifier contract ---------------------------------------------------------------------------------
@@ -198,11 +203,106 @@ class RagClassifier:
             index.add(vectors)
             all_texts = self._texts + texts
             all_ids = np.concatenate([self._label_ids, new_ids])
+            teach_ids = np.concatenate([self._teach_ids, np.full(len(texts), -1, dtype=np.int64)])
             meta = {**self.meta, "size": len(all_texts), "added": self.meta.get("added", 0) + len(texts)}
             if self.directory is not None:
-                self._write(self.directory, index, all_texts, all_ids, meta)
+                self._write(self.directory, index, all_texts, all_ids, meta, teach_ids)
             self.index, self._texts, self._label_ids, self.meta = index, all_texts, all_ids, meta
+            self._teach_ids = teach_ids
             return len(all_texts)
+
+    # --- taught examples: an append-only log, replayed at load ---------------------------------------------------
+
+    def open_log(self, path: str | Path | None = None) -> TeachLog:
+        """Open (or create) the teach log, by default beside the index directory, and replay it into memory."""
+        if path is None:
+            if self.directory is None:
+                raise ValueError("an index without a directory needs an explicit teach log path")
+            path = teach_log_path(self.directory)
+        log = TeachLog(path, embedder=self.embedder.name)
+        self._replay(log)
+        self.log = log
+        return log
+
+    def _replay(self, log: TeachLog) -> None:
+        rows = log.rows()
+        removed = {r.id for r in rows if r.removed}
+        with self._lock:
+            present = set(self._teach_ids[self._teach_ids >= 0].tolist())
+            self._drop(removed & present)
+            fresh = [r for r in rows if not r.removed and r.id not in present and r.label in self.labels]
+            if not fresh:
+                return
+            if log.embedder == self.embedder.name and all(r.vector.shape == (self.index.dim,) for r in fresh):
+                vectors = np.stack([r.vector for r in fresh])
+            else:  # written with another embedder: its vectors do not fit this index
+                logger.warning("The teach log was written with another embedder; re-embedding %d examples", len(fresh))
+                vectors = self.embedder.encode([r.text for r in fresh])
+            self._append(vectors, [r.text for r in fresh], [r.label for r in fresh], [r.id for r in fresh])
+
+    def teach(self, texts: Sequence[str], labels: Sequence[str], client: str = "") -> list[dict[str, Any]]:
+        """Add labeled examples through the teach log: recorded on disk (one small fsynced insert), then searchable.
+
+        Never rewrites the index files and holds the query lock only to append the new vectors. An example whose
+        text and label are already taught is merged (no second vote). Returns ``{"id", "merged"}`` per example.
+        """
+        if self.log is None:
+            raise ValueError("open the teach log first (open_log)")
+        texts = check_texts(texts)
+        labels = list(labels)
+        self._to_ids(labels)  # unknown labels are refused before anything is written
+        vectors = self.embedder.encode(texts)  # the slow part, outside the lock
+        written = self.log.append(texts, labels, vectors, client=client)
+        new = [i for i, (_, merged) in enumerate(written) if not merged]
+        with self._lock:
+            present = set(self._teach_ids[self._teach_ids >= 0].tolist())
+            new = [i for i in new if written[i][0] not in present]
+            if new:
+                rows = [(texts[i], labels[i], written[i][0]) for i in new]
+                self._append(vectors[new], *(list(column) for column in zip(*rows, strict=True)))
+        return [{"id": teach_id, "merged": merged} for teach_id, merged in written]
+
+    def forget(self, teach_id: int) -> bool:
+        """Remove taught example `teach_id` (recorded in the log first); False when there is no such live example."""
+        if self.log is None or self.log.remove(int(teach_id)) is None:
+            return False
+        with self._lock:
+            self._drop({int(teach_id)})
+        return True
+
+    def _append(self, vectors: np.ndarray, texts: list[str], labels: list[str], teach_ids: list[int]) -> None:
+        self.index.add(vectors)
+        self._texts.extend(texts)
+        self._label_ids = np.concatenate([self._label_ids, self._to_ids(labels)])
+        self._teach_ids = np.concatenate([self._teach_ids, np.asarray(teach_ids, dtype=np.int64)])
+
+    def _drop(self, teach_ids: set[int]) -> None:
+        positions = np.flatnonzero(np.isin(self._teach_ids, list(teach_ids))) if teach_ids else []
+        if len(positions) == 0:
+            return
+        if self.index.kind != "flat":
+            raise ValueError(f"taught examples can be removed from a flat index only, not {self.index.kind}")
+        self.index.index.remove_ids(np.asarray(positions, dtype=np.int64))  # a flat index renumbers the rest
+        gone = set(positions.tolist())
+        self._texts = [t for i, t in enumerate(self._texts) if i not in gone]
+        self._label_ids = np.delete(self._label_ids, positions)
+        self._teach_ids = np.delete(self._teach_ids, positions)
+
+    def compact(self) -> int:
+        """Fold taught examples into the saved index files, so the log has less to replay; returns the rows saved.
+
+        The files are written from a snapshot outside the query lock; teaches and removals that happen meanwhile
+        stay in the log and are replayed correctly at the next load.
+        """
+        if self.log is None or self.directory is None:
+            return 0
+        with self._lock:
+            index = VectorIndex(faiss.clone_index(self.index.index))
+            texts, label_ids, teach_ids = list(self._texts), self._label_ids.copy(), self._teach_ids.copy()
+            meta = dict(self.meta)
+        self._write(self.directory, index, texts, label_ids, {**meta, "size": len(texts)}, teach_ids)
+        self.log.folded(teach_ids[teach_ids >= 0].tolist())
+        return len(texts)
 
     def describe(self) -> str:
         """One line that says what this classifier is: the vote, the corpus and the embedder."""
@@ -263,10 +363,18 @@ class RagClassifier:
     def save(self, directory: str | Path) -> Path:
         """Write ``index.faiss``, ``examples.parquet`` and ``run.json`` to `directory` as one atomic unit."""
         with self._lock:
-            self._write(Path(directory), self.index, self._texts, self._label_ids, self.meta)
+            self._write(Path(directory), self.index, self._texts, self._label_ids, self.meta, self._teach_ids)
         return Path(directory)
 
-    def _write(self, directory: Path, index: VectorIndex, texts: list[str], label_ids: np.ndarray, meta: dict) -> None:
+    def _write(
+        self,
+        directory: Path,
+        index: VectorIndex,
+        texts: list[str],
+        label_ids: np.ndarray,
+        meta: dict,
+        teach_ids: np.ndarray | None = None,
+    ) -> None:
         run = {
             **meta,
             "format_version": FORMAT_VERSION,
@@ -282,7 +390,10 @@ class RagClassifier:
             "probe_embedding": self.embedder.probe.round(6).tolist(),
             "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        table = pa.table({"text": texts, "label": [self.labels[i] for i in label_ids]})
+        columns = {"text": texts, "label": [self.labels[i] for i in label_ids]}
+        if teach_ids is not None and (teach_ids >= 0).any():  # rows folded in from the teach log keep their ids
+            columns["teach_id"] = teach_ids.tolist()
+        table = pa.table(columns)
         with dir_lock(directory), staged_dir(directory) as stage:
             index.save(stage / INDEX_FILE)
             pq.write_table(table, stage / EXAMPLES_FILE)
@@ -336,18 +447,26 @@ class RagClassifier:
                     f"{directory}: the embedder {embedder.name} is not the one this index was built with "
                     f"({run.get('embedder')}): probe cosine {cosine:.3f}"
                 )
-        return cls(
-            embedder,
-            index,
-            table.column("text").to_pylist(),
-            table.column("label").to_pylist(),
-            k=run["k"],
-            weighting=run["weighting"],
-            temperature=run["temperature"],
-            label_names=run.get("labels", LABELS),
-            meta={k: v for k, v in run.items() if k != "probe_embedding"},
-            directory=directory,
-        )
+        teach_ids = table.column("teach_id").to_pylist() if "teach_id" in table.column_names else None
+        try:
+            classifier = cls(
+                embedder,
+                index,
+                table.column("text").to_pylist(),
+                table.column("label").to_pylist(),
+                k=run["k"],
+                weighting=run["weighting"],
+                temperature=run["temperature"],
+                label_names=run.get("labels", LABELS),
+                meta={k: v for k, v in run.items() if k != "probe_embedding"},
+                directory=directory,
+                teach_ids=None if teach_ids is None else [-1 if i is None else int(i) for i in teach_ids],
+            )
+        except (KeyError, TypeError, ValueError) as err:  # labels outside the recorded set, bad voting parameters
+            raise ArtifactError(f"{directory}: the saved index does not fit together: {err}") from err
+        if teach_log_path(directory).exists():  # examples taught since the files were written
+            classifier.open_log()
+        return classifier
 
     # --- building ------------------------------------------------------------------------------------------------
 
@@ -456,6 +575,12 @@ def tune_vote(vectors: np.ndarray, label_ids: np.ndarray, cfg: RagConfig, n_labe
                 )
     best = max(grid, key=lambda row: (row["accuracy"], row["macro_f1"], -row["k"]))
     return {"chosen": best, "validation_size": int(val_size), "grid": grid}
+
+
+def teach_log_path(directory: str | Path) -> Path:
+    """Where the teach log of the index in `directory` lives: beside it (the directory is replaced as a whole)."""
+    directory = Path(directory)
+    return directory.with_name(directory.name + ".teach.sqlite")
 
 
 def _recorded_embedder(run: dict) -> str | None:

@@ -163,7 +163,7 @@ def test_ui_handlers_escape_and_refuse(service, artifacts):
         fns["classify"]("")
     with pytest.raises(gr.Error, match="limit is"):
         fns["classify"]("x" * (MAX_CHARS + 1))
-    message, _scores, neighbours = fns["teach"]("<b>bold</b> claim", "neutral", "bold claim")
+    message, _scores, neighbours = fns["teach"]("<b>bold</b> claim", "neutral", "bold claim", "", None)
     assert "\\<b\\>" in message and neighbours[0][0] == "<b>bold</b> claim"  # escaped in Markdown, plain in tables
 
 

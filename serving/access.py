@@ -1,0 +1,104 @@
+"""Who may teach the shared index, and how fast: a bearer token and a per-client token bucket.
+
+- Locally (no ``SPACE_ID``) and without ``FTRAG_TEACH_TOKEN``: anyone who can reach the app may teach (it binds
+  127.0.0.1).
+- On a Hugging Face Space (``SPACE_ID`` set) without a token: nobody may teach.
+- Whenever ``FTRAG_TEACH_TOKEN`` is set: teaching (API and UI) needs it (``Authorization: Bearer <token>``).
+- Every client may teach at most ``FTRAG_TEACH_PER_MINUTE`` examples per minute (default 120), in bursts of up to
+  that many.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+class Refused(ValueError):
+    """A request that is understood but not allowed; `status` is the HTTP status that says why (401, 403, 429)."""
+
+    def __init__(self, message: str, status: int, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass
+class RateLimiter:
+    """A token bucket per client: `per_minute` tokens a minute, holding at most `per_minute`.
+
+    >>> limiter = RateLimiter(per_minute=60)
+    >>> limiter.take("a", 60, now=0.0), limiter.take("a", 1, now=0.0), limiter.take("a", 1, now=1.0)
+    (0.0, 1.0, 0.0)
+    """
+
+    per_minute: int = 120
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def take(self, client: str, n: int, now: float | None = None) -> float:
+        """Spend `n` tokens of `client`'s bucket: 0.0 when allowed, else the seconds to wait (nothing spent)."""
+        now = time.monotonic() if now is None else now
+        rate = self.per_minute / 60.0
+        with self._lock:
+            tokens, last = self._buckets.get(client, (float(self.per_minute), now))
+            tokens = min(float(self.per_minute), tokens + (now - last) * rate)
+            if n > tokens:
+                self._buckets[client] = (tokens, now)
+                return (n - tokens) / rate
+            self._buckets[client] = (tokens - n, now)
+            if len(self._buckets) > 10_000:  # forget the fullest buckets: they are back to a full burst anyway
+                for key in sorted(self._buckets, key=lambda k: self._buckets[k][1])[:5_000]:
+                    del self._buckets[key]
+            return 0.0
+
+
+@dataclass
+class TeachPolicy:
+    """Whether a teach (or an undo) may change the shared index; see the module docstring for the rules."""
+
+    token: str | None = None
+    public: bool = False
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+
+    @classmethod
+    def from_env(cls) -> TeachPolicy:
+        per_minute = int(os.environ.get("FTRAG_TEACH_PER_MINUTE", "120"))
+        if per_minute < 1:
+            raise ValueError(f"FTRAG_TEACH_PER_MINUTE must be at least 1, got {per_minute}")
+        return cls(
+            token=os.environ.get("FTRAG_TEACH_TOKEN") or None,
+            public=bool(os.environ.get("SPACE_ID")),
+            limiter=RateLimiter(per_minute=per_minute),
+        )
+
+    @property
+    def open(self) -> bool:
+        """True when teaching is possible at all (a token is set, or the app is not a public Space)."""
+        return self.token is not None or not self.public
+
+    def check(self, given_token: str | None, client: str, examples: int = 1) -> None:
+        """Raise `Refused` unless this client may teach `examples` examples now."""
+        if self.token is not None:
+            if not given_token or not hmac.compare_digest(given_token.encode(), self.token.encode()):
+                raise Refused("teaching needs the operator's token (Authorization: Bearer <token>)", 401)
+        elif self.public:
+            raise Refused("teaching the shared index is off on this public app (the operator can set a token)", 403)
+        wait = self.limiter.take(client or "?", examples)
+        if wait:
+            raise Refused(f"too many taught examples from this client; try again in {wait:.0f} s", 429, wait)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None.
+
+    >>> bearer_token("Bearer s3cret"), bearer_token("Basic abc"), bearer_token(None)
+    ('s3cret', None, None)
+    """
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
