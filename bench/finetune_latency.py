@@ -21,8 +21,7 @@ import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, pipeline
 
 from bench.common import machine, percentiles, table
-from core.data import load_tweets
-from core.types import LABELS
+from core.data import label_names, load_tweets
 from finetune.config import FinetuneConfig
 from finetune.model import TextClassifier, quantize_int8
 from finetune.train import load_tokenizer
@@ -39,19 +38,19 @@ def main() -> None:
     args = parser.parse_args()
 
     test = load_tweets(args.data, split="test")
-    texts = list(test["text"])
+    texts, labels = list(test["text"]), label_names(test)
     tokenizer, source = load_tokenizer(FinetuneConfig(from_scratch=True, tokenizer=args.tokenizer))
     torch.manual_seed(0)
     config = GPT2Config(
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id={n: i for i, n in enumerate(LABELS)},
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
         pad_token_id=tokenizer.pad_token_id,
         vocab_size=len(tokenizer),
     )
     model = GPT2ForSequenceClassification(config).eval()
-    fp32 = TextClassifier(model, tokenizer, LABELS)
-    int8 = TextClassifier(quantize_int8(copy.deepcopy(model)), tokenizer, LABELS, quantized=True)
+    fp32 = TextClassifier(model, tokenizer, labels)
+    int8 = TextClassifier(quantize_int8(copy.deepcopy(model)), tokenizer, labels, quantized=True)
     pipe = pipeline("text-classification", model=model, tokenizer=tokenizer, device="cpu", top_k=None)
 
     variants = {

@@ -29,8 +29,7 @@ from transformers import (
 )
 
 from bench.common import machine, table
-from core.data import load_tweets
-from core.types import LABELS
+from core.data import label_names, load_tweets
 from finetune.config import FinetuneConfig
 from finetune.train import load_tokenizer, tokenize
 
@@ -49,17 +48,15 @@ class StepClock(TrainerCallback):
         return (len(self.times) - 1) * self.samples_per_step / (self.times[-1] - self.times[0])
 
 
-def model(tokenizer) -> GPT2ForSequenceClassification:
+def model(tokenizer, n_labels: int) -> GPT2ForSequenceClassification:
     return GPT2ForSequenceClassification(
-        GPT2Config(num_labels=len(LABELS), pad_token_id=tokenizer.pad_token_id, vocab_size=len(tokenizer))
+        GPT2Config(num_labels=n_labels, pad_token_id=tokenizer.pad_token_id, vocab_size=len(tokenizer))
     )
 
 
-def run(label: str, args: TrainingArguments, dataset, collator, tokenizer, samples_per_step: int) -> dict:
+def run(label: str, args: TrainingArguments, dataset, collator, net, samples_per_step: int) -> dict:
     clock = StepClock(samples_per_step)
-    trainer = Trainer(
-        model=model(tokenizer), args=args, train_dataset=dataset, data_collator=collator, callbacks=[clock]
-    )
+    trainer = Trainer(model=net, args=args, train_dataset=dataset, data_collator=collator, callbacks=[clock])
     trainer.train()
     print(f"{label}: {clock.samples_per_second():.2f} samples/s", flush=True)
     return {"recipe": label, "samples/s": clock.samples_per_second(), "steps timed": len(clock.times) - 1}
@@ -74,10 +71,11 @@ def main() -> None:
     args = parser.parse_args()
 
     train = load_tweets(args.data, split="train", limit=2000, seed=0)
+    labels = label_names(train)
     cfg = FinetuneConfig(from_scratch=True, tokenizer=args.tokenizer, batch_size=16)
     tokenizer, source = load_tokenizer(cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        label_ids = {name: i for i, name in enumerate(LABELS)}
+        label_ids = {name: i for i, name in enumerate(labels)}
         padded = train.map(
             lambda b: {
                 **tokenizer(b["text"], padding="max_length", truncation=True, max_length=1024),
@@ -96,7 +94,7 @@ def main() -> None:
             disable_tqdm=True,
         )
         seed_label = "seed: pad to 1024, batch 1, accumulation 4"
-        seed = run(seed_label, seed_args, padded, default_data_collator, tokenizer, 4)
+        seed = run(seed_label, seed_args, padded, default_data_collator, model(tokenizer, len(labels)), 4)
 
         ours_args = cfg.to_training_args(
             show_progress=False,
@@ -109,9 +107,9 @@ def main() -> None:
         ours = run(
             "this project: dynamic padding, length-grouped batch 16",
             ours_args,
-            tokenize(train, tokenizer, LABELS, cfg.max_length),
+            tokenize(train, tokenizer, labels, cfg.max_length),
             DataCollatorWithPadding(tokenizer),
-            tokenizer,
+            model(tokenizer, len(labels)),
             cfg.batch_size,
         )
     ours["speed-up"] = ours["samples/s"] / seed["samples/s"]

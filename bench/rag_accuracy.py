@@ -20,7 +20,6 @@ from sklearn.metrics import accuracy_score, f1_score
 import rag
 from bench.common import table
 from core.data import load_tweets
-from core.types import LABELS
 from rag import RagClassifier, RagConfig, vote
 
 
@@ -36,10 +35,11 @@ def main() -> None:
         clf = RagClassifier.build(RagConfig(data=args.data), load_tweets(args.data, split="train"))
         clf.save(args.index)
     test = load_tweets(args.data, split="test")
-    truth = np.array([LABELS.index(label) for label in test["label"]])
+    labels = clf.labels
+    truth = np.array([labels.index(label) for label in test["label"]])
     vectors = clf.embedder.encode(test["text"], show_progress=True)
     scores, ids = clf.index.search(vectors, 300)
-    label_ids = np.array([LABELS.index(label) for label in clf.examples()[1]])
+    label_ids = np.array([labels.index(label) for label in clf.examples()[1]])
     rows = []
     for k in (10, 25, 50, 100, 200, 300):
         for weighting, temperature in [
@@ -49,7 +49,7 @@ def main() -> None:
             ("softmax", 0.05),
             ("softmax", 0.1),
         ]:
-            probs = vote(scores[:, :k], ids[:, :k], label_ids, len(LABELS), weighting, temperature)
+            probs = vote(scores[:, :k], ids[:, :k], label_ids, len(labels), weighting, temperature)
             predicted = probs.argmax(axis=1)
             rows.append(
                 {
@@ -61,7 +61,7 @@ def main() -> None:
             )
     print(f"index: {clf.size} train tweets, embedder {clf.embedder.name}; test: {len(truth)} tweets")
     print(table(rows))
-    predicted = [LABELS.index(p.label) for p in clf.predict(test["text"])]
+    predicted = [labels.index(p.label) for p in clf.predict(test["text"])]
     chosen = clf.meta.get("tuning", {}).get("chosen") or {}
     print(
         f"\nthe built classifier (k={clf.k}, {clf.weighting}, T={clf.temperature}; chosen on a "

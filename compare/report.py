@@ -167,7 +167,8 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
     lines = [
         "# Fine-tune vs RAG: comparison report",
         "",
-        f"Data: {escape_markdown(str(data.get('source')))} [{data.get('split')}], {data['n']} labeled texts. "
+        f"Data: {escape_markdown(str(data.get('source')))} [{data.get('split')}], {data['n']} labeled texts; "
+        f"labels: {escape_markdown(', '.join(report.get('labels') or []))}. "
         f"Machine: {report['machine']['cpu']}, {report['machine']['cpu_count']} CPUs "
         f"({report['machine']['torch_threads']} torch threads). Created {report['created']}.",
         "",

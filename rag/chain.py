@@ -41,7 +41,7 @@ FEW_SHOT = 8
 """Retrieved examples put in the prompt."""
 
 SYSTEM_PROMPT = (
-    "You classify the sentiment of tweets. Answer with exactly one word: {labels}. "
+    "You classify tweets by their label. Answer with exactly one of these labels: {labels}. "
     "The labeled tweets below are the ones most similar to the tweet to classify; use them as guidance."
 )
 HUMAN_PROMPT = "Labeled examples:\n{examples}\n\nTweet: {query}\nLabel:"

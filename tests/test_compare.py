@@ -465,6 +465,7 @@ def test_emotion_backends_are_compared_and_decided_with_their_own_labels(
         assert np.array(b["confusion_matrix"]).shape == (4, 4) and np.array(b["confusion_matrix"]).sum() == 60
         assert list(b["per_class"]) == emotion_labels
     assert report["knowledge_update"]["rag"]["measured"]
+    assert "labels: anger, joy, optimism, sadness." in (out / "report.md").read_text()
     rec = decide(report, Constraints(updates="daily"))
     assert rec.choice in {"fine-tune", "rag", "hybrid"} and rec.reasons
     capsys.readouterr()
