@@ -170,6 +170,14 @@ def emotion_ft_dir(shared_dir: Path, emotion_dir: Path, tmp_path_factory) -> Pat
     return out
 
 
+@pytest.fixture(scope="session")
+def emotion_finetuned(emotion_ft_dir: Path):
+    """The tiny fine-tune on emotion, loaded; tests must not mutate it."""
+    import finetune
+
+    return finetune.load(emotion_ft_dir)
+
+
 @pytest.fixture()
 def app_artifacts(ft_dir: Path, rag_dir: Path, tmp_path: Path) -> Path:
     """An artifacts directory as the app expects it: fresh copies of the tiny fine-tune and the small index."""

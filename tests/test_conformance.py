@@ -6,7 +6,7 @@ import pytest
 
 from core.types import Classifier, Prediction
 
-BACKENDS = ["rag_built", "finetuned"]
+BACKENDS = ["rag_built", "finetuned", "emotion_rag", "emotion_finetuned"]  # the default labels, and 4 others
 QUERIES = ["I love this so much!", "worst service ever", "the bus leaves at 5", "", "ok " * 7000, "<script>x</script>"]
 
 
