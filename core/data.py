@@ -201,6 +201,7 @@ def _label_set(splits: DatasetDict, source: str, given: Sequence[str] | None) ->
 
 
 def _names_from_data(splits: DatasetDict, source: str) -> list[str]:
+    """ClassLabel names; else names ordered by the ids beside them; else known names of bare ids; else sorted."""
     pairs: set[tuple[int, str]] = set()
     names: set[str] = set()
     has_ids = False
@@ -213,8 +214,8 @@ def _names_from_data(splits: DatasetDict, source: str) -> list[str]:
         has_ids = has_ids or any(isinstance(v, int) for v in values)
         names.update(v for v in values if isinstance(v, str))
         if id_col is not None:
-            ids = ds[id_col]
-            pairs.update((i, v) for i, v in zip(ids, values, strict=True) if isinstance(v, str) and (i or 0) >= 0)
+            named = zip(ds[id_col], values, strict=True)
+            pairs.update((i, v) for i, v in named if isinstance(i, int) and i >= 0 and isinstance(v, str))
     if has_ids:
         known = KNOWN_LABEL_NAMES.get(Path(source).name)
         if known is None:
