@@ -51,6 +51,8 @@ EXAMPLES = [
     "not sure how I feel about the new update tbh",
 ]
 LATENCY_QUERIES = 30
+GRADIO_CONCURRENCY = 32
+"""Gradio events run at once: as many as the micro-batcher gathers into one batch under a crowd."""
 KEEP_REPORTS = 8
 """Downloadable reports kept on disk (several people may be downloading theirs)."""
 
@@ -438,7 +440,7 @@ def build_demo(state: App) -> gr.Blocks:
                 latency_img = gr.Image(label="Latency", type="filepath")
             files = gr.File(label="Download the report", file_count="multiple")
             run.click(on_evaluate, [upload, use_test, size], [metrics_table, confusion_img, latency_img, files],
-                      api_name="evaluate")  # fmt: skip
+                      api_name="evaluate", concurrency_limit=1, concurrency_id="evaluate")  # fmt: skip
         with gr.Tab("Decide"):
             with gr.Row():
                 examples_in = gr.Number(label="Labeled examples you have", precision=0)
@@ -482,7 +484,8 @@ def build_demo(state: App) -> gr.Blocks:
 def create_app(state: App) -> FastAPI:
     """The FastAPI app: the JSON API under /api and the Gradio UI at /."""
     demo = build_demo(state)
-    demo.queue(default_concurrency_limit=4, max_size=64)
+    # Single-text events wait on the micro-batcher, so many may run at once; batch evaluation runs one at a time.
+    demo.queue(default_concurrency_limit=GRADIO_CONCURRENCY, max_size=256)
     mounted = gr.mount_gradio_app(create_api(state), demo, path="/", max_file_size=MAX_UPLOAD_BYTES)
     # Gradio checks that a file handed to a handler was uploaded (and refuses any other server path) only once the
     # Blocks count as launched, which `mount_gradio_app` never marks. Mark it, so that check runs; the handlers check

@@ -4,11 +4,14 @@ Starts ``python app.py`` on 127.0.0.1 in a subprocess, over a copy of the artifa
 then every client sends its mix of calls; afterwards every acknowledged teach must be in the saved index.
 
     python bench/load.py --artifacts artifacts [--clients 32] [--requests 50]
+    python bench/load.py --compare-batching --clients 32 --requests 20   # micro-batching off vs on, and teaching
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import random
 import shutil
@@ -30,30 +33,25 @@ import numpy as np
 from bench.common import machine, percentiles, table
 from core.data import load_tweets
 
+REPO = Path(__file__).resolve().parents[1]
+
 MIX = [("rest classify", 0.5), ("rest compare", 0.15), ("rest teach", 0.1), ("gradio classify", 0.25)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifacts", default="artifacts")
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=50)
-    parser.add_argument("--data", default=None)
-    args = parser.parse_args()
-
-    tweets = list(load_tweets(args.data, split="test", limit=500, seed=2)["text"])
+@contextlib.contextmanager
+def running_app(artifacts: Path, **env: str):
+    """``python app.py`` on a free local port over a private copy of `artifacts`; yields (url, copy)."""
     work = Path(tempfile.mkdtemp(prefix="ftrag-load-"))
     for name in ("finetune", "rag"):
-        shutil.copytree(Path(args.artifacts) / name, work / name)
+        shutil.copytree(artifacts / name, work / name)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    repo = Path(__file__).resolve().parents[1]
+    environment = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "FTRAG_TEACH_PER_MINUTE": "1000000", **env}
     server = subprocess.Popen(
-        [sys.executable, str(repo / "app.py"), "--artifacts", str(work), "--no-build", "--port", str(port)],
-        env=env,
+        [sys.executable, str(REPO / "app.py"), "--artifacts", str(work), "--no-build", "--port", str(port)],
+        env=environment,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -69,18 +67,46 @@ def main() -> None:
             except (httpx.HTTPError, ValueError, KeyError):
                 pass
             time.sleep(0.2)
-        print(f"app ready after {time.perf_counter() - start:.1f} s")
-        results, taught = run_clients(url, tweets, args.clients, args.requests)
+        print(f"app ready after {time.perf_counter() - start:.1f} s ({env or 'default settings'})", flush=True)
+        yield url, work
     finally:
         server.terminate()
         server.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifacts", default="artifacts")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--data", default=None)
+    parser.add_argument(
+        "--compare-batching",
+        action="store_true",
+        help="classify load with micro-batching off, then on, plus teaching under load; ends with one JSON line",
+    )
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0, help="the wait when batching is on")
+    args = parser.parse_args()
+    tweets = list(load_tweets(args.data, split="test", limit=500, seed=2)["text"])
+    if args.compare_batching:
+        compare_batching(Path(args.artifacts), tweets, args)
+        return
+    with running_app(Path(args.artifacts)) as (url, work):
+        results, taught = run_clients(url, tweets, args.clients, args.requests)
+        lost = missing_teaches(work, taught)
+    print_mix(results, taught, lost, args)
+
+
+def missing_teaches(work: Path, taught: list[str]) -> list[str]:
+    """Acknowledged taught examples that a fresh load of the index (files plus teach log) does not hold."""
     import rag
 
     saved = set(rag.load(work / "rag").examples()[0])
-    lost = [t for t in taught if t not in saved]
-    shutil.rmtree(work, ignore_errors=True)
+    return [t for t in taught if t not in saved]
 
+
+def print_mix(results, taught: list[str], lost: list[str], args) -> None:
     rows, total = [], 0
     wall = results.pop("_wall")
     for kind, _ in MIX:
@@ -95,6 +121,134 @@ def main() -> None:
     errors = sum(r["errors"] for r in rows)
     print(f"\n{total} requests in {wall:.1f} s: {total / wall:.1f} requests/s; errors: {errors}")
     print(f"taught examples acknowledged: {len(taught)}; missing from the saved index afterwards: {len(lost)}")
+
+
+def compare_batching(artifacts: Path, tweets: list[str], args) -> None:
+    """The same classify load against the app with batching off and on, in one run; then teaching under load."""
+    rows, summary = [], {"errors": 0, "lost_teaches": 0, "p95_ms": {}}
+    for label, wait in (("unbatched", "0"), ("batched", str(args.batch_wait_ms))):
+        with running_app(artifacts, FTRAG_BATCH_WAIT_MS=wait) as (url, work):
+            for kind in ("rest classify", "gradio classify"):
+                results = run_one_kind(url, tweets, kind, args.clients, args.requests)
+                rows.append(load_row(f"{label}, {kind}", results))
+                summary["errors"] += rows[-1]["errors"]
+                summary["p95_ms"][f"{label} {kind}"] = round(rows[-1]["p95 ms"], 1)
+            if label == "batched":
+                teach_rows, lost = teach_under_load(url, work, tweets)
+                rows += teach_rows
+                summary["lost_teaches"] = len(lost)
+                summary["errors"] += sum(r["errors"] for r in teach_rows)
+    rps = {r["load"]: r["requests/s"] for r in rows}
+    summary["unbatched_rps"] = rps["unbatched, rest classify"]
+    summary["batched_rps"] = rps["batched, rest classify"]
+    summary["speedup"] = round(summary["batched_rps"] / summary["unbatched_rps"], 2)
+    summary["gradio_rps"] = {k: rps[f"{k}, gradio classify"] for k in ("unbatched", "batched")}
+    summary["teach_p95_ms"] = round(next(r["p95 ms"] for r in rows if r["load"].startswith("teach while")), 1)
+    quiet, busy = (next(r["requests/s"] for r in rows if r["load"] == name) for name in TEACH_LOADS)
+    summary["classify_rps_while_teaching_vs_not"] = round(busy / quiet, 3)
+    print(f"{machine()}; {args.clients} clients x {args.requests} requests each, one tweet per request")
+    print(table(rows))
+    print(json.dumps(summary))
+
+
+TEACH_LOADS = ("8 clients classify, no teaching", "8 clients classify while 1 teaches")
+
+
+def teach_under_load(url: str, work: Path, tweets: list[str], seconds: float = 15.0):
+    """8 classify clients for `seconds` without teaching, then again while one client teaches back to back."""
+    quiet = run_for(url, tweets, clients=8, seconds=seconds, teach=False)
+    busy = run_for(url, tweets, clients=8, seconds=seconds, teach=True)
+    lost = missing_teaches(work, busy["taught"])
+    rows = [
+        load_row(TEACH_LOADS[0], quiet["classify"], quiet["wall"]),
+        load_row(TEACH_LOADS[1], busy["classify"], busy["wall"]),
+        load_row(f"teach while 8 clients classify ({len(busy['taught'])} taught)", busy["teach"], busy["wall"]),
+    ]
+    return rows, lost
+
+
+def load_row(name: str, results: list[tuple[float, bool]], wall: float | None = None) -> dict:
+    if wall is None:
+        results, wall = results[:-1], results[-1][0]
+    ms = np.array([m for m, ok in results if ok] or [float("nan")])
+    p = percentiles(ms)
+    errors = sum(1 for _, ok in results if not ok)
+    return {"load": name, "requests": len(results), "errors": errors, "requests/s": round(len(results) / wall, 1),
+            "p50 ms": p["p50"], "p95 ms": p["p95"]}  # fmt: skip
+
+
+def run_one_kind(url: str, tweets: list[str], kind: str, clients: int, requests: int) -> list[tuple[float, bool]]:
+    """`clients` threads each sending `requests` single-tweet classify calls of one kind; the wall time comes last."""
+    from gradio_client import Client
+
+    out: list[tuple[float, bool]] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(clients + 1)
+
+    def client(i: int) -> None:
+        rng = random.Random(i)
+        http = httpx.Client(base_url=url, timeout=120)
+        gradio = Client(url + "/", verbose=False) if kind == "gradio classify" else None
+        barrier.wait()
+        for _ in range(requests):
+            tweet = rng.choice(tweets)
+            t0 = time.perf_counter()
+            try:
+                if gradio is None:
+                    r = http.post("/api/classify", json={"texts": [tweet]})
+                    ok = r.status_code == 200 and len(r.json()["results"][0]["results"]) == 2
+                else:
+                    ok = len(gradio.predict(tweet, api_name="/classify")) == 5
+            except Exception:
+                ok = False
+            with lock:
+                out.append(((time.perf_counter() - t0) * 1000, ok))
+        http.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    return [*out, (time.perf_counter() - start, True)]
+
+
+def run_for(url: str, tweets: list[str], clients: int, seconds: float, teach: bool) -> dict:
+    """Classify clients (and one teacher when `teach`) looping until `seconds` have passed."""
+    results: dict = {"classify": [], "teach": [], "taught": []}
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def classify(i: int) -> None:
+        rng, http = random.Random(i), httpx.Client(base_url=url, timeout=120)
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            r = http.post("/api/classify", json={"texts": [rng.choice(tweets)]})
+            with lock:
+                results["classify"].append(((time.perf_counter() - t0) * 1000, r.status_code == 200))
+
+    def teacher() -> None:
+        http = httpx.Client(base_url=url, timeout=120)
+        while time.perf_counter() < stop:
+            text = f"load test example {uuid.uuid4().hex[:12]}"
+            t0 = time.perf_counter()
+            r = http.post("/api/teach", json={"texts": [text], "labels": ["neutral"]})
+            with lock:
+                results["teach"].append(((time.perf_counter() - t0) * 1000, r.status_code == 200))
+                if r.status_code == 200:
+                    results["taught"].append(text)
+
+    threads = [threading.Thread(target=classify, args=(i,)) for i in range(clients)]
+    threads += [threading.Thread(target=teacher)] if teach else []
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    results["wall"] = time.perf_counter() - start
+    return results
 
 
 def run_clients(url: str, tweets: list[str], clients: int, requests: int):

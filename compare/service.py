@@ -19,6 +19,7 @@ from core.files import ArtifactError
 from core.limits import MAX_CHARS, MAX_TEXTS, MAX_UPLOAD_BYTES, MAX_UPLOAD_ROWS
 from core.types import Classifier
 from serving.access import Refused, TeachPolicy
+from serving.batching import MicroBatcher, wait_ms_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +157,13 @@ class Service:
     started_seconds: float = 0.0
 
     teach_policy: TeachPolicy = field(default_factory=TeachPolicy.from_env)
+    batch_wait_ms: float = field(default_factory=wait_ms_from_env)
 
     def __post_init__(self) -> None:
         self._changes = 0  # teaches and removals since the last compaction
         self._stop = threading.Event()
+        self._batchers: dict[str, MicroBatcher] = {}
+        self._batchers_lock = threading.Lock()
 
     # --- start-up --------------------------------------------------------------------------------------------------
 
@@ -246,10 +250,15 @@ class Service:
     def classify(self, texts: Any, backends: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Each text through each backend.
 
+        A single text goes through each backend's micro-batcher (see `serving.batching`) when batching is on, so
+        concurrent single-text requests share batched model calls; ``latency_ms`` is then the request's own wait.
+
         Returns ``[{"text", "results": {backend: {label, scores, evidence, latency_ms}}}]``.
         """
         texts = validate_texts(texts)
         chosen = self._pick(backends)
+        if len(texts) == 1 and self.batch_wait_ms > 0:
+            return [{"text": texts[0], "results": self._classify_one(texts[0], chosen)}]
         out = [{"text": t, "results": {}} for t in texts]
         for name, clf in chosen.items():
             start = time.perf_counter()
@@ -258,6 +267,29 @@ class Service:
             for row, p in zip(out, predictions, strict=True):
                 row["results"][name] = {**p.to_dict(), "latency_ms": round(ms, 2)}
         return out
+
+    def _classify_one(self, text: str, chosen: dict[str, Classifier]) -> dict[str, Any]:
+        start = time.perf_counter()
+        done: dict[str, float] = {}
+        futures = {}
+        for name, clf in chosen.items():  # every backend works on it at once, each in its own batch
+            futures[name] = self._batcher(name, clf).submit(text)
+            futures[name].add_done_callback(lambda _, name=name: done.__setitem__(name, time.perf_counter()))
+        results = {}
+        for name, future in futures.items():
+            prediction = future.result()
+            ms = (done.get(name, time.perf_counter()) - start) * 1000
+            results[name] = {**prediction.to_dict(), "latency_ms": round(ms, 2)}
+        return results
+
+    def _batcher(self, name: str, clf: Classifier) -> MicroBatcher:
+        batcher = self._batchers.get(name)
+        if batcher is None or batcher.classifier is not clf:
+            with self._batchers_lock:
+                batcher = self._batchers.get(name)
+                if batcher is None or batcher.classifier is not clf:
+                    batcher = self._batchers[name] = MicroBatcher(clf, self.batch_wait_ms)
+        return batcher
 
     def teach(self, texts: Any, labels: Any, token: str | None = None, client: str = "") -> dict[str, Any]:
         """Add labeled examples to the shared retrieval index, if `teach_policy` allows this client.
@@ -326,8 +358,10 @@ class Service:
         return thread
 
     def close(self) -> None:
-        """Stop background work (the compactor)."""
+        """Stop background work (the compactor, the batchers' worker threads)."""
         self._stop.set()
+        for batcher in self._batchers.values():
+            batcher.close()
 
     def compact_when_changed(self) -> bool:
         """Fold the teach log into the index files if anything was taught or removed since the last time."""
@@ -370,6 +404,7 @@ class Service:
                 "embedder": hide_paths(meta["embedder"]) if meta.get("embedder") else None,
                 "k": getattr(clf, "k", None),
                 "size": getattr(clf, "size", None),
+                "labels": list(clf.labels),
             }
         return out
 

@@ -316,3 +316,65 @@ def test_rag_build_refuses_an_unwritable_out_before_embedding(tmp_path, capsys, 
     monkeypatch.setattr(build.RagClassifier, "build", lambda *a, **k: pytest.fail("embedded before checking --out"))
     assert build.main(["--out", str(blocker / "index"), "--train-size", "50"]) == 2
     assert "cannot write an index" in capsys.readouterr().err
+
+
+def test_sigterm_stops_the_app_within_seconds_even_mid_evaluation(app_artifacts, data_dir):
+    import contextlib
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/"
+    env = {**os.environ, "FTRAG_DATA": str(data_dir), "FTRAG_COMPACT_SECONDS": "0"}
+    command = [sys.executable, "app.py", "--artifacts", str(app_artifacts), "--no-build", "--port", str(port)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(url + "api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        started = threading.Event()
+
+        def long_evaluation() -> None:
+            started.set()
+            with contextlib.suppress(Exception):  # the server goes away mid-stream: that is the point
+                _gradio_call(url, "evaluate", [None, True, 2000])
+
+        threading.Thread(target=long_evaluation, daemon=True).start()
+        started.wait()
+        time.sleep(3)  # the evaluation is under way
+        assert process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        start = time.time()
+        process.wait(timeout=30)
+        assert time.time() - start < 10
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_an_index_whose_examples_have_a_label_outside_its_set_is_refused(rag_dir):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import rag
+    from core.files import ArtifactError
+
+    table = pq.read_table(rag_dir / "examples.parquet")
+    labels = table.column("label").to_pylist()
+    labels[0] = "hacker"
+    pq.write_table(table.set_column(1, "label", pa.array(labels)), rag_dir / "examples.parquet")
+    with pytest.raises(ArtifactError, match="hacker"):
+        rag.load(rag_dir)

@@ -1,0 +1,106 @@
+"""Dynamic micro-batching: concurrent single-text requests to one backend become one batched `predict`.
+
+Each backend gets one worker thread. A request puts its text on the worker's queue and waits; the worker takes the
+first waiting text, gathers whatever else arrives within ``wait_ms`` (up to ``max_batch`` texts), and answers all of
+them with one `predict` call. Under a crowd that turns many small forward passes (each paying the model's fixed
+per-call cost) into a few larger ones; a lone request pays at most ``wait_ms`` more.
+``FTRAG_BATCH_WAIT_MS`` sets the wait (0 turns batching off).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+
+from core.types import Classifier, Prediction
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WAIT_MS = 5.0
+MAX_BATCH = 64
+
+
+def wait_ms_from_env() -> float:
+    """``FTRAG_BATCH_WAIT_MS`` (default 5 ms); 0 means no batching."""
+    value = float(os.environ.get("FTRAG_BATCH_WAIT_MS", DEFAULT_WAIT_MS))
+    if not 0 <= value <= 1000:
+        raise ValueError(f"FTRAG_BATCH_WAIT_MS must be between 0 and 1000, got {value}")
+    return value
+
+
+class MicroBatcher:
+    """Answers `predict_one` calls from many threads with batched `predict` calls of one classifier.
+
+    Args:
+        classifier: any `Classifier`; its `predict` is only ever called from this batcher's worker thread.
+        wait_ms: how long the worker waits for more texts once it has one.
+        max_batch: the most texts in one `predict` call.
+    """
+
+    def __init__(self, classifier: Classifier, wait_ms: float = DEFAULT_WAIT_MS, max_batch: int = MAX_BATCH) -> None:
+        if wait_ms < 0 or max_batch < 1:
+            raise ValueError(f"need wait_ms >= 0 and max_batch >= 1, got {wait_ms} and {max_batch}")
+        self.classifier = classifier
+        self.wait_s = wait_ms / 1000.0
+        self.max_batch = max_batch
+        self.batches = 0
+        self.texts = 0
+        self._queue: list[tuple[str, Future]] = []
+        self._ready = threading.Condition()
+        self._closed = False
+        self._worker = threading.Thread(target=self._run, name=f"batcher-{classifier.name}", daemon=True)
+        self._worker.start()
+
+    def submit(self, text: str) -> Future:
+        """Queue one text; the future resolves to its `Prediction` (or the error `predict` raised)."""
+        future: Future = Future()
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            self._queue.append((text, future))
+            self._ready.notify()
+        return future
+
+    def predict_one(self, text: str) -> Prediction:
+        return self.submit(text).result()
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+
+    def _take(self) -> list[tuple[str, Future]]:
+        with self._ready:
+            while not self._queue and not self._closed:
+                self._ready.wait()
+            deadline = time.monotonic() + self.wait_s
+            while len(self._queue) < self.max_batch and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._ready.wait(left)
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if not batch:
+                return  # closed and drained
+            self._answer(batch)
+
+    def _answer(self, batch: Sequence[tuple[str, Future]]) -> None:
+        try:
+            predictions = self.classifier.predict([text for text, _ in batch])
+        except Exception as err:  # handed to every waiting caller, who re-raises it
+            for _, future in batch:
+                future.set_exception(err)
+            return
+        self.batches += 1
+        self.texts += len(batch)
+        for (_, future), prediction in zip(batch, predictions, strict=True):
+            future.set_result(prediction)

@@ -1,0 +1,89 @@
+"""Micro-batching: concurrent single texts share one predict call, answers go to the right caller, errors too."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from core.types import Prediction
+from serving.batching import MicroBatcher, wait_ms_from_env
+
+
+class Recorder:
+    """A classifier that labels a text by its length's parity and records the size of every batch it gets."""
+
+    name = "recorder"
+    labels = ["even", "odd"]
+
+    def __init__(self, delay_s: float = 0.0, fail_on: str | None = None) -> None:
+        self.batch_sizes: list[int] = []
+        self.threads: set[str] = set()
+        self.delay_s, self.fail_on = delay_s, fail_on
+
+    def predict(self, texts):
+        self.batch_sizes.append(len(texts))
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.delay_s)  # a model's fixed per-call cost
+        if self.fail_on in texts:
+            raise RuntimeError("model broke")
+        return [Prediction.from_scores({"even": float(len(t) % 2 == 0), "odd": float(len(t) % 2)}) for t in texts]
+
+
+def test_concurrent_single_texts_are_answered_in_few_batches_each_to_its_caller():
+    model = Recorder(delay_s=0.02)
+    batcher = MicroBatcher(model, wait_ms=20)
+    texts = ["x" * n for n in range(1, 33)]
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(batcher.predict_one, texts))
+    assert [a.label for a in answers] == ["odd" if n % 2 else "even" for n in range(1, 33)]
+    assert sum(model.batch_sizes) == 32 and len(model.batch_sizes) <= 8 and max(model.batch_sizes) > 1
+    assert model.threads == {"batcher-recorder"}  # the model is called from the batcher's thread only
+    batcher.close()
+
+
+def test_a_lone_text_is_not_held_much_longer_than_the_wait():
+    model = Recorder()
+    batcher = MicroBatcher(model, wait_ms=5)
+    batcher.predict_one("warm")
+    start = time.perf_counter()
+    assert batcher.predict_one("ab").label == "even"
+    assert time.perf_counter() - start < 0.5 and model.batch_sizes == [1, 1]
+    batcher.close()
+
+
+def test_a_failing_batch_fails_each_caller_with_the_error_and_the_batcher_goes_on():
+    model = Recorder(fail_on="boom")
+    batcher = MicroBatcher(model, wait_ms=0)
+    with pytest.raises(RuntimeError, match="model broke"):
+        batcher.predict_one("boom")
+    assert batcher.predict_one("fine").label == "even"
+    batcher.close()
+
+
+def test_the_wait_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FTRAG_BATCH_WAIT_MS", "0")
+    assert wait_ms_from_env() == 0
+    monkeypatch.setenv("FTRAG_BATCH_WAIT_MS", "-1")
+    with pytest.raises(ValueError, match="FTRAG_BATCH_WAIT_MS"):
+        wait_ms_from_env()
+
+
+def test_the_service_batches_single_texts_and_not_multi_text_calls(app_artifacts, monkeypatch):
+    from compare.service import Service
+
+    monkeypatch.setenv("FTRAG_BATCH_WAIT_MS", "20")
+    service = Service.start(app_artifacts, build_missing=False)
+    warm = service._batchers["rag"].texts  # the start-up warm-up went through the batcher too
+    with ThreadPoolExecutor(16) as pool:
+        rows = list(pool.map(lambda t: service.classify([t])[0], [f"tweet number {i}" for i in range(16)]))
+    assert {r["text"] for r in rows} == {f"tweet number {i}" for i in range(16)}
+    batcher = service._batchers["rag"]
+    assert batcher.texts - warm == 16 and batcher.batches - warm < 16
+    direct = service.backends["rag"].predict(["tweet number 3"])[0]
+    assert rows[3]["results"]["rag"]["scores"] == pytest.approx(direct.scores)
+    service.classify(["a", "b"])
+    assert batcher.texts - warm == 16  # a multi-text call is a batch already
+    service.close()
