@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -102,7 +103,8 @@ def load_upload(file: Path, first_rows: bool = True):
     from core.data import DataError, load_tweets
 
     try:
-        dataset = load_tweets(str(file), split="train")
+        with tempfile.TemporaryDirectory(prefix="ftrag-upload-") as cache:  # nothing of it stays in any cache
+            dataset = load_tweets(str(file), split="train", cache_dir=cache)
     except DataError as err:
         raise InputError(str(err).replace(str(file), "the uploaded file")) from None
     total = dataset.num_rows

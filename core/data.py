@@ -46,6 +46,7 @@ def load_tweets(
     limit: int | None = None,
     seed: int = 0,
     labels: Sequence[str] | None = None,
+    cache_dir: str | None = None,
 ) -> Dataset | DatasetDict:
     """Load labeled texts as ``text`` / ``label`` columns with string labels; `label_names` gives their order.
 
@@ -59,6 +60,8 @@ def load_tweets(
         labels: the label names, in the order of the integer ids 0, 1, ... (``--labels a,b,c``): they name the
             ids even where the data also has a name column; string labels must be among them. None: the names
             the data carries (see the module docstring).
+        cache_dir: where the datasets library may cache what it reads (default: its own cache). The rows
+            returned are held in memory, so a temporary folder can be deleted afterwards (uploads use one).
 
     Label names are trimmed and lower-cased. Empty and whitespace-only texts are dropped, and the number dropped is
     logged; nothing else is removed.
@@ -75,7 +78,7 @@ def load_tweets(
     except SourceError as err:
         raise DataError(str(err)) from err
     name = resolved.value
-    splits = _read(name, is_local=resolved.is_local)
+    splits = _read(name, is_local=resolved.is_local, cache_dir=cache_dir)
     if split is not None and split not in splits:
         raise DataError(f"{name}: no split {split!r}; it has {sorted(splits)}")
     names = _label_set(splits, name, labels)
@@ -116,7 +119,7 @@ def _names_info(names: Sequence[str]) -> DatasetInfo:
     return DatasetInfo(description=_LABELS_NOTE + json.dumps(list(names)))
 
 
-def _read(name: str, is_local: bool) -> DatasetDict:
+def _read(name: str, is_local: bool, cache_dir: str | None = None) -> DatasetDict:
     path = Path(name)
     try:
         if is_local and path.is_file():
@@ -130,11 +133,11 @@ def _read(name: str, is_local: bool) -> DatasetDict:
             if fmt != "parquet":
                 _check_utf8(path)
             kwargs: dict[str, Any] = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-            loaded = load_dataset(fmt, data_files={"train": str(path)}, **kwargs)
+            loaded = load_dataset(fmt, data_files={"train": str(path)}, cache_dir=cache_dir, **kwargs)
         else:
             if is_local:
                 _check_dir_utf8(path)
-            loaded = load_dataset(name)
+            loaded = load_dataset(name, cache_dir=cache_dir)
     except DataError:
         raise
     except Exception as err:  # the loaders raise many types for a bad file; one clear error is what a user needs

@@ -378,3 +378,18 @@ def test_an_index_whose_examples_have_a_label_outside_its_set_is_refused(rag_dir
     pq.write_table(table.set_column(1, "label", pa.array(labels)), rag_dir / "examples.parquet")
     with pytest.raises(ArtifactError, match="hacker"):
         rag.load(rag_dir)
+
+
+def test_an_evaluated_upload_leaves_nothing_in_the_datasets_cache(tmp_path):
+    import os
+    from pathlib import Path
+
+    from compare.service import load_upload, uploaded_file
+
+    cache = Path(os.environ["HF_DATASETS_CACHE"])
+    before = sorted(cache.rglob("*")) if cache.exists() else []
+    upload = tmp_path / "mine.csv"
+    upload.write_text("text,label\nI love it,positive\nawful,negative\nthe bus is at 5,neutral\n")
+    dataset, note = load_upload(uploaded_file(upload, tmp_path))
+    assert dataset["text"] == ["I love it", "awful", "the bus is at 5"] and note == "all 3 rows of the uploaded file"
+    assert (sorted(cache.rglob("*")) if cache.exists() else []) == before
