@@ -164,7 +164,7 @@ class App:
         elif not path:
             raise InputError("upload a CSV or JSONL file with text and label columns, or pick the test split")
         else:
-            dataset, scored = load_upload(uploaded_file(path, self.upload_root))
+            dataset, scored = load_upload(uploaded_file(path, self.upload_root), labels=self.service.labels())
             source, split = "an uploaded file", "uploaded"
         report = evaluate(
             self.service.backends,

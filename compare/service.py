@@ -93,18 +93,19 @@ def uploaded_file(path: Any, root: str | Path) -> Path:
     return file
 
 
-def load_upload(file: Path, first_rows: bool = True):
+def load_upload(file: Path, labels: Sequence[str] | None = None, first_rows: bool = True):
     """The labeled rows of an uploaded file (see `uploaded_file`) and a note saying what was kept.
 
     Every text is held to `MAX_CHARS`, as typed text is: a longer row is refused with its row number, before any
     model sees it. Past `MAX_UPLOAD_ROWS` rows the file is cut to its first rows (said in the note) when
-    `first_rows`, refused otherwise. Error messages name "the uploaded file", never a server path.
+    `first_rows`, refused otherwise. `labels` (the backends' label set) name integer ids, and a file may hold any
+    subset of them. Error messages name "the uploaded file", never a server path.
     """
     from core.data import DataError, load_tweets
 
     try:
         with tempfile.TemporaryDirectory(prefix="ftrag-upload-") as cache:  # nothing of it stays in any cache
-            dataset = load_tweets(str(file), split="train", cache_dir=cache)
+            dataset = load_tweets(str(file), split="train", labels=labels, cache_dir=cache)
     except DataError as err:
         raise InputError(str(err).replace(str(file), "the uploaded file")) from None
     total = dataset.num_rows

@@ -393,3 +393,20 @@ def test_an_evaluated_upload_leaves_nothing_in_the_datasets_cache(tmp_path):
     dataset, note = load_upload(uploaded_file(upload, tmp_path))
     assert dataset["text"] == ["I love it", "awful", "the bus is at 5"] and note == "all 3 rows of the uploaded file"
     assert (sorted(cache.rglob("*")) if cache.exists() else []) == before
+
+
+def test_an_upload_may_hold_a_subset_of_the_labels_and_integer_ids(tmp_path):
+    from compare.service import load_upload, uploaded_file
+
+    subset = tmp_path / "subset.csv"
+    subset.write_text("text,label\nI love it,positive\nsuper,positive\n")
+    assert load_upload(uploaded_file(subset, tmp_path), labels=["negative", "neutral", "positive"])[0]["label"] == [
+        "positive",
+        "positive",
+    ]
+    ids = tmp_path / "ids.csv"
+    ids.write_text("text,label\nI love it,2\nawful,0\n")
+    assert load_upload(uploaded_file(ids, tmp_path), labels=["negative", "neutral", "positive"])[0]["label"] == [
+        "positive",
+        "negative",
+    ]
