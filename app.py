@@ -118,7 +118,8 @@ class App:
         path = (self.curve_dir or Path("/nonexistent")) / "curve.json"
         try:
             return read_json(path, "learning curve") if path.exists() else None
-        except ValueError:
+        except ValueError as err:  # a damaged curve must not take Decide down: it answers from the report alone
+            logger.warning("Ignoring the learning curve: %s", err)
             return None
 
     # handlers shared by the UI and the API

@@ -46,7 +46,8 @@ def measure(
     Args:
         queries: the texts; each is sent alone to every backend, and batches of `batch_size` are cut from them
             (cycling when there are fewer).
-        warmup: untimed single calls per backend first (lazy initialisation, caches, thread pools).
+        warmup: untimed single calls per backend first (lazy initialisation, caches, thread pools), and one untimed
+            batch; 0 makes no untimed call at all.
         batch_rounds: timed batches per backend.
 
     Returns:
@@ -62,7 +63,7 @@ def measure(
     report = progress or (lambda fraction, message: None)
     names = list(classifiers)
     for name in names:
-        for q in queries[:warmup] or queries[:1]:
+        for q in queries[:warmup]:  # warmup=0 means none: a cold first call is then part of the figures
             classifiers[name].predict([q])
     single: dict[str, list[float]] = {name: [] for name in names}
     for i, q in enumerate(queries):
@@ -73,8 +74,9 @@ def measure(
         if i % 10 == 0:
             report(0.8 * (i + 1) / len(queries), f"single queries {i + 1}/{len(queries)}")
     batch = [queries[i % len(queries)] for i in range(batch_size)]
-    for name in names:
-        classifiers[name].predict(batch)  # warm the batch path too
+    if warmup:
+        for name in names:
+            classifiers[name].predict(batch)  # warm the batch path too
     seconds = dict.fromkeys(names, 0.0)
     for r in range(batch_rounds):
         for name in names:

@@ -123,11 +123,12 @@ def packaged_embedder_path() -> str:
 
 def _cached_on_disk(repo_id: str, kind: str) -> bool:
     """Whether a Hub repo is already in the local Hugging Face cache, so it loads without the network."""
-    try:
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
+    try:
         snapshot_download(repo_id, repo_type="dataset" if kind == "data" else "model", local_files_only=True)
-    except Exception:
+    except (LocalEntryNotFoundError, HFValidationError, OSError):  # not in the cache (or not a repo id at all)
         return False
     return True
 

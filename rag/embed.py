@@ -182,9 +182,9 @@ def _trace_transformer(model) -> _Traced | bool:
                 for module in list(model)[1:]:
                     features = module(features)
                 if not torch.allclose(eager, features["sentence_embedding"], atol=1e-4):
-                    logger.debug("Traced encoder differs from the eager one; using the eager model")
+                    logger.warning("The traced encoder differs from the eager one; single queries run eagerly")
                     return False
         return traced
-    except Exception as err:  # any model this cannot handle simply runs eagerly
-        logger.debug("Could not trace the embedder (%s: %s); using the eager model", type(err).__name__, err)
+    except (RuntimeError, TypeError, ValueError, AttributeError, IndexError, KeyError) as err:  # tracing failures
+        logger.warning("Could not trace the embedder (%s: %s); single queries run eagerly", type(err).__name__, err)
         return False

@@ -87,3 +87,11 @@ def test_the_service_batches_single_texts_and_not_multi_text_calls(app_artifacts
     service.classify(["a", "b"])
     assert batcher.texts - warm == 16  # a multi-text call is a batch already
     service.close()
+
+
+def test_latency_measure_with_warmup_zero_makes_no_untimed_call():
+    from compare.latency import measure
+
+    model = Recorder()
+    measure({"recorder": model}, ["a", "bb", "ccc"], warmup=0, batch_size=2, batch_rounds=1)
+    assert model.batch_sizes == [1, 1, 1, 2]  # 3 timed singles and 1 timed batch, nothing untimed
