@@ -1,5 +1,7 @@
 """Compare the backends on the same labeled texts: ``python -m compare.run --finetune DIR --rag DIR --out DIR``.
 
+``--rag-tuned DIR`` adds retrieval over a fine-tuned embedder (an index built by ``python -m rag.build --embedder
+M`` over a model written by ``python -m rag.tune_embedder``) as the contender ``rag-tuned``.
 Writes report.json, report.md and PNG plots (confusion matrices, latency, reliability) to --out. With both
 backends, a hybrid of the two is fitted on the fine-tune's own evaluation slice (carved from train, scored
 leave-one-out by retrieval) and measured like the others, and the cost of absorbing new labeled examples is
@@ -21,13 +23,15 @@ from compare.runner import DEFAULT_HOURLY_PRICE_USD, check_backends, evaluate
 from compare.update import knowledge_update
 from core.cli import add_labels_argument, setup_logging
 from core.data import DataError, label_names, load_tweets, stratified_indices
-from core.files import ArtifactError
+from core.files import ArtifactError, read_json
 from core.settings import SourceError, resolve
 from core.types import check_same_labels
 
 logger = logging.getLogger(__name__)
 
 HYBRID_VALIDATION_MAX = 1000
+TUNING_KEYS = ("data_source", "base_embedder", "train_size", "loss", "steps", "seconds")
+"""What the report keeps of a tuned embedder's run.json."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,6 +47,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a model saved by python -m finetune.train; repeat to compare several (the first one forms the hybrid)",
     )
     parser.add_argument("--rag", metavar="DIR", help="an index saved by python -m rag.build")
+    parser.add_argument(
+        "--rag-tuned",
+        metavar="DIR",
+        help="an index built over an embedder tuned by python -m rag.tune_embedder (the contender rag-tuned)",
+    )
     parser.add_argument("--quantize", action="store_true", help="serve the fine-tuned model with int8 weights")
     parser.add_argument("--hybrid", action=argparse.BooleanOptionalAction, default=True, help="add the hybrid")
     parser.add_argument("--data", default=None, help="labeled data source (default: FTRAG_DATA or the Hub dataset)")
@@ -57,8 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", default="artifacts/report", help="where the report goes")
     args = parser.parse_args(argv)
-    if not args.finetune and not args.rag:
-        parser.error("give at least one backend: --finetune DIR and/or --rag DIR")
+    if not args.finetune and not args.rag and not args.rag_tuned:
+        parser.error("give at least one backend: --finetune DIR, --rag DIR and/or --rag-tuned DIR")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be a positive integer, got {args.limit}")
     if args.latency_queries < 1:
@@ -92,6 +101,29 @@ def check_data_labels(classifiers: dict[str, Any], data_labels: list[str], sourc
             raise ValueError(f"{err} (name the data's ids with --labels if they are the same labels)") from err
 
 
+def load_tuned(directory: str) -> Any:
+    """The index over a tuned embedder, named ``rag-tuned``; its one-off cost counts the embedder's tuning too.
+
+    The tuning's run.json (what the embedder was trained on, steps, seconds) goes to ``meta["embedder_tuning"]``;
+    an index whose embedder has none is refused, since it would not be what the name says.
+    """
+    import rag
+    from rag.tune_embedder import RUN_FILE
+
+    clf = rag.load(directory)
+    path = Path(clf.embedder.name) / RUN_FILE
+    tuning = read_json(path, "tuned embedder run.json") if path.is_file() else None
+    if not isinstance(tuning, dict) or tuning.get("backend") != "tuned-embedder":
+        raise ValueError(
+            f"{directory}: its embedder {clf.embedder.name} was not written by python -m rag.tune_embedder "
+            "(no run.json beside it); give it as --rag instead"
+        )
+    clf.name = "rag-tuned"
+    clf.meta["embedder_tuning"] = {k: tuning.get(k) for k in TUNING_KEYS}
+    clf.meta["build_seconds"] = round(clf.meta.get("build_seconds", 0.0) + (tuning.get("seconds") or 0.0), 2)
+    return clf
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import finetune
     import rag
@@ -105,6 +137,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         classifiers[name] = finetune.load(directory, quantize=args.quantize, name=name)
     if args.rag:
         classifiers["rag"] = rag.load(args.rag)
+    if args.rag_tuned:
+        classifiers["rag-tuned"] = load_tuned(args.rag_tuned)
     check_backends(classifiers)  # artifacts of two label sets are refused before any data is read
     try:
         source = resolve("data", args.data).describe()
@@ -130,17 +164,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         latency_queries=args.latency_queries,
         hourly_price=args.hourly_price,
     )
+    if "rag-tuned" in classifiers:
+        report["backends"]["rag-tuned"]["embedder_tuning"] = classifiers["rag-tuned"].meta["embedder_tuning"]
     if "hybrid" in classifiers:
         report["backends"]["hybrid"]["fit"] = {
             k: v for k, v in classifiers["hybrid"].meta["fit"].items() if k != "grid"
         }
-    if args.update_examples and "rag" in classifiers:
+    retrieval = next((classifiers[name] for name in ("rag", "rag-tuned") if name in classifiers), None)
+    if args.update_examples and retrieval is not None:
         n = min(args.update_examples, dataset.num_rows // 2)
         new = stratified_indices(list(dataset["label"]), n, seed=args.seed)
         taken = set(new)
         heldout = [i for i in range(dataset.num_rows) if i not in taken]
         report["knowledge_update"] = knowledge_update(
-            classifiers["rag"],
+            retrieval,
             classifiers["finetune"].meta if "finetune" in classifiers else None,
             [dataset["text"][i] for i in new],
             [dataset["label"][i] for i in new],
