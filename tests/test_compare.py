@@ -238,7 +238,9 @@ def test_markdown_report_escapes_tweets_and_plots_are_pngs(report, tmp_path):
                                              "predictions": {"finetune": "negative", "rag": "positive"}}]}  # fmt: skip
     text = render_markdown(hostile)
     assert "<script>" not in text and "\\<script\\>" in text and "[x](" not in text
-    assert "| finetune |" not in text or "accuracy" in text
+    accuracy = f"{report['backends']['finetune']['accuracy']:.4f}"
+    assert f"| finetune | {accuracy}" in text  # the headline row, with the measured accuracy
+    assert "\\<script\\>alert\\(1\\)\\</script\\>" in text  # the hostile tweet is in the disagreements, escaped
     paths = plot(report, tmp_path)
     assert [p.name for p in paths] == ["confusion_matrices.png", "latency.png", "reliability.png", "accuracy.png"]
     for p in paths:

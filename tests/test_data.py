@@ -68,7 +68,9 @@ def test_unknown_split(data_dir):
 def test_stratified_sample_keeps_every_row_when_n_is_all():
     ds = Dataset.from_dict({"text": ["a", "b", "c"], "label": ["negative", "neutral", "positive"]})
     assert stratified_sample(ds, 3)["text"] == ["a", "b", "c"]
-    assert sorted(stratified_sample(ds, 2, seed=3)["text"]) != []
+    two = stratified_sample(ds, 2, seed=3)
+    assert len(two) == 2 and len(set(two["label"])) == 2  # two rows of two different labels, no repeat
+    assert two["text"] == stratified_sample(ds, 2, seed=3)["text"]  # the same seed, the same rows
 
 
 # --- other sources and their column names ----------------------------------------------------------------------
