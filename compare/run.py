@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def hybrid_validation(finetune_meta: dict[str, Any], data: str | None) -> tuple[list[str], list[str]] | None:
     """The fine-tune's evaluation slice (recomputed from its run.json), at most HYBRID_VALIDATION_MAX texts."""
-    from finetune.train import split_train_eval
+    from finetune.train import eval_slice_digest, split_train_eval
 
     config = finetune_meta.get("config") or {}
     if finetune_meta.get("data_source") == "in-memory dataset" or "eval_size" not in config:
@@ -89,6 +89,13 @@ def hybrid_validation(finetune_meta: dict[str, Any], data: str | None) -> tuple[
     train = load_tweets(config.get("data") or data, split="train", labels=config.get("labels"))
     _, evaluation = split_train_eval(train, config.get("train_size"), config["eval_size"], seed=config.get("seed", 0))
     texts, labels = list(evaluation["text"]), list(evaluation["label"])
+    recorded = finetune_meta.get("eval_slice_sha256")
+    if recorded is not None and recorded != eval_slice_digest(texts, labels):
+        raise ValueError(
+            "the fine-tune's evaluation slice recomputed from the data is not the one it was trained beside (its "
+            "run.json records another): fitting the hybrid on it could use rows the model trained on. Pass the data "
+            "the model was trained on."
+        )
     return texts[:HYBRID_VALIDATION_MAX], labels[:HYBRID_VALIDATION_MAX]
 
 

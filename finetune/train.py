@@ -7,6 +7,7 @@ The same command runs distributed: ``torchrun --nproc_per_node 2 -m finetune.tra
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -81,6 +82,19 @@ def training_labels(dataset, labels: Sequence[str] | None = None) -> list[str]:
     if unknown:
         raise DataError(f"the training data has labels {unknown} outside the label set {names}")
     return names
+
+
+def eval_slice_digest(texts: Sequence[str], labels: Sequence[str]) -> str:
+    """A fingerprint of the evaluation slice (its texts and labels, in order), recorded in run.json, so that whoever
+    recomputes the slice later (the hybrid's fit) can tell it is the same one and not rows the model trained on.
+
+    >>> eval_slice_digest(["a"], ["x"]) == eval_slice_digest(["a"], ["x"]) != eval_slice_digest(["a"], ["y"])
+    True
+    """
+    digest = hashlib.sha256()
+    for text, label in zip(texts, labels, strict=True):
+        digest.update(f"{len(text)}:{text}\t{label}\n".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
 
 
 def tokenize(dataset, tokenizer, labels: Sequence[str], max_length: int):
@@ -351,6 +365,7 @@ def train(
         "labels": labels,
         "train_size": train_ds.num_rows,
         "eval_size": eval_ds.num_rows,
+        "eval_slice_sha256": eval_slice_digest(eval_ds["text"], eval_ds["label"]),
         "max_length": cfg.max_length,
         "eval_accuracy": final.get("eval_accuracy"),
         "eval_macro_f1": final.get("eval_macro_f1"),

@@ -547,3 +547,43 @@ def test_out_that_is_a_file_is_refused(shared_dir, small_train, tmp_path):
     with pytest.raises(FileExistsError, match="is a file, not a directory"):
         train(tiny_cfg(shared_dir, out), small_train, overwrite=True, show_progress=False)
     assert out.read_text() == "not a model directory"
+
+
+def test_the_hybrid_refuses_an_evaluation_slice_other_than_the_one_recorded(tmp_path):
+    """run.json fingerprints the evaluation slice; recomputing it from other data is refused, not fitted on."""
+    import csv
+
+    from compare.run import hybrid_validation
+    from core.data import load_tweets
+    from finetune.train import eval_slice_digest, split_train_eval
+
+    def write(path, offset):
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["text", "label"])
+            for i in range(120):
+                writer.writerow([f"tweet {i + offset}", ["negative", "neutral", "positive"][i % 3]])
+
+    trained_on, other = tmp_path / "a.csv", tmp_path / "b.csv"
+    write(trained_on, 0)
+    write(other, 1000)
+    _, evaluation = split_train_eval(load_tweets(str(trained_on), split="train"), 60, 30, seed=0)
+    meta = {
+        "config": {"data": str(trained_on), "train_size": 60, "eval_size": 30, "seed": 0},
+        "eval_slice_sha256": eval_slice_digest(evaluation["text"], evaluation["label"]),
+    }
+    texts, _ = hybrid_validation(meta, None)
+    assert texts == list(evaluation["text"])
+    meta["config"]["data"] = str(other)
+    with pytest.raises(ValueError, match="not the one it was trained beside"):
+        hybrid_validation(meta, None)
+
+
+def test_run_json_fingerprints_the_evaluation_slice(ft_dir, small_train):
+    import json
+
+    from finetune.train import eval_slice_digest, split_train_eval
+
+    run = json.loads((ft_dir / "run.json").read_text())
+    _, evaluation = split_train_eval(small_train, None, 60, seed=0)
+    assert run["eval_slice_sha256"] == eval_slice_digest(evaluation["text"], evaluation["label"])
