@@ -2,7 +2,7 @@
 
 ``python app.py [--artifacts DIR] [--host H] [--port N]`` loads ``DIR/finetune`` and ``DIR/rag`` (building what is
 missing, with progress in the terminal) and serves the UI at ``/`` and the API at ``/api/...`` (docs at ``/docs``).
-This file is wiring only: every handler calls `compare.service.Service` or compare/ functions.
+This file is wiring only: every handler calls `serving.service.Service` or compare/ functions.
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ from compare.decide import HARDWARE, UPDATES, Constraints, decide
 from compare.metrics import accuracy
 from compare.report import HEADLINE_COLUMNS, REPORT_FILES, escape_markdown, headline_rows, write_report
 from compare.runner import check_report, evaluate
-from compare.service import (
+from core.data import load_tweets
+from core.files import ArtifactError, read_json
+from core.limits import MAX_BODY_BYTES, MAX_CHARS, MAX_TEXTS, MAX_UPLOAD_BYTES, MAX_UPLOAD_ROWS
+from serving.access import Refused, bearer_token
+from serving.service import (
     InputError,
     Service,
     fetch_artifacts,
@@ -36,10 +40,6 @@ from compare.service import (
     load_upload,
     uploaded_file,
 )
-from core.data import load_tweets
-from core.files import ArtifactError, read_json
-from core.limits import MAX_BODY_BYTES, MAX_CHARS, MAX_TEXTS, MAX_UPLOAD_BYTES, MAX_UPLOAD_ROWS
-from serving.access import Refused, bearer_token
 
 logger = logging.getLogger(__name__)
 

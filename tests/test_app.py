@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import app
-from compare.service import MAX_CHARS, InputError, Service, validate_texts
+from serving.service import MAX_CHARS, InputError, Service, validate_texts
 
 
 @pytest.fixture()
@@ -215,7 +215,7 @@ def test_binds_locally_unless_on_spaces(monkeypatch):
 
 
 def test_missing_backends_are_built_with_progress(shared_dir, data_dir, tmp_path, monkeypatch):
-    import compare.service as service_module
+    import serving.service as service_module
     from finetune.config import FinetuneConfig
     from finetune.train import train
     from rag.build import build_index
@@ -250,7 +250,7 @@ def test_the_compare_tab_says_when_the_model_was_trained_from_scratch(service):
 
 
 def test_prebuilt_artifacts_come_from_a_hub_repo(app_artifacts, tmp_path, monkeypatch):
-    import compare.service as service_module
+    import serving.service as service_module
     from core.files import ArtifactError
 
     calls = []

@@ -72,7 +72,7 @@ def test_the_wait_comes_from_the_environment(monkeypatch):
 
 
 def test_the_service_batches_single_texts_and_not_multi_text_calls(app_artifacts, monkeypatch):
-    from compare.service import Service
+    from serving.service import Service
 
     monkeypatch.setenv("FTRAG_BATCH_WAIT_MS", "20")
     service = Service.start(app_artifacts, build_missing=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import app
-from compare.service import Service
+from serving.service import Service
 
 CHROMIUM = os.environ.get("FTRAG_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 import app
 from compare.report import csv_safe, disagreements_csv, escape_markdown, render_markdown
-from compare.service import MAX_CHARS, InputError, Service, validate_texts
 from core.types import LABELS
+from serving.service import MAX_CHARS, InputError, Service, validate_texts
 
 NASTY = st.text(
     alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)) | st.sampled_from(
@@ -384,7 +384,7 @@ def test_an_evaluated_upload_leaves_nothing_in_the_datasets_cache(tmp_path):
     import os
     from pathlib import Path
 
-    from compare.service import load_upload, uploaded_file
+    from serving.service import load_upload, uploaded_file
 
     cache = Path(os.environ["HF_DATASETS_CACHE"])
     before = sorted(cache.rglob("*")) if cache.exists() else []
@@ -396,7 +396,7 @@ def test_an_evaluated_upload_leaves_nothing_in_the_datasets_cache(tmp_path):
 
 
 def test_an_upload_may_hold_a_subset_of_the_labels_and_integer_ids(tmp_path):
-    from compare.service import load_upload, uploaded_file
+    from serving.service import load_upload, uploaded_file
 
     subset = tmp_path / "subset.csv"
     subset.write_text("text,label\nI love it,positive\nsuper,positive\n")

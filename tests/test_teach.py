@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 
 import app
 import rag
-from compare.service import Service
 from serving.access import RateLimiter, Refused, TeachPolicy
+from serving.service import Service
 
 EXAMPLE = "the zorblax gadget is absolutely wonderful"
 
@@ -135,7 +135,7 @@ def test_teach_delete_kill_restart_keeps_exactly_the_acknowledged_state(app_arti
     script = textwrap.dedent(
         f"""
         import sys, time
-        from compare.service import Service
+        from serving.service import Service
         service = Service.start({str(app_artifacts)!r}, build_missing=False)
         ids = service.teach(["kept example one", "deleted example two", "kept example three"],
                             ["positive", "negative", "neutral"])["ids"]

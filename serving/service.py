@@ -1,4 +1,4 @@
-"""The decision service behind the app and the JSON API: loaded backends plus the calls people make on them.
+"""The serving layer behind the app and the JSON API: loaded backends plus the calls people make on them.
 
 Everything here is plain Python (no Gradio, no HTTP), so the UI handlers, the API routes and the tests all call the
 same functions. Inputs are checked here, once, with messages meant for the person who typed them.
