@@ -1,0 +1,803 @@
+"""One command for the whole decision: ``python -m compare.study --data SRC --out DIR --budget-minutes M``.
+
+Splits off a test set when the data has none (stratified, seeded, no text on both sides), plans the time budget
+from the data's size and a short timed probe of the embedder and the base model, then runs the stages: the split,
+the plan, the retrieval index, the fine-tune (its epochs or examples capped to fit, and stopped at its deadline),
+the comparison on the test set (with intervals, and a hybrid of the two), a learning curve sized to the time left,
+and `decide`. Writes report.json / report.md / plots, curve.json / curve.png, decision.json and study.json (planned
+vs actual minutes per stage) to DIR. Interrupted, the same command resumes: finished stages are skipped and the
+fine-tune continues from its last checkpoint. The budget covers the whole study, resumed runs included (time spent
+in an interrupted stage is not counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from core.cli import add_config_arguments, config_from_args, setup_logging
+from core.data import (
+    DataError,
+    label_names,
+    leak_report,
+    load_tweets,
+    stratified_indices,
+    stratified_sample,
+    with_label_names,
+)
+from core.files import ArtifactError, OutputError, atomic_write_json, check_writable, read_json, staged_dir
+from core.settings import SourceError, resolve
+from core.types import check_labels, normalise_label
+from finetune.config import FinetuneConfig
+from rag.config import RagConfig
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+STAGES = ("split", "plan", "index", "finetune", "evaluate", "curve", "decide")
+STUDY_FILE, DECISION_FILE, CURVE_FILE = "study.json", "decision.json", "curve.json"
+MIN_TRAIN, MIN_TEST, MIN_FINETUNE_TRAIN, MIN_CURVE_SIZE = 40, 10, 20, 30
+FINETUNE_SHARE_WITH_CURVE = 0.6
+"""Of the time the essential stages leave, the fine-tune may plan this share when a curve is wanted (the rest is
+the curve's); without a curve it may plan all of it."""
+TRAINER_OVERHEAD = 1.3
+"""Trainer steps cost more than the probe's bare steps (data loading, logging, checkpoints)."""
+CURVE_TEST_MAX = 500
+FIXED_SECONDS = {"index": 2.0, "finetune": 5.0, "evaluate": 8.0, "decide": 3.0, "curve_size": 4.0}
+"""Per-stage costs that do not grow with the data (loading, saving, bootstrap intervals, plots), in seconds."""
+_OUTPUTS = (
+    "split",
+    "rag",
+    "finetune",
+    "finetune-checkpoints",
+    "report.json",
+    "report.md",
+    "disagreements.csv",
+    CURVE_FILE,
+    "curve.png",
+    DECISION_FILE,
+)
+
+
+def _default(config_cls: type, name: str) -> Any:
+    """The default of field `name` of `config_cls`: the study composes the backends' defaults, never restates them."""
+    return next(f.default for f in dataclasses.fields(config_cls) if f.name == name)
+
+
+class StudyError(ValueError):
+    """A study that cannot start or go on: bad data, a budget too small, an output directory in the way."""
+
+
+@dataclass
+class StudyConfig:
+    """What to study and how long it may take.
+
+    Args:
+        data: labeled data source (Hub id, directory or file); None = ``FTRAG_DATA`` or the default dataset.
+        out: directory for every output; a re-run with the same flags resumes there.
+        budget_minutes: wall-clock minutes the whole study may take, resumed runs included.
+        base_model: checkpoint to fine-tune (Hub id or local dir); None = ``FTRAG_BASE_MODEL`` or ``gpt2``.
+        from_scratch: fine-tune a GPT-2 with random initial weights (how GPT-2 runs offline; the report says so).
+        embedder: sentence-transformers model for retrieval; None = ``FTRAG_EMBEDDER`` or the default.
+        labels: label names in the order of the data's integer ids, for ids without names.
+        test_size: share of the examples held out as the test set when the data has no test split (otherwise the
+            data's own test split is used).
+        test_limit: score on a seeded, stratified sample of this many test examples; None = all of them.
+        train_size: at most this many training examples (seeded, stratified); None = all.
+        epochs: fine-tuning epochs wanted; fewer when the budget says so (recorded).
+        latency_queries: single queries timed per backend.
+        hybrid: also measure the hybrid of the fine-tune and retrieval.
+        curve: measure a learning curve with the time the other stages leave.
+        seed: seed for the split, the samples and training.
+        overwrite: start over in `out`, discarding a study already there.
+    """
+
+    data: str | None = None
+    out: str = "artifacts/study"
+    budget_minutes: float = 30.0
+    base_model: str | None = _default(FinetuneConfig, "base_model")
+    from_scratch: bool = _default(FinetuneConfig, "from_scratch")
+    embedder: str | None = _default(RagConfig, "embedder")
+    labels: tuple[str, ...] | None = None
+    test_size: float = 0.2
+    test_limit: int | None = None
+    train_size: int | None = None
+    epochs: float = _default(FinetuneConfig, "epochs")
+    latency_queries: int = 100
+    hybrid: bool = True
+    curve: bool = True
+    seed: int = 0
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.budget_minutes, (int, float)) and self.budget_minutes > 0):
+            raise ValueError(f"budget_minutes must be positive, got {self.budget_minutes}")
+        if not 0 < self.test_size < 1:
+            raise ValueError(f"test_size must be a share between 0 and 1, got {self.test_size}")
+        for name in ("test_limit", "train_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer or None, got {getattr(self, name)}")
+        if self.latency_queries < 1:
+            raise ValueError(f"latency_queries must be at least 1, got {self.latency_queries}")
+        if not str(self.out).strip():
+            raise ValueError("out must name a directory")
+        if self.labels is not None:
+            self.labels = tuple(check_labels([normalise_label(name) for name in self.labels]))
+        FinetuneConfig(epochs=self.epochs)  # the fine-tune's own validation of what it is handed
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a resumed study must share with the run it continues."""
+        return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k != "overwrite"}))
+
+
+# --- the split -------------------------------------------------------------------------------------------------------
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def split_data(cfg: StudyConfig):
+    """``(train, test, info)``: the data's own test split, or a stratified seeded share held out without any text
+    on both sides; then `train_size` / `test_limit` samples. `info` says where the test set came from."""
+    splits = load_tweets(cfg.data, labels=cfg.labels)
+    if "train" not in splits:
+        raise DataError(f"the data has no train split (it has {sorted(splits)})")
+    train, info = splits["train"], {"source": _describe_source(cfg.data), "splits": sorted(splits)}
+    if "test" in splits:
+        test, info["test_from"] = splits["test"], "the data's own test split"
+    else:
+        train, test, dropped = hold_out(train, cfg.test_size, cfg.seed)
+        info["test_from"] = f"{cfg.test_size:.0%} of the train split held out (stratified, seed {cfg.seed})"
+        info["shared_texts_dropped_from_test"] = dropped
+    info["available"] = {"train": train.num_rows, "test": test.num_rows}
+    if cfg.train_size is not None and cfg.train_size < train.num_rows:
+        train = stratified_sample(train, cfg.train_size, seed=cfg.seed, what="train")
+    if cfg.test_limit is not None and cfg.test_limit < test.num_rows:
+        test = stratified_sample(test, cfg.test_limit, seed=cfg.seed, what="test")
+    check_split(train, test)
+    return train, test, info
+
+
+def _describe_source(data: str | None) -> str:
+    try:
+        return resolve("data", data).describe()
+    except SourceError as err:
+        raise DataError(str(err)) from err
+
+
+def hold_out(dataset, share: float, seed: int):
+    """A stratified seeded `share` of `dataset` as a test set; test rows whose text is also in train are dropped."""
+    n_test = round(share * dataset.num_rows)
+    if n_test < MIN_TEST or dataset.num_rows - n_test < MIN_TRAIN:
+        raise DataError(
+            f"too few examples for the split: {dataset.num_rows} rows give {dataset.num_rows - n_test} train / "
+            f"{n_test} test; need at least {MIN_TRAIN} / {MIN_TEST}"
+        )
+    picked = stratified_indices(list(dataset["label"]), n_test, seed=seed)
+    taken = set(picked)
+    train = dataset.select([i for i in range(dataset.num_rows) if i not in taken])
+    seen = {_norm(t) for t in train["text"]}
+    kept = [i for i in picked if _norm(dataset["text"][i]) not in seen]
+    return train, dataset.select(kept), len(picked) - len(kept)
+
+
+def check_split(train, test) -> None:
+    """A DataError unless both sides are large enough and the training side has two labels or more."""
+    if train.num_rows < MIN_TRAIN or test.num_rows < MIN_TEST:
+        raise DataError(
+            f"too few examples: {train.num_rows} train / {test.num_rows} test; need at least {MIN_TRAIN} / {MIN_TEST}"
+        )
+    if len(set(train["label"])) < 2:
+        raise DataError(f"the training examples hold fewer than 2 labels ({sorted(set(train['label']))})")
+
+
+def save_split(train, test, info: dict[str, Any], directory: Path) -> None:
+    """train.parquet, test.parquet and split.json (labels, sizes, leak report), swapped in together."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with staged_dir(directory) as stage:
+        for name, ds in (("train", train), ("test", test)):
+            pq.write_table(pa.table({"text": list(ds["text"]), "label": list(ds["label"])}), stage / f"{name}.parquet")
+        atomic_write_json(stage / "split.json", info)
+
+
+def load_split(directory: Path):
+    """The `(train, test, info)` saved by `save_split`, with their label set."""
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    info = read_json(directory / "split.json", "split record")
+    sides = []
+    for name in ("train", "test"):
+        table = pq.read_table(directory / f"{name}.parquet").to_pydict()
+        sides.append(with_label_names(Dataset.from_dict(table), info["labels"]))
+    return sides[0], sides[1], info
+
+
+# --- the plan --------------------------------------------------------------------------------------------------------
+
+
+def probe_embedder(embedder, texts: list[str]) -> dict[str, float]:
+    """Seconds per text embedded in batches, and per single query, timed on a few texts after a warm-up."""
+    embedder.encode(texts[:4])
+    embedder.encode(texts[:1])  # the single-query path is prepared on its first use
+    start = time.perf_counter()
+    embedder.encode(texts[:32], batch_size=32)
+    batch = (time.perf_counter() - start) / len(texts[:32])
+    start = time.perf_counter()
+    for text in texts[:4]:
+        embedder.encode([text])
+    return {"embed_s_per_text": batch, "embed_single_s": (time.perf_counter() - start) / len(texts[:4])}
+
+
+def probe_finetune(ft_cfg: FinetuneConfig, texts: list[str], labels: list[str]) -> dict[str, float]:
+    """Load the base model as the fine-tune will, time two training steps and a forward pass on real texts.
+
+    Raises FinetuneError when the base model or tokenizer cannot be used (before any long work).
+    """
+    import torch
+
+    from finetune.train import build_model, check_base_model, load_tokenizer
+
+    start = time.perf_counter()
+    base = check_base_model(ft_cfg, labels)
+    tokenizer, _ = load_tokenizer(ft_cfg, base)
+    model, _ = build_model(ft_cfg, tokenizer, base, labels)
+    load_s = time.perf_counter() - start
+    batch = texts[: ft_cfg.batch_size]
+    inputs = tokenizer(batch, truncation=True, max_length=ft_cfg.max_length, padding=True, return_tensors="pt")
+    targets = torch.zeros(len(batch), dtype=torch.long)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=ft_cfg.lr)
+    model.train()
+    times = []
+    for _ in range(3):  # the first step is a warm-up
+        start = time.perf_counter()
+        model(**inputs, labels=targets).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - start)
+    model.eval()
+    with torch.inference_mode():
+        start = time.perf_counter()
+        model(**inputs)
+        infer = (time.perf_counter() - start) / len(batch)
+        one = tokenizer(batch[:1], return_tensors="pt")
+        start = time.perf_counter()
+        model(**one)
+        single = time.perf_counter() - start
+    train = TRAINER_OVERHEAD * sum(times[1:]) / (2 * len(batch))
+    return {"load_s": load_s, "train_s_per_text": train, "infer_s_per_text": infer, "ft_single_s": single}
+
+
+def finetune_seconds(rates: dict[str, float], epochs: float, n_train: int, n_eval: int) -> float:
+    """Estimated seconds of a fine-tune: `epochs` over `n_train` texts, an evaluation of `n_eval` per epoch.
+
+    >>> finetune_seconds({"load_s": 1.0, "train_s_per_text": 0.01, "infer_s_per_text": 0.001}, 2, 100, 50)
+    8.2
+    """
+    per_epoch = n_train * rates["train_s_per_text"] + n_eval * rates["infer_s_per_text"]
+    return round(rates["load_s"] + FIXED_SECONDS["finetune"] + math.ceil(epochs) * per_epoch, 3)
+
+
+def essential_seconds(rates: dict[str, float], n_train: int, n_test: int, cfg: StudyConfig) -> dict[str, float]:
+    """Estimated seconds of the stages that always run: the index, the evaluation and the decision.
+
+    The evaluation classifies the test set once per backend and times `latency_queries` single queries and three
+    rounds of them in batches (`compare.runner.evaluate`); the hybrid runs both of its parts, after classifying the
+    fine-tune's evaluation slice to fit itself.
+    """
+    q = min(cfg.latency_queries, n_test)
+    eval_slice = min(_default(FinetuneConfig, "eval_size"), max(10, n_train // 5))
+    runs = 2 if cfg.hybrid else 1  # each of the two parts runs alone and, with the hybrid, once more inside it
+    texts = runs * (n_test + 3 * q) + (eval_slice if cfg.hybrid else 0)
+    evaluate = texts * (rates["embed_s_per_text"] + rates["infer_s_per_text"])
+    evaluate += runs * q * (rates["embed_single_s"] + rates["ft_single_s"])
+    return {
+        "index": round(FIXED_SECONDS["index"] + 1.1 * n_train * rates["embed_s_per_text"], 3),
+        "evaluate": round(FIXED_SECONDS["evaluate"] + rates["load_s"] + evaluate, 3),
+        "decide": FIXED_SECONDS["decide"],
+    }
+
+
+def plan_finetune(rates: dict[str, float], seconds: float, n_train: int, epochs: float) -> dict[str, Any]:
+    """The fine-tune that fits in `seconds`: all epochs wanted, else fewer whole epochs, else fewer examples.
+
+    Returns ``epochs``, ``eval_size``, ``train_size`` (None = all), ``seconds``, and ``capped`` (why, or None);
+    ``skipped`` says why when not even a minimal fine-tune fits.
+    """
+    eval_size = min(_default(FinetuneConfig, "eval_size"), max(10, n_train // 5))
+    n_fit = n_train - eval_size
+    plan: dict[str, Any] = {"epochs": epochs, "eval_size": eval_size, "train_size": None, "capped": None}
+    full = finetune_seconds(rates, epochs, n_fit, eval_size)
+    if full <= seconds:
+        return {**plan, "seconds": full, "skipped": None}
+    base = finetune_seconds(rates, 0, n_fit, eval_size)
+    one_epoch = finetune_seconds(rates, 1, n_fit, eval_size)
+    if one_epoch <= seconds:  # (a wanted fraction of an epoch costs a whole one, so `full` fitted already)
+        fits = min(math.floor((seconds - base) / (one_epoch - base)), math.floor(epochs))
+        why = f"{fits:g} of the {epochs:g} epochs wanted fit in the budget ({full / 60:.1f} min needed)"
+        return {**plan, "epochs": fits, "seconds": finetune_seconds(rates, fits, n_fit, eval_size), "capped": why}
+    spare = seconds - finetune_seconds(rates, 1, 0, eval_size)
+    n = min(n_fit, int(spare / rates["train_s_per_text"])) if spare > 0 else 0
+    if n < MIN_FINETUNE_TRAIN:
+        return {
+            **plan,
+            "seconds": 0.0,
+            "skipped": f"the budget leaves {seconds / 60:.2f} min for the fine-tune; "
+            f"a minimal one ({MIN_FINETUNE_TRAIN} examples, 1 epoch) needs more",
+        }
+    why = f"1 epoch over {n} of the {n_fit} training examples fits in the budget ({full / 60:.1f} min needed for all)"
+    seconds_used = finetune_seconds(rates, 1, n, eval_size)
+    return {**plan, "epochs": 1.0, "train_size": n, "seconds": seconds_used, "capped": why, "skipped": None}
+
+
+def plan_budget(
+    rates: dict[str, float], seconds_left: float, n_train: int, n_test: int, cfg: StudyConfig
+) -> dict[str, Any]:
+    """Planned seconds per stage and the fine-tune's size; a StudyError when the essential stages do not fit."""
+    fixed = essential_seconds(rates, n_train, n_test, cfg)
+    spare = seconds_left - sum(fixed.values())
+    if spare <= 0:
+        need = sum(fixed.values()) / 60
+        raise StudyError(
+            f"a budget of {cfg.budget_minutes:g} min is too small for this data: the index and the evaluation "
+            f"alone need about {need:.1f} min; give a larger --budget-minutes or a smaller --train-size / --test-limit"
+        )
+    share = FINETUNE_SHARE_WITH_CURVE if cfg.curve else 1.0
+    finetune = plan_finetune(rates, share * spare, n_train, cfg.epochs)
+    curve = max(spare - finetune["seconds"], 0.0) if cfg.curve else 0.0
+    stages = {**fixed, "finetune": finetune["seconds"], "curve": round(curve, 3)}
+    return {"rates": rates, "seconds": stages, "finetune": finetune}
+
+
+# --- the learning curve ----------------------------------------------------------------------------------------------
+
+
+def curve_sizes(n_train: int, seconds: float, cost: Callable[[int], float]) -> list[int]:
+    """Sizes for the learning curve, each a third of the next up to `n_train`, as many (smallest first) as fit in
+    `seconds` by `cost(size)`; fewer than two fit = none.
+
+    >>> curve_sizes(900, 100.0, lambda n: n / 10), curve_sizes(900, 5.0, lambda n: n / 10)
+    ([33, 100, 300], [])
+    """
+    candidates = sorted({n_train // 3**i for i in range(5) if n_train // 3**i >= MIN_CURVE_SIZE})
+    chosen, total = [], 0.0
+    for size in candidates:
+        total += cost(size)
+        if total > seconds:
+            break
+        chosen.append(size)
+    return chosen if len(chosen) >= 2 else []
+
+
+# --- the study -------------------------------------------------------------------------------------------------------
+
+
+class Study:
+    """The stages of one study in `cfg.out`, with study.json recording each stage's planned and actual minutes.
+
+    Each stage writes its artifact atomically, then marks itself done; a re-run skips what is done.
+    """
+
+    def __init__(self, cfg: StudyConfig, say: Callable[[str], None] = print) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.say = say
+        self.started = time.monotonic()
+        self.state: dict[str, Any] = {}
+        self._embedder = None
+        self._split = None
+
+    # --- bookkeeping -------------------------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Start a study in `out`, or resume the one there; a StudyError when `out` holds something else."""
+        path = self.out / STUDY_FILE
+        try:
+            check_writable(path, "the study")
+        except OutputError as err:
+            raise StudyError(str(err)) from err
+        if path.exists() and not self.cfg.overwrite:
+            if self._resumable(read_json(path, "study record")):
+                done = [name for name in STAGES if self._done(name)]
+                self.say(f"Resuming the study in {self.out}: done already: {', '.join(done) or 'nothing'}")
+                return
+        elif not path.exists() and any(self.out.iterdir()) and not self.cfg.overwrite:
+            raise StudyError(f"{self.out} holds other files; choose an empty or new --out, or pass --overwrite")
+        self._clear()
+        self.state = {
+            "format_version": FORMAT_VERSION,
+            "config": asdict(self.cfg),
+            "fingerprint": self.cfg.fingerprint(),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "budget_minutes": self.cfg.budget_minutes,
+            "stages": {},
+        }
+        self._save_state()
+
+    def _resumable(self, state: dict[str, Any]) -> bool:
+        """Whether `state` (a study.json) is this study's to resume: True with the same settings; False when it
+        finished nothing (nothing to lose by starting over); else a StudyError naming the settings that differ."""
+        self.state = state if isinstance(state, dict) else {}
+        recorded, wanted = self.state.get("fingerprint") or {}, self.cfg.fingerprint()
+        changed = sorted(k for k in wanted if recorded.get(k) != wanted[k])
+        if not changed:
+            return True
+        if not any(self._done(name) for name in STAGES):
+            return False
+        raise StudyError(
+            f"{self.out} holds a study with other settings ({', '.join(changed)}); run with the same flags to "
+            "resume it, or pass --overwrite to start over"
+        )
+
+    def _clear(self) -> None:
+        """Remove what an earlier study wrote here (only its own outputs; anything else in `out` is kept)."""
+        for name in (*_OUTPUTS, STUDY_FILE):
+            target = self.out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+        for plot in self.out.glob("*.png"):
+            plot.unlink()
+
+    def _save_state(self) -> None:
+        atomic_write_json(self.out / STUDY_FILE, self.state)
+
+    def _done(self, name: str) -> bool:
+        return (self.state.get("stages", {}).get(name) or {}).get("status") in {"done", "skipped"}
+
+    def seconds_spent(self) -> float:
+        """Seconds of the budget spent: finished stages of earlier runs plus this run's time so far."""
+        before = (self.state.get("resume") or {}).get("seconds_before_this_run", 0.0)
+        return before + time.monotonic() - self.started
+
+    def seconds_left(self) -> float:
+        return 60.0 * self.cfg.budget_minutes - self.seconds_spent()
+
+    def planned(self, name: str) -> float | None:
+        seconds = (self.state.get("plan") or {}).get("seconds", {}).get(name)
+        return None if seconds is None else round(seconds / 60, 3)
+
+    def stage(self, name: str, body: Callable[[], str | None]) -> None:
+        """Run stage `name` unless done; `body` returns None when done, or the reason it was skipped."""
+        if self._done(name):
+            self.say(f"[{name}] done in an earlier run: skipped")
+            return
+        planned = self.planned(name)
+        plan_text = f"planned {planned:.2f} min" if planned is not None else "before the plan"
+        self.say(f"[{name}] starting ({plan_text}; {self.seconds_left() / 60:.2f} min of the budget left)")
+        start = time.monotonic()
+        skipped = body()
+        actual = time.monotonic() - start
+        record = {
+            "status": "skipped" if skipped else "done",
+            "planned_minutes": self.planned(name),
+            "actual_minutes": round(actual / 60, 3),
+        }
+        if skipped:
+            record["reason"] = skipped
+        self.state["stages"][name] = record
+        self._save_state()
+        self.say(f"[{name}] {'skipped: ' + skipped if skipped else 'done'} in {actual / 60:.2f} min")
+
+    # --- shared inputs -----------------------------------------------------------------------------------------------
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from rag.embed import Embedder
+
+            self._embedder = Embedder.load(self.cfg.embedder)
+        return self._embedder
+
+    @property
+    def split(self):
+        if self._split is None:
+            self._split = load_split(self.out / "split")
+        return self._split
+
+    def finetune_config(self, **overrides: Any) -> FinetuneConfig:
+        """The fine-tune's config: the study's base model and seed, the backend's defaults for the rest."""
+        values = {
+            "base_model": self.cfg.base_model,
+            "from_scratch": self.cfg.from_scratch,
+            "seed": self.cfg.seed,
+            "epochs": self.cfg.epochs,
+            "out": str(self.out / "finetune"),
+        }
+        return FinetuneConfig(**{**values, **overrides})
+
+    # --- the stages --------------------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Every stage in order; returns decision.json's content."""
+        self.open()
+        self.state["resume"] = {"seconds_before_this_run": self._spent_before()}
+        for name in STAGES:
+            self.stage(name, getattr(self, f"do_{name}"))
+        self.state["minutes"] = self.minutes()
+        self._save_state()
+        return read_json(self.out / DECISION_FILE, "decision")
+
+    def _spent_before(self) -> float:
+        return 60.0 * sum((s.get("actual_minutes") or 0.0) for s in self.state.get("stages", {}).values())
+
+    def do_split(self) -> None:
+        train, test, info = split_data(self.cfg)
+        info.update(
+            labels=label_names(train), train=train.num_rows, test=test.num_rows, leaks=leak_report(train, test)
+        )
+        if info["leaks"]["shared_test_rows"]:
+            self.say(f"[split] warning: {info['leaks']['shared_test_rows']} test texts also appear in train")
+        save_split(train, test, info, self.out / "split")
+        self.say(
+            f"[split] {train.num_rows} train / {test.num_rows} test ({info['test_from']}); "
+            f"labels: {', '.join(info['labels'])}"
+        )
+
+    def do_plan(self) -> None:
+        train, test, info = self.split
+        texts = list(train["text"][:32])
+        rates = probe_embedder(self.embedder, texts)
+        rates.update(probe_finetune(self.finetune_config(), texts, info["labels"]))
+        plan = plan_budget(rates, self.seconds_left(), train.num_rows, test.num_rows, self.cfg)
+        self.state["plan"] = plan
+        self.say("[plan] minutes per stage: " + ", ".join(f"{k} {v / 60:.2f}" for k, v in plan["seconds"].items()))
+        finetune = plan["finetune"]
+        if finetune["capped"] or finetune["skipped"]:
+            self.say(f"[plan] fine-tune: {finetune['capped'] or 'skipped: ' + finetune['skipped']}")
+
+    def do_index(self) -> None:
+        from rag.classifier import RagClassifier
+
+        train = self.split[0]
+        cfg = RagConfig(embedder=self.cfg.embedder, seed=self.cfg.seed, out=str(self.out / "rag"))
+        classifier = RagClassifier.build(cfg, train, embedder=self.embedder)
+        classifier.save(self.out / "rag")
+
+    def do_finetune(self) -> str | None:
+        from finetune.train import train
+
+        plan = self.state["plan"]["finetune"]
+        if plan["skipped"]:
+            return plan["skipped"]
+        reserve = sum(self.state["plan"]["seconds"][k] for k in ("evaluate", "decide"))
+        deadline = time.monotonic() + self.seconds_left() - reserve
+        if deadline - time.monotonic() < 1:
+            return f"no time left for the fine-tune ({self.seconds_left() / 60:.2f} min left, evaluation needs it)"
+        cfg = self.finetune_config(epochs=plan["epochs"], eval_size=plan["eval_size"], train_size=plan["train_size"])
+        stopper = deadline_callback(deadline)
+        run = train(cfg, self.split[0], overwrite=True, callbacks=[stopper])
+        self.state["finetune"] = {
+            "capped": plan["capped"],
+            "stopped_at_deadline": stopper.fired,
+            "epochs_run": run["epochs_run"],
+            "train_size": run["train_size"],
+        }
+        if stopper.fired:
+            self.say(f"[finetune] stopped at its deadline after {run['epochs_run']} epochs (recorded)")
+        return None
+
+    def do_evaluate(self) -> None:
+        from compare.runner import evaluate
+
+        train, test, info = self.split
+        classifiers = self.classifiers(train)
+        report = evaluate(
+            classifiers,
+            test,
+            data_source=info["source"],
+            split=info["test_from"],
+            latency_queries=self.cfg.latency_queries,
+        )
+        if "hybrid" in classifiers:
+            report["backends"]["hybrid"]["fit"] = {
+                k: v for k, v in classifiers["hybrid"].meta["fit"].items() if k != "grid"
+            }
+        report["notes"] = self.notes()
+        report["study"] = {"leaks": info["leaks"], "finetune": self.state.get("finetune")}
+        write_report_into(report, self.out)
+
+    def classifiers(self, train) -> dict[str, Any]:
+        """The built contenders, loaded from `out`: retrieval, the fine-tune when built, and their hybrid."""
+        import finetune
+        import rag
+        from compare.hybrid import fit_hybrid
+        from finetune.train import split_train_eval
+
+        classifiers: dict[str, Any] = {}
+        if (self.out / "finetune").is_dir():
+            classifiers["finetune"] = finetune.load(self.out / "finetune")
+        classifiers["rag"] = rag.load(self.out / "rag", embedder=self.embedder)
+        if self.cfg.hybrid and "finetune" in classifiers:
+            plan = self.state["plan"]["finetune"]
+            _, held = split_train_eval(train, plan["train_size"], plan["eval_size"], seed=self.cfg.seed)
+            texts, labels = list(held["text"]), list(held["label"])
+            left_out = classifiers["rag"].predict(texts, exclude_identical=True)
+            classifiers["hybrid"] = fit_hybrid(classifiers["finetune"], classifiers["rag"], texts, labels, left_out)
+        return classifiers
+
+    def notes(self) -> list[str]:
+        """What a reader of the report must know about how the contenders were built."""
+        notes = ["rag-tuned (retrieval over a fine-tuned embedder) is not built by this version of the study"]
+        finetune = self.state.get("finetune") or {}
+        plan = self.state["plan"]["finetune"]
+        if plan["skipped"]:
+            notes.append(f"no fine-tune: {plan['skipped']}")
+        if plan["capped"]:
+            notes.append(f"fine-tune capped by the time budget: {plan['capped']}")
+        if finetune.get("stopped_at_deadline"):
+            notes.append(f"fine-tune stopped at its deadline after {finetune['epochs_run']} epochs")
+        return notes
+
+    def do_curve(self) -> str | None:
+        from compare.curve import learning_curve, plot_curve
+
+        if not self.cfg.curve:
+            return "turned off (--no-curve)"
+        train, test, _ = self.split
+        seconds = self.seconds_left() - self.state["plan"]["seconds"]["decide"]
+        curve_test = stratified_sample(test, min(CURVE_TEST_MAX, test.num_rows), seed=self.cfg.seed, what="test")
+        sizes = curve_sizes(train.num_rows, seconds, self.curve_cost(curve_test.num_rows))
+        if not sizes:
+            return f"the budget leaves {max(seconds, 0) / 60:.2f} min, too little for a curve of two sizes"
+        epochs = self.state["plan"]["finetune"]["epochs"]
+
+        def config(size: int, out: str) -> FinetuneConfig:
+            return self.finetune_config(epochs=epochs, eval_size=max(10, size // 5), out=out)
+
+        curve = learning_curve(
+            sizes, train, curve_test, finetune_config=config, embedder=self.embedder, seed=self.cfg.seed
+        )
+        atomic_write_json(self.out / CURVE_FILE, curve)
+        plot_curve(curve, self.out / "curve.png")
+        return None
+
+    def curve_cost(self, n_test: int) -> Callable[[int], float]:
+        """Estimated seconds of one curve size, from the probe's rates (the same model, epochs and embedder)."""
+        rates, epochs = self.state["plan"]["rates"], self.state["plan"]["finetune"]["epochs"]
+
+        def cost(size: int) -> float:
+            ev = max(10, size // 5)
+            embed = (size + n_test) * rates["embed_s_per_text"]
+            predict = n_test * rates["infer_s_per_text"] + rates["load_s"]
+            return FIXED_SECONDS["curve_size"] + embed + predict + finetune_seconds(rates, epochs, size - ev, ev)
+
+        return cost
+
+    def do_decide(self) -> None:
+        from compare.decide import Constraints, decide
+
+        report = read_json(self.out / "report.json", "report")
+        curve_path = self.out / CURVE_FILE
+        curve = read_json(curve_path, "learning curve") if curve_path.exists() else None
+        train, test, info = self.split
+        decision = decide(report, Constraints(), curve).to_dict()
+        decision["measured_on"] = {
+            "data": info["source"],
+            "labels": info["labels"],
+            "train_examples": train.num_rows,
+            "test_examples": test.num_rows,
+            "test_from": info["test_from"],
+            "finetune": self.state.get("finetune") or {"skipped": self.state["plan"]["finetune"]["skipped"]},
+            "notes": report.get("notes", []),
+            "learning_curve": curve["sizes"] if curve else None,
+            "budget": {
+                "minutes": self.cfg.budget_minutes,
+                "planned_minutes": self.minutes()["planned"],
+                "spent_minutes_before_decide": round(self.seconds_spent() / 60, 3),
+            },
+        }
+        atomic_write_json(self.out / DECISION_FILE, decision)
+
+    def minutes(self) -> dict[str, Any]:
+        """Planned and actual minutes per stage, and their totals."""
+        stages = self.state.get("stages", {})
+        rows = {
+            name: {k: (stages.get(name) or {}).get(f"{k}_minutes") for k in ("planned", "actual")} for name in STAGES
+        }
+        return {
+            "stages": rows,
+            "planned": round(sum(self.planned(n) or 0.0 for n in STAGES), 3),
+            "actual": round(sum(r["actual"] or 0.0 for r in rows.values()), 3),
+        }
+
+
+def deadline_callback(deadline: float):
+    """A `TrainerCallback` that stops training once `time.monotonic()` passes `deadline`; ``.fired`` says if it did.
+
+    The Trainer then evaluates and keeps its best checkpoint as usual, so a stopped fine-tune is still a model.
+    """
+    from transformers import TrainerCallback
+
+    class _Deadline(TrainerCallback):
+        fired = False
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.monotonic() > deadline:
+                self.fired = True
+                control.should_training_stop = True
+
+    return _Deadline()
+
+
+def write_report_into(report: dict[str, Any], out: Path) -> None:
+    """`compare.report.write_report`'s files, moved one by one (each atomically) into `out` beside the study's
+    other outputs (write_report itself replaces its directory as a whole)."""
+    from compare.report import write_report
+
+    stage = out / ".report"
+    shutil.rmtree(stage, ignore_errors=True)
+    write_report(report, stage)
+    for file in sorted(stage.iterdir()):
+        file.replace(out / file.name)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+# --- the command -----------------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags are a StudyError: one line on stderr and status 2, like every other bad input of the study."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise StudyError(message)
+
+
+def parse_args(argv: list[str] | None) -> StudyConfig:
+    """`StudyConfig` from the flags (one per field); a StudyError names a bad value."""
+    parser = _Parser(
+        description=__doc__.splitlines()[0], allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_config_arguments(parser, StudyConfig)
+    try:
+        return config_from_args(StudyConfig, parser.parse_args(argv))
+    except ValueError as err:
+        raise StudyError(str(err)) from err
+
+
+def print_minutes(minutes: dict[str, Any], say: Callable[[str], None] = print) -> None:
+    """The planned vs actual minutes per stage, as a small table."""
+    say(f"{'stage':<10} {'planned':>8} {'actual':>8}")
+    for name, row in minutes["stages"].items():
+        planned = "-" if row["planned"] is None else f"{row['planned']:.2f}"
+        actual = "-" if row["actual"] is None else f"{row['actual']:.2f}"
+        say(f"{name:<10} {planned:>8} {actual:>8}")
+    say(f"{'total':<10} {minutes['planned']:>8.2f} {minutes['actual']:>8.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_args(argv)
+        setup_logging()
+        study = Study(cfg)
+        decision = study.run()
+    except (ValueError, FileExistsError, ArtifactError) as err:  # DataError, StudyError, FinetuneError, SourceError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: run the same command again to resume the study in {cfg.out}", file=sys.stderr)
+        return 130
+    print_minutes(study.state["minutes"])
+    choice = decision.get("choice")
+    print(f"decision: {choice}" if choice else f"decision: none ({'; '.join(decision.get('caveats', []))})")
+    print(f"outputs in {cfg.out}: report.md, report.json, decision.json, study.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""compare/study.py: the whole decision in one command, end to end on small slices of both TweetEval sets."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from compare.decide import CHOICES
+from compare.study import (
+    STAGES,
+    StudyConfig,
+    curve_sizes,
+    deadline_callback,
+    main,
+    plan_budget,
+    plan_finetune,
+    split_data,
+)
+from core.settings import packaged_embedder_path
+
+RATES = {
+    "embed_s_per_text": 0.005,
+    "embed_single_s": 0.01,
+    "load_s": 1.0,
+    "train_s_per_text": 0.05,
+    "infer_s_per_text": 0.005,
+    "ft_single_s": 0.01,
+}
+IRONY_LABELS = ["non_irony", "irony"]
+PLANNED_STAGES = ("index", "finetune", "evaluate", "curve", "decide")
+
+
+def run_study(argv: list[str]) -> tuple[int, str]:
+    """`compare.study.main(argv)` and what it printed to stdout."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(argv)
+    return code, out.getvalue()
+
+
+def study_args(shared_dir: Path, data: str, out: Path, *extra: str) -> list[str]:
+    tiny = str(shared_dir / "models" / "tiny-random-gpt2")
+    return ["--data", data, "--out", str(out), "--base-model", tiny, "--embedder", packaged_embedder_path(),
+            "--latency-queries", "10", "--epochs", "2", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def emotion_study(shared_dir, tmp_path_factory):
+    """The study on 150 train / 60 test emotion tweets (4 labels), hybrid and a small learning curve included."""
+    out = tmp_path_factory.mktemp("study") / "emotion"
+    argv = study_args(shared_dir, str(shared_dir / "data" / "tweeteval_emotion"), out,
+                      "--train-size", "150", "--test-limit", "60", "--budget-minutes", "4")  # fmt: skip
+    code, printed = run_study(argv)
+    assert code == 0, printed
+    return out, argv, printed
+
+
+@pytest.fixture(scope="module")
+def irony_study(shared_dir, tmp_path_factory):
+    """The study on 120 train / 40 test irony tweets (2 labels), no curve and no hybrid."""
+    out = tmp_path_factory.mktemp("study") / "irony"
+    argv = study_args(shared_dir, str(shared_dir / "data" / "tweeteval_irony"), out, "--train-size", "120",
+                      "--test-limit", "40", "--budget-minutes", "3", "--no-curve", "--no-hybrid")  # fmt: skip
+    code, printed = run_study(argv)
+    assert code == 0, printed
+    return out, argv, printed
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def check_outputs(out: Path, labels: list[str], backends: set[str], n_train: int, n_test: int) -> dict:
+    """Every output is there and says what was measured on; returns study.json."""
+    for name in ("report.json", "report.md", "disagreements.csv", "accuracy.png", "decision.json", "study.json"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    report, decision, study = read(out / "report.json"), read(out / "decision.json"), read(out / "study.json")
+    assert report["labels"] == labels and set(report["backends"]) == backends
+    assert report["dataset"]["n"] == n_test and report["dataset"]["split"] == "the data's own test split"
+    for backend in report["backends"].values():
+        low, high = backend["accuracy_ci95"]
+        assert low <= backend["accuracy"] <= high
+    assert {(p["a"], p["b"]) for p in report["pairwise"]}  # McNemar between every pair
+    assert decision["choice"] in CHOICES.values() or decision["caveats"]
+    assert decision["reasons"] or decision["caveats"]
+    measured = decision["measured_on"]
+    assert measured["labels"] == labels
+    assert (measured["train_examples"], measured["test_examples"]) == (n_train, n_test)
+    assert measured["budget"]["minutes"] == study["budget_minutes"]
+    assert set(study["stages"]) == set(STAGES)
+    for name, stage in study["stages"].items():
+        assert stage["actual_minutes"] is not None and stage["actual_minutes"] >= 0, name
+    for name in PLANNED_STAGES:
+        assert study["stages"][name]["planned_minutes"] is not None, name
+    assert 0 < study["minutes"]["actual"] <= study["budget_minutes"]
+    assert study["minutes"]["planned"] <= study["budget_minutes"]
+    return study
+
+
+def test_emotion_study_end_to_end(emotion_study, emotion_labels):
+    out, _, printed = emotion_study
+    study = check_outputs(out, emotion_labels, {"finetune", "rag", "hybrid"}, 150, 60)
+    curve = read(out / "curve.json")
+    assert curve["labels"] == emotion_labels and len(curve["sizes"]) >= 2 and (out / "curve.png").is_file()
+    assert study["stages"]["curve"]["status"] == "done"
+    assert read(out / "split" / "split.json")["leaks"]["test_rows"] == 60
+    assert "[plan] minutes per stage" in printed and "planned" in printed and "decision:" in printed
+
+
+def test_irony_study_end_to_end(irony_study):
+    out, _, _ = irony_study
+    study = check_outputs(out, IRONY_LABELS, {"finetune", "rag"}, 120, 40)
+    assert study["stages"]["curve"] == {**study["stages"]["curve"], "status": "skipped"}
+    assert "--no-curve" in study["stages"]["curve"]["reason"] and not (out / "curve.json").exists()
+    assert read(out / "finetune" / "run.json")["labels"] == IRONY_LABELS
+
+
+def test_a_rerun_skips_finished_stages_and_an_interrupted_one_resumes(emotion_study):
+    out, argv, _ = emotion_study
+    weights = out / "finetune" / "model.safetensors"
+    index = out / "rag" / "index.faiss"
+    before = {p: p.stat().st_mtime_ns for p in (weights, index, out / "report.json")}
+    code, printed = run_study(argv)
+    assert code == 0 and printed.count("done in an earlier run") == len(STAGES)
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    # Interrupted before the decision: only the decision is made again.
+    study = read(out / "study.json")
+    del study["stages"]["decide"]
+    (out / "study.json").write_text(json.dumps(study), encoding="utf-8")
+    (out / "decision.json").unlink()
+    code, printed = run_study(argv)
+    assert code == 0 and printed.count("done in an earlier run") == len(STAGES) - 1
+    assert "[decide] done" in printed and (out / "decision.json").is_file()
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_a_study_with_other_settings_is_not_resumed(emotion_study, capsys):
+    _, argv, _ = emotion_study
+    assert main([*argv, "--seed", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error:") and "other settings (seed)" in err
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0] == err.strip().splitlines()[-1], err
+    return lines[0]
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> str:
+    path.write_text("text,label\n" + "".join(f'"{t}",{label}\n' for t, label in rows), encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("unknown data", "does not exist"),
+        ("one label", "label"),
+        ("too few examples", "too few examples"),
+        ("unwritable out", "cannot write"),
+        ("budget zero", "budget_minutes must be positive"),
+        ("budget negative", "budget_minutes must be positive"),
+        ("unknown flag", "unrecognized arguments"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(case, message, shared_dir, tmp_path, capsys):
+    data, out, budget = str(shared_dir / "data" / "tweeteval_irony"), tmp_path / "out", "1"
+    extra: list[str] = []
+    if case == "unknown data":
+        data = str(tmp_path / "no-such-data")
+    elif case == "one label":
+        data = write_csv(tmp_path / "one.csv", [(f"tweet number {i}", "joy") for i in range(80)])
+    elif case == "too few examples":
+        data = write_csv(tmp_path / "few.csv", [(f"tweet number {i}", "ab"[i % 2]) for i in range(30)])
+    elif case == "unwritable out":
+        (tmp_path / "a-file").write_text("x")
+        out = tmp_path / "a-file" / "out"
+    elif case.startswith("budget"):
+        budget = "0" if case == "budget zero" else "-1"
+    else:
+        extra = ["--no-such-flag"]
+    code = main(["--data", data, "--out", str(out), "--budget-minutes", budget, *extra])
+    assert code == 2
+    assert message in one_error_line(capsys)
+
+
+def test_bad_flag_values_exit_2_with_one_line(capsys):
+    assert main(["--budget-minutes", "soon"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error:") and "budget-minutes" in err
+
+
+def test_a_budget_too_small_for_the_data_is_refused_before_building(shared_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = study_args(shared_dir, str(shared_dir / "data" / "tweeteval_irony"), out, "--budget-minutes", "0.05")
+    assert main(argv) == 2
+    assert "too small for this data" in one_error_line(capsys)
+    assert not (out / "rag").exists() and not (out / "finetune").exists()
+
+
+def test_data_without_a_test_split_gets_a_stratified_held_out_one_without_shared_texts(tmp_path):
+    rows = [(f"tweet {i % 150}", "ab"[i % 150 % 3 == 0]) for i in range(300)]  # every text twice
+    cfg = StudyConfig(data=write_csv(tmp_path / "d.csv", rows), out=str(tmp_path / "o"), test_size=0.2, seed=3)
+    train, test, info = split_data(cfg)
+    assert "held out" in info["test_from"] and info["available"]["train"] == 240
+    assert not set(train["text"]) & set(test["text"])
+    assert test.num_rows == 60 - info["shared_texts_dropped_from_test"] and test.num_rows > 0
+    share = sum(label == "b" for label in train["label"]) / train.num_rows
+    assert abs(share - 1 / 3) < 0.02
+
+
+def test_plan_caps_epochs_then_examples_then_skips_the_fine_tune():
+    full = plan_finetune(RATES, 1e6, 500, 3.0)
+    assert (full["epochs"], full["train_size"], full["capped"], full["skipped"]) == (3.0, None, None, None)
+    assert full["eval_size"] == 100
+    fewer_epochs = plan_finetune(RATES, full["seconds"] * 0.6, 500, 3.0)
+    assert fewer_epochs["epochs"] == 1 and "epochs" in fewer_epochs["capped"] and fewer_epochs["train_size"] is None
+    assert fewer_epochs["seconds"] <= full["seconds"] * 0.6
+    fewer_examples = plan_finetune(RATES, 12.0, 500, 3.0)
+    assert fewer_examples["epochs"] == 1 and 20 <= fewer_examples["train_size"] < 400
+    assert fewer_examples["seconds"] <= 12.0 and "examples" in fewer_examples["capped"]
+    skipped = plan_finetune(RATES, 2.0, 500, 3.0)
+    assert skipped["skipped"] and skipped["seconds"] == 0
+
+
+def test_plan_budget_fits_the_budget_and_leaves_the_rest_to_the_curve():
+    cfg = StudyConfig(budget_minutes=5, curve=True)
+    plan = plan_budget(RATES, 300.0, 500, 200, cfg)
+    assert sum(plan["seconds"].values()) == pytest.approx(300.0, abs=0.01)
+    assert plan["seconds"]["curve"] > 0 and set(plan["seconds"]) == set(PLANNED_STAGES)
+    no_curve = plan_budget(RATES, 300.0, 500, 200, StudyConfig(budget_minutes=5, curve=False))
+    assert no_curve["seconds"]["curve"] == 0 and sum(no_curve["seconds"].values()) <= 300.0
+
+
+def test_curve_sizes_fit_the_time_left():
+    assert curve_sizes(1000, 1e9, lambda n: 1.0) == [37, 111, 333, 1000]
+    assert curve_sizes(1000, 2.5, lambda n: 1.0) == [37, 111]
+    assert curve_sizes(1000, 1.5, lambda n: 1.0) == []
+
+
+def test_the_fine_tune_stops_at_its_deadline():
+    class Control:
+        should_training_stop = False
+
+    late, early, control = deadline_callback(0.0), deadline_callback(float("inf")), Control()
+    early.on_step_end(None, None, control)
+    assert not control.should_training_stop and not early.fired
+    late.on_step_end(None, None, control)
+    assert control.should_training_stop and late.fired
