@@ -45,22 +45,27 @@ from rag.config import RagConfig
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-STAGES = ("split", "plan", "index", "finetune", "evaluate", "curve", "decide")
+STAGES = ("split", "plan", "index", "finetune", "tune", "evaluate", "curve", "decide")
 STUDY_FILE, DECISION_FILE, CURVE_FILE = "study.json", "decision.json", "curve.json"
 MIN_TRAIN, MIN_TEST, MIN_FINETUNE_TRAIN, MIN_CURVE_SIZE = 40, 10, 20, 30
-FINETUNE_SHARE_WITH_CURVE = 0.6
-"""Of the time the essential stages leave, the fine-tune may plan this share when a curve is wanted (the rest is
-the curve's); without a curve it may plan all of it."""
+BUILD_SHARE_WITH_CURVE = 0.6
+"""Of the time the essential stages leave, the fine-tune and the tuned embedder may plan this share when a curve is
+wanted (the rest is the curve's); without a curve they may plan all of it."""
+FINETUNE_SHARE = 0.6
+"""Of the building time, the fine-tune's share when an embedder is tuned too; the tuning gets what it leaves."""
+MIN_TUNE_STEPS = 10
 TRAINER_OVERHEAD = 1.3
 """Trainer steps cost more than the probe's bare steps (data loading, logging, checkpoints)."""
 CURVE_TEST_MAX = 500
-FIXED_SECONDS = {"index": 2.0, "finetune": 5.0, "evaluate": 8.0, "decide": 3.0, "curve_size": 4.0}
+FIXED_SECONDS = {"index": 2.0, "finetune": 5.0, "tune": 8.0, "evaluate": 8.0, "decide": 3.0, "curve_size": 4.0}
 """Per-stage costs that do not grow with the data (loading, saving, bootstrap intervals, plots), in seconds."""
 _OUTPUTS = (
     "split",
     "rag",
     "finetune",
     "finetune-checkpoints",
+    "embedder-tuned",
+    "rag-tuned",
     "report.json",
     "report.md",
     "disagreements.csv",
@@ -97,6 +102,9 @@ class StudyConfig:
         train_size: at most this many training examples (seeded, stratified); None = all.
         epochs: fine-tuning epochs wanted; fewer when the budget says so (recorded).
         latency_queries: single queries timed per backend.
+        tune_embedder: also build retrieval over the embedder tuned contrastively on the training examples
+            (``rag-tuned``, see `rag.tune_embedder`), its steps capped to fit the budget (recorded).
+        tune_steps: most optimizer steps of that tuning; None = `rag.tune_embedder`'s own count for the data.
         hybrid: also measure the hybrid of the fine-tune and retrieval.
         curve: measure a learning curve with the time the other stages leave.
         seed: seed for the split, the samples and training.
@@ -115,6 +123,8 @@ class StudyConfig:
     train_size: int | None = None
     epochs: float = _default(FinetuneConfig, "epochs")
     latency_queries: int = 100
+    tune_embedder: bool = True
+    tune_steps: int | None = None
     hybrid: bool = True
     curve: bool = True
     seed: int = 0
@@ -125,7 +135,7 @@ class StudyConfig:
             raise ValueError(f"budget_minutes must be positive, got {self.budget_minutes}")
         if not 0 < self.test_size < 1:
             raise ValueError(f"test_size must be a share between 0 and 1, got {self.test_size}")
-        for name in ("test_limit", "train_size"):
+        for name in ("test_limit", "train_size", "tune_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer or None, got {getattr(self, name)}")
         if self.latency_queries < 1:
@@ -305,6 +315,8 @@ def essential_seconds(rates: dict[str, float], n_train: int, n_test: int, cfg: S
     texts = runs * (n_test + 3 * q) + (eval_slice if cfg.hybrid else 0)
     evaluate = texts * (rates["embed_s_per_text"] + rates["infer_s_per_text"])
     evaluate += runs * q * (rates["embed_single_s"] + rates["ft_single_s"])
+    if cfg.tune_embedder:  # one more retrieval contender
+        evaluate += (n_test + 3 * q) * rates["embed_s_per_text"] + q * rates["embed_single_s"]
     return {
         "index": round(FIXED_SECONDS["index"] + 1.1 * n_train * rates["embed_s_per_text"], 3),
         "evaluate": round(FIXED_SECONDS["evaluate"] + rates["load_s"] + evaluate, 3),
@@ -356,11 +368,50 @@ def plan_budget(
             f"a budget of {cfg.budget_minutes:g} min is too small for this data: the index and the evaluation "
             f"alone need about {need:.1f} min; give a larger --budget-minutes or a smaller --train-size / --test-limit"
         )
-    share = FINETUNE_SHARE_WITH_CURVE if cfg.curve else 1.0
-    finetune = plan_finetune(rates, share * spare, n_train, cfg.epochs)
-    curve = max(spare - finetune["seconds"], 0.0) if cfg.curve else 0.0
-    stages = {**fixed, "finetune": finetune["seconds"], "curve": round(curve, 3)}
-    return {"rates": rates, "seconds": stages, "finetune": finetune}
+    building = spare * (BUILD_SHARE_WITH_CURVE if cfg.curve else 1.0)
+    finetune = plan_finetune(rates, building * (FINETUNE_SHARE if cfg.tune_embedder else 1.0), n_train, cfg.epochs)
+    tune = plan_tuning(rates, building - finetune["seconds"], n_train, cfg)
+    curve = max(spare - finetune["seconds"] - tune["seconds"], 0.0) if cfg.curve else 0.0
+    stages = {**fixed, "finetune": finetune["seconds"], "tune": tune["seconds"], "curve": round(curve, 3)}
+    return {"rates": rates, "seconds": stages, "finetune": finetune, "tune": tune}
+
+
+def tuning_seconds(rates: dict[str, float], steps: int, batch_size: int, n_train: int) -> float:
+    """Estimated seconds of tuning the embedder for `steps` steps of `batch_size` pairs, then indexing `n_train`
+    texts with it (a training step costs about three forward passes of its two texts per pair).
+
+    >>> tuning_seconds({"embed_s_per_text": 0.01}, 10, 16, 100)
+    15.6
+    """
+    per_step = 2 * batch_size * 3 * rates["embed_s_per_text"]
+    return round(FIXED_SECONDS["tune"] + steps * per_step + 1.1 * n_train * rates["embed_s_per_text"], 3)
+
+
+def plan_tuning(rates: dict[str, float], seconds: float, n_train: int, cfg: StudyConfig) -> dict[str, Any]:
+    """The embedder tuning that fits in `seconds`: `rag.tune_embedder`'s steps for `n_train` examples, else fewer
+    (at least MIN_TUNE_STEPS); ``skipped`` says why when it is not built."""
+    from rag.tune_embedder import TuneEmbedderConfig
+
+    if not cfg.tune_embedder:
+        return {"steps": 0, "seconds": 0.0, "capped": None, "skipped": "turned off (--no-tune-embedder)"}
+    tune = TuneEmbedderConfig()
+    wanted = min(tune.steps_for(n_train), cfg.tune_steps or math.inf)
+    full = tuning_seconds(rates, wanted, tune.batch_size, n_train)
+    if full <= seconds:
+        return {"steps": wanted, "seconds": full, "capped": None, "skipped": None}
+    per_step = tuning_seconds(rates, 1, tune.batch_size, n_train) - tuning_seconds(rates, 0, tune.batch_size, n_train)
+    steps = int((seconds - tuning_seconds(rates, 0, tune.batch_size, n_train)) / per_step)
+    if steps < MIN_TUNE_STEPS:
+        left = max(seconds, 0) / 60
+        why = f"the budget leaves {left:.2f} min for tuning the embedder; {MIN_TUNE_STEPS} steps need more"
+        return {"steps": 0, "seconds": 0.0, "capped": None, "skipped": why}
+    why = f"{steps} of the {wanted} tuning steps wanted fit in the budget ({full / 60:.1f} min needed)"
+    return {
+        "steps": steps,
+        "seconds": tuning_seconds(rates, steps, tune.batch_size, n_train),
+        "capped": why,
+        "skipped": None,
+    }
 
 
 # --- the learning curve ----------------------------------------------------------------------------------------------
@@ -592,6 +643,31 @@ class Study:
             self.say(f"[finetune] stopped at its deadline after {run['epochs_run']} epochs (recorded)")
         return None
 
+    def do_tune(self) -> str | None:
+        from rag.classifier import RagClassifier
+        from rag.embed import Embedder
+        from rag.tune_embedder import TuneEmbedderConfig, run_tuning
+
+        plan = self.state["plan"]["tune"]
+        if plan["skipped"]:
+            return plan["skipped"]
+        reserve = sum(self.state["plan"]["seconds"][k] for k in ("evaluate", "decide"))
+        if self.seconds_left() - reserve < plan["seconds"] / 2:
+            return f"no time left to tune the embedder ({self.seconds_left() / 60:.2f} min left, evaluation needs it)"
+        train, steps = self.split[0], plan["steps"]
+        tune = TuneEmbedderConfig(
+            embedder=self.cfg.embedder,
+            min_steps=steps,
+            max_steps=steps,
+            seed=self.cfg.seed,
+            out=str(self.out / "embedder-tuned"),
+        )
+        run = run_tuning(tune, train, overwrite=True)
+        cfg = RagConfig(embedder=tune.out, seed=self.cfg.seed, out=str(self.out / "rag-tuned"))
+        RagClassifier.build(cfg, train, embedder=Embedder.load(tune.out)).save(cfg.out)
+        self.state["tune"] = {"capped": plan["capped"], "steps": run["steps"], "seconds": run["seconds"]}
+        return None
+
     def do_evaluate(self) -> None:
         from compare.runner import evaluate
 
@@ -623,6 +699,10 @@ class Study:
         if (self.out / "finetune").is_dir():
             classifiers["finetune"] = finetune.load(self.out / "finetune")
         classifiers["rag"] = rag.load(self.out / "rag", embedder=self.embedder)
+        if (self.out / "rag-tuned").is_dir():
+            from compare.run import load_tuned
+
+            classifiers["rag-tuned"] = load_tuned(str(self.out / "rag-tuned"))
         if self.cfg.hybrid and "finetune" in classifiers:
             plan = self.state["plan"]["finetune"]
             _, held = split_train_eval(train, plan["train_size"], plan["eval_size"], seed=self.cfg.seed)
@@ -633,13 +713,14 @@ class Study:
 
     def notes(self) -> list[str]:
         """What a reader of the report must know about how the contenders were built."""
-        notes = ["rag-tuned (retrieval over a fine-tuned embedder) is not built by this version of the study"]
+        notes = []
         finetune = self.state.get("finetune") or {}
-        plan = self.state["plan"]["finetune"]
-        if plan["skipped"]:
-            notes.append(f"no fine-tune: {plan['skipped']}")
-        if plan["capped"]:
-            notes.append(f"fine-tune capped by the time budget: {plan['capped']}")
+        for key, what in (("finetune", "fine-tune"), ("tune", "rag-tuned (retrieval over a tuned embedder)")):
+            plan, stage = self.state["plan"][key], self.state["stages"].get(key) or {}
+            if stage.get("status") == "skipped":
+                notes.append(f"no {what}: {stage.get('reason')}")
+            elif plan["capped"]:
+                notes.append(f"{what} capped by the time budget: {plan['capped']}")
         if finetune.get("stopped_at_deadline"):
             notes.append(f"fine-tune stopped at its deadline after {finetune['epochs_run']} epochs")
         return notes
@@ -661,21 +742,35 @@ class Study:
             return self.finetune_config(epochs=epochs, eval_size=max(10, size // 5), out=out)
 
         curve = learning_curve(
-            sizes, train, curve_test, finetune_config=config, embedder=self.embedder, seed=self.cfg.seed
+            sizes,
+            train,
+            curve_test,
+            finetune_config=config,
+            embedder=self.embedder,
+            seed=self.cfg.seed,
+            progress=lambda fraction, message: self.say(f"[curve] {message}"),
         )
         atomic_write_json(self.out / CURVE_FILE, curve)
         plot_curve(curve, self.out / "curve.png")
         return None
 
     def curve_cost(self, n_test: int) -> Callable[[int], float]:
-        """Estimated seconds of one curve size, from the probe's rates (the same model, epochs and embedder)."""
+        """Estimated seconds of one curve size, from the probe's rates (the same model, epochs and embedder).
+
+        The curve may raise the fine-tune's epochs to reach its fewest optimizer steps (``compare.curve.MIN_STEPS``,
+        where that version has one); the estimate counts them.
+        """
+        import compare.curve
+
         rates, epochs = self.state["plan"]["rates"], self.state["plan"]["finetune"]["epochs"]
+        min_texts = getattr(compare.curve, "MIN_STEPS", 0) * _default(FinetuneConfig, "batch_size")
 
         def cost(size: int) -> float:
             ev = max(10, size // 5)
             embed = (size + n_test) * rates["embed_s_per_text"]
-            predict = n_test * rates["infer_s_per_text"] + rates["load_s"]
-            return FIXED_SECONDS["curve_size"] + embed + predict + finetune_seconds(rates, epochs, size - ev, ev)
+            predict = (n_test + 5 * ev) * rates["infer_s_per_text"] + 2 * rates["load_s"]
+            train = max(epochs * (size - ev), min_texts) * rates["train_s_per_text"]
+            return FIXED_SECONDS["curve_size"] + FIXED_SECONDS["finetune"] + embed + predict + train
 
         return cost
 
@@ -694,6 +789,7 @@ class Study:
             "test_examples": test.num_rows,
             "test_from": info["test_from"],
             "finetune": self.state.get("finetune") or {"skipped": self.state["plan"]["finetune"]["skipped"]},
+            "rag_tuned": self.state.get("tune") or {"skipped": self.state["plan"]["tune"]["skipped"]},
             "notes": report.get("notes", []),
             "learning_curve": curve["sizes"] if curve else None,
             "budget": {

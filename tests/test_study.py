@@ -12,7 +12,9 @@ import pytest
 from compare.decide import CHOICES
 from compare.study import (
     STAGES,
+    Study,
     StudyConfig,
+    StudyError,
     curve_sizes,
     deadline_callback,
     main,
@@ -31,7 +33,7 @@ RATES = {
     "ft_single_s": 0.01,
 }
 IRONY_LABELS = ["non_irony", "irony"]
-PLANNED_STAGES = ("index", "finetune", "evaluate", "curve", "decide")
+PLANNED_STAGES = ("index", "finetune", "tune", "evaluate", "curve", "decide")
 
 
 def run_study(argv: list[str]) -> tuple[int, str]:
@@ -50,10 +52,10 @@ def study_args(shared_dir: Path, data: str, out: Path, *extra: str) -> list[str]
 
 @pytest.fixture(scope="module")
 def emotion_study(shared_dir, tmp_path_factory):
-    """The study on 150 train / 60 test emotion tweets (4 labels), hybrid and a small learning curve included."""
+    """The study on 120 train / 40 test emotion tweets (4 labels) with the hybrid; no tuned embedder, no curve."""
     out = tmp_path_factory.mktemp("study") / "emotion"
-    argv = study_args(shared_dir, str(shared_dir / "data" / "tweeteval_emotion"), out,
-                      "--train-size", "150", "--test-limit", "60", "--budget-minutes", "4")  # fmt: skip
+    argv = study_args(shared_dir, str(shared_dir / "data" / "tweeteval_emotion"), out, "--train-size", "120",
+                      "--test-limit", "40", "--budget-minutes", "5", "--no-tune-embedder", "--no-curve")  # fmt: skip
     code, printed = run_study(argv)
     assert code == 0, printed
     return out, argv, printed
@@ -61,10 +63,12 @@ def emotion_study(shared_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def irony_study(shared_dir, tmp_path_factory):
-    """The study on 120 train / 40 test irony tweets (2 labels), no curve and no hybrid."""
+    """The study on 100 train / 40 test irony tweets (2 labels) with an embedder tuned for 2 steps; no hybrid, no
+    curve."""
     out = tmp_path_factory.mktemp("study") / "irony"
-    argv = study_args(shared_dir, str(shared_dir / "data" / "tweeteval_irony"), out, "--train-size", "120",
-                      "--test-limit", "40", "--budget-minutes", "3", "--no-curve", "--no-hybrid")  # fmt: skip
+    argv = study_args(shared_dir, str(shared_dir / "data" / "tweeteval_irony"), out, "--train-size", "100",
+                      "--test-limit", "40", "--budget-minutes", "5", "--tune-steps", "2", "--no-curve",
+                      "--no-hybrid")  # fmt: skip
     code, printed = run_study(argv)
     assert code == 0, printed
     return out, argv, printed
@@ -103,20 +107,43 @@ def check_outputs(out: Path, labels: list[str], backends: set[str], n_train: int
 
 def test_emotion_study_end_to_end(emotion_study, emotion_labels):
     out, _, printed = emotion_study
-    study = check_outputs(out, emotion_labels, {"finetune", "rag", "hybrid"}, 150, 60)
-    curve = read(out / "curve.json")
-    assert curve["labels"] == emotion_labels and len(curve["sizes"]) >= 2 and (out / "curve.png").is_file()
-    assert study["stages"]["curve"]["status"] == "done"
-    assert read(out / "split" / "split.json")["leaks"]["test_rows"] == 60
+    study = check_outputs(out, emotion_labels, {"finetune", "rag", "hybrid"}, 120, 40)
+    assert study["stages"]["tune"]["status"] == "skipped" and "--no-tune-embedder" in study["stages"]["tune"]["reason"]
+    assert read(out / "split" / "split.json")["leaks"]["test_rows"] == 40
+    assert read(out / "finetune" / "run.json")["labels"] == emotion_labels
     assert "[plan] minutes per stage" in printed and "planned" in printed and "decision:" in printed
 
 
 def test_irony_study_end_to_end(irony_study):
     out, _, _ = irony_study
-    study = check_outputs(out, IRONY_LABELS, {"finetune", "rag"}, 120, 40)
-    assert study["stages"]["curve"] == {**study["stages"]["curve"], "status": "skipped"}
-    assert "--no-curve" in study["stages"]["curve"]["reason"] and not (out / "curve.json").exists()
+    study = check_outputs(out, IRONY_LABELS, {"finetune", "rag", "rag-tuned"}, 100, 40)
+    assert study["stages"]["curve"]["status"] == "skipped" and "--no-curve" in study["stages"]["curve"]["reason"]
+    assert not (out / "curve.json").exists()
     assert read(out / "finetune" / "run.json")["labels"] == IRONY_LABELS
+    assert read(out / "embedder-tuned" / "run.json")["steps"] == 2 and study["tune"]["steps"] == 2
+    assert read(out / "report.json")["backends"]["rag-tuned"]["accuracy_ci95"]
+
+
+def test_the_curve_is_skipped_with_a_reason_when_no_time_is_left(emotion_study):
+    out, _, _ = emotion_study
+    study = Study(StudyConfig(out=str(out), curve=True, budget_minutes=5), say=lambda message: None)
+    study.state = read(out / "study.json")
+    study.state["resume"] = {"seconds_before_this_run": 5 * 60.0}
+    assert "too little for a curve" in study.do_curve()
+    assert not (out / "curve.json").exists()
+
+
+@pytest.mark.slow
+def test_emotion_study_with_a_learning_curve(shared_dir, emotion_labels, tmp_path):
+    out = tmp_path / "study"
+    argv = study_args(shared_dir, str(shared_dir / "data" / "tweeteval_emotion"), out, "--train-size", "150",
+                      "--test-limit", "60", "--budget-minutes", "6", "--no-tune-embedder")  # fmt: skip
+    assert run_study(argv)[0] == 0
+    study = check_outputs(out, emotion_labels, {"finetune", "rag", "hybrid"}, 150, 60)
+    curve = read(out / "curve.json")
+    assert curve["labels"] == emotion_labels and len(curve["sizes"]) >= 2 and (out / "curve.png").is_file()
+    assert study["stages"]["curve"]["status"] == "done"
+    assert read(out / "decision.json")["measured_on"]["learning_curve"] == curve["sizes"]
 
 
 def test_a_rerun_skips_finished_stages_and_an_interrupted_one_resumes(emotion_study):
@@ -197,12 +224,9 @@ def test_bad_flag_values_exit_2_with_one_line(capsys):
     assert err.count("\n") == 0 and err.startswith("error:") and "budget-minutes" in err
 
 
-def test_a_budget_too_small_for_the_data_is_refused_before_building(shared_dir, tmp_path, capsys):
-    out = tmp_path / "out"
-    argv = study_args(shared_dir, str(shared_dir / "data" / "tweeteval_irony"), out, "--budget-minutes", "0.05")
-    assert main(argv) == 2
-    assert "too small for this data" in one_error_line(capsys)
-    assert not (out / "rag").exists() and not (out / "finetune").exists()
+def test_a_budget_too_small_for_the_data_is_refused_by_the_plan():
+    with pytest.raises(StudyError, match="too small for this data"):
+        plan_budget(RATES, 10.0, 500, 200, StudyConfig(budget_minutes=0.2))
 
 
 def test_data_without_a_test_split_gets_a_stratified_held_out_one_without_shared_texts(tmp_path):
@@ -234,9 +258,13 @@ def test_plan_budget_fits_the_budget_and_leaves_the_rest_to_the_curve():
     cfg = StudyConfig(budget_minutes=5, curve=True)
     plan = plan_budget(RATES, 300.0, 500, 200, cfg)
     assert sum(plan["seconds"].values()) == pytest.approx(300.0, abs=0.01)
+    assert plan["tune"]["steps"] >= 10 and plan["seconds"]["tune"] > 0
     assert plan["seconds"]["curve"] > 0 and set(plan["seconds"]) == set(PLANNED_STAGES)
     no_curve = plan_budget(RATES, 300.0, 500, 200, StudyConfig(budget_minutes=5, curve=False))
     assert no_curve["seconds"]["curve"] == 0 and sum(no_curve["seconds"].values()) <= 300.0
+    no_tuning = plan_budget(RATES, 300.0, 500, 200, StudyConfig(budget_minutes=5, tune_embedder=False))
+    assert no_tuning["seconds"]["tune"] == 0 and no_tuning["tune"]["skipped"]
+    assert no_tuning["finetune"]["seconds"] >= plan["finetune"]["seconds"]
 
 
 def test_curve_sizes_fit_the_time_left():
