@@ -1,34 +1,68 @@
-"""Learning curve: accuracy vs number of labeled examples, fine-tune and retrieval side by side.
+"""Learning curve: accuracy vs number of labeled examples for the fine-tune, retrieval and retrieval over a tuned
+embedder, over several seeds.
 
-``python -m compare.curve --sizes 100,300,1000,3000 --base-model DIR --out DIR``
+``python -m compare.curve --sizes 100,300,1000,3000 --seeds 0,1,2 --base-model DIR --out DIR`` (every field of
+`CurveConfig` is a flag).
 
-At each size both backends get the same seeded, stratified sample of the train split: the fine-tune carves its
-evaluation slice out of it (a fifth, at most 1,000), the index holds all of it. Both are scored on the same slice of
-the test split. Writes curve.json and curve.png with the crossover point (the smallest size from which the
-fine-tune beats retrieval). The defaults finish in minutes on 2 cores; ``--sizes 100,300,1000,3000,10000,all``
-is the full curve (not run here; from the measured MiniLM throughput, roughly 50 minutes on 2 cores).
+The protocol (one hold-out fifth, no refit), the same for every contender: at each size n and seed, a seeded,
+stratified sample of n labeled examples is drawn from the train split and split, seeded and stratified, into a
+validation fifth and a fitting four fifths. Every contender fits on the same four fifths and makes its choices on
+the same fifth: the fine-tune keeps its best checkpoint by validation accuracy, retrieval picks k and the vote's
+weighting, retrieval over a tuned embedder tunes its embedder on the four fifths and picks its vote on the fifth.
+None refits on all n, so none sees an example the others do not. All are scored on the same slice of the test
+split.
+
+The fine-tune gets the budget a practitioner would give it at that size (MEASURED: 20 steps teach nothing at 100
+examples, 200 steps at 1e-4 do): at least `min_steps` optimizer steps (the epochs are raised to reach them) and,
+for a pretrained model, the small-data learning rate SMALL_DATA_LR; curve.json records per size the steps, epochs
+and learning rate used. Each seed draws its own sample, split and initialisation; curve.json keeps every run and
+the mean and (sample) standard deviation per size, curve.png draws mean ± one standard deviation as a band, and
+the crossover (the size from which the fine-tune stays ahead of retrieval) comes with the range over which the
+bands overlap.
 """
 
 from __future__ import annotations
 
-import argparse
+import copy
+import dataclasses
 import json
 import logging
+import math
+import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compare.decide import crossover
 from compare.metrics import accuracy, macro_f1
-from core.cli import add_labels_argument, setup_logging
+from core.cli import parse_config, setup_logging
 from core.data import DataError, label_names, load_tweets, stratified_sample
 from core.files import ArtifactError, atomic_write, dumps_json
-from core.types import check_same_labels
+from core.types import check_labels, check_same_labels, normalise_label
+from finetune.config import SCRATCH_PRESETS, FinetuneConfig
+from rag.config import RagConfig
+from rag.tune_embedder import TuneEmbedderConfig
 
 logger = logging.getLogger(__name__)
+
+CONTENDERS = ("finetune", "rag", "rag-tuned")
+LINE_NAMES = {"finetune": "fine-tune", "rag": "RAG (kNN vote)", "rag-tuned": "RAG over a tuned embedder"}
+MIN_STEPS = 200
+"""Fewest fine-tuning optimizer steps at any size (MEASURED: 20 steps at 100 examples learned nothing, 200 did)."""
+SMALL_DATA_LR = 1e-4
+"""Learning rate for a pretrained model on small data (MEASURED: 1e-4 beat 5e-5 at 100 examples, 200 steps)."""
+EVALUATIONS = 5
+"""Validation passes per fine-tuning run: the best of them is kept."""
+PROTOCOL = (
+    "hold-out fifth: per size and seed, a stratified fifth of the n examples is every contender's validation slice "
+    "and the other four fifths its fitting set; no contender refits on all n"
+)
+
+_FT = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
+_TUNE = {f.name: f.default for f in dataclasses.fields(TuneEmbedderConfig)}
 
 
 def parse_sizes(text: str, available: int | None = None) -> list[int | None]:
@@ -58,91 +92,403 @@ def parse_sizes(text: str, available: int | None = None) -> list[int | None]:
     return sorted(set(sizes), key=lambda s: float("inf") if s is None else s)
 
 
+@dataclass
+class CurveConfig:
+    """What the learning curve measures. The fine-tune's fields and defaults are `FinetuneConfig`'s, the tuned
+    embedder's `TuneEmbedderConfig`'s; what only the curve decides is its own.
+
+    Args:
+        sizes: labeled-example counts, comma-separated; ``all`` = every training example.
+        seeds: one run per seed at every size, each with its own sample, split and initialisation.
+        data: labeled data source; None = ``FTRAG_DATA`` or the default Hub dataset.
+        labels: label names in the order of the data's integer ids (``--labels a,b,c``); None = the data's own.
+        test_limit: test texts scored at every size (a seeded stratified slice of the test split).
+        base_model: checkpoint to fine-tune; None = ``FTRAG_BASE_MODEL`` or ``gpt2``.
+        from_scratch: fine-tune a GPT-2 of shape `scratch_size` trained from scratch.
+        scratch_size: GPT-2 shape used with `from_scratch`.
+        tokenizer: tokenizer of the fine-tune; None = the base model's own.
+        epochs: fine-tuning epochs, raised where needed to reach `min_steps`.
+        batch_size: fine-tuning batch size.
+        learning_rate: fine-tuning learning rate; None = 1e-4 (the small-data rate) for a pretrained model,
+            `FinetuneConfig`'s from-scratch default otherwise.
+        min_steps: fewest fine-tuning optimizer steps at any size.
+        embedder: sentence-transformers model of both retrieval contenders; None = ``FTRAG_EMBEDDER`` or the default.
+        tune_embedder: also draw retrieval over an embedder tuned on the same examples (``rag-tuned``).
+        embedder_min_steps / embedder_max_steps: the tuned embedder's step budget.
+        embedder_batch_size: pairs per optimizer step of the tuned embedder.
+        out: where curve.json and curve.png go.
+    """
+
+    sizes: str = "100,300,1000,3000"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    data: str | None = None
+    labels: tuple[str, ...] | None = None
+    test_limit: int = 1000
+    base_model: str | None = _FT["base_model"]
+    from_scratch: bool = _FT["from_scratch"]
+    scratch_size: str = field(default=_FT["scratch_size"], metadata={"choices": tuple(SCRATCH_PRESETS)})
+    tokenizer: str | None = _FT["tokenizer"]
+    epochs: float = _FT["epochs"]
+    batch_size: int = _FT["batch_size"]
+    learning_rate: float | None = None
+    min_steps: int = MIN_STEPS
+    embedder: str | None = None
+    tune_embedder: bool = True
+    embedder_min_steps: int = _TUNE["min_steps"]
+    embedder_max_steps: int = _TUNE["max_steps"]
+    embedder_batch_size: int = _TUNE["batch_size"]
+    out: str = "artifacts/curve"
+
+    def __post_init__(self) -> None:
+        parse_sizes(self.sizes)
+        self.seeds = tuple(int(s) for s in self.seeds)
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct integers, at least one, got {self.seeds}")
+        if self.labels is not None:
+            self.labels = tuple(check_labels([normalise_label(name) for name in self.labels]))
+        if self.test_limit < 1:
+            raise ValueError(f"test_limit must be at least 1, got {self.test_limit}")
+        if self.min_steps < 0:
+            raise ValueError(f"min_steps must not be negative, got {self.min_steps}")
+        self.finetune_config(100, "x")  # the fine-tune's own validation, before any work
+        self.tune_config()
+
+    def finetune_config(self, size: int, out: str) -> FinetuneConfig:
+        """The fine-tune's settings before the curve applies its protocol and budget (see `finetune_budget`)."""
+        keys = ("base_model", "from_scratch", "scratch_size", "tokenizer", "epochs", "batch_size", "learning_rate")
+        return FinetuneConfig(**{k: getattr(self, k) for k in keys}, out=out)
+
+    def tune_config(self) -> TuneEmbedderConfig:
+        """The tuned embedder's settings (its seed is set per run)."""
+        return TuneEmbedderConfig(
+            min_steps=self.embedder_min_steps, max_steps=self.embedder_max_steps, batch_size=self.embedder_batch_size
+        )
+
+
+# --- the protocol and the budget -------------------------------------------------------------------------------------
+
+
+def holdout_split(sample, seed: int):
+    """``(fit, validation)``: the seeded, stratified validation fifth of `sample` and the rest, exactly as the
+    fine-tune carves it (the same function with the same arguments), so that every contender gets the same two."""
+    from finetune.train import split_train_eval
+
+    return split_train_eval(sample, None, max(1, sample.num_rows // 5), seed=seed)
+
+
+def finetune_budget(cfg: FinetuneConfig, fit_size: int, validation_size: int, seed: int, min_steps: int):
+    """`cfg` under the curve's protocol and budget; returns ``(config, budget record)``.
+
+    The epochs are raised to reach `min_steps` optimizer steps; a pretrained model without a learning rate gets
+    SMALL_DATA_LR; the validation slice is the hold-out fifth, evaluated EVALUATIONS times, the best kept, no early
+    stop (the budget is the budget).
+
+    >>> _, b = finetune_budget(FinetuneConfig(epochs=3, batch_size=16), 80, 20, 0, 200)
+    >>> b["steps"], b["epochs"], b["learning_rate"]
+    (200, 40.0, 0.0001)
+    """
+    per_epoch = math.ceil(fit_size / cfg.batch_size)
+    epochs = float(max(cfg.epochs, math.ceil(min_steps / per_epoch)))
+    steps = math.ceil(epochs * per_epoch)
+    lr = cfg.learning_rate or (cfg.lr if cfg.from_scratch else SMALL_DATA_LR)
+    budgeted = dataclasses.replace(
+        cfg,
+        train_size=None,
+        eval_size=validation_size,
+        seed=seed,
+        epochs=epochs,
+        learning_rate=lr,
+        patience=0,
+        checkpoint_every=max(1, math.ceil(steps / EVALUATIONS)),
+    )
+    record = {"steps": steps, "epochs": epochs, "learning_rate": lr, "batch_size": cfg.batch_size}
+    return budgeted, record
+
+
+def choose_vote(clf, fit_labels: Sequence[str], texts: Sequence[str], labels: Sequence[str], seed: int) -> dict:
+    """Set `clf`'s k, weighting and temperature to the best on the validation `texts` (searched against the index,
+    which holds the fitting examples `fit_labels` in order); returns the choice with its validation accuracy."""
+    import numpy as np
+
+    from rag.classifier import vote
+
+    grid = RagConfig(seed=seed)
+    vectors = clf.embedder.encode(list(texts))
+    scores, ids = clf.index.search(vectors, min(max(grid.k_grid), clf.size))
+    example_ids = np.array([clf.labels.index(label) for label in fit_labels])
+    wanted = np.array([clf.labels.index(label) for label in labels])
+    votes = [("uniform", 1.0), ("similarity", 1.0), *(("softmax", t) for t in grid.temperature_grid)]
+    best: dict[str, Any] = {"accuracy": -1.0}
+    for k in sorted({min(k, ids.shape[1]) for k in grid.k_grid}):
+        for weighting, temperature in votes:
+            probs = vote(scores[:, :k], ids[:, :k], example_ids, len(clf.labels), weighting, temperature)
+            acc = float((probs.argmax(axis=1) == wanted).mean())
+            if acc > best["accuracy"]:  # ties keep the smaller k and the simpler vote
+                best = {"k": k, "weighting": weighting, "temperature": temperature, "accuracy": round(acc, 4)}
+    clf.k, clf.weighting, clf.temperature = best["k"], best["weighting"], best["temperature"]
+    return best
+
+
+# --- one run of each contender ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """The test texts every contender is scored on, their references and the label set."""
+
+    texts: list[str]
+    references: list[str]
+    labels: list[str]
+
+    def score(self, clf) -> dict[str, float]:
+        predicted = [p.label for p in clf.predict(self.texts)]
+        return {
+            "accuracy": accuracy(predicted, self.references),
+            "macro_f1": macro_f1(predicted, self.references, self.labels),
+        }
+
+
+def run_finetune(cfg: FinetuneConfig, sample, test: Scoring) -> dict[str, Any]:
+    """Fine-tune on `sample` (the fine-tune carves the same validation fifth) and score it on the test texts."""
+    import finetune
+    from finetune.train import train as train_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = dataclasses.replace(cfg, out=str(Path(tmp) / "model"))
+        start = time.perf_counter()
+        run = train_model(cfg, sample, show_progress=False)
+        seconds = time.perf_counter() - start
+        scores = test.score(finetune.load(cfg.out))
+    return {
+        **scores,
+        "validation_accuracy": run["eval_accuracy"],
+        "best_checkpoint_step": run["best_checkpoint_step"],
+        "seconds": round(seconds, 2),
+        "base_model": run["base_model"],
+        "from_scratch": run["from_scratch"],
+    }
+
+
+def run_retrieval(embedder, fit, validation, seed: int, test: Scoring) -> dict[str, Any]:
+    """Index the fitting examples, choose the vote on the validation slice, score on the test texts."""
+    import rag
+
+    start = time.perf_counter()
+    clf = rag.RagClassifier.build(RagConfig(tune=False, seed=seed), fit, embedder=embedder, show_progress=False)
+    chosen = choose_vote(clf, list(fit["label"]), list(validation["text"]), list(validation["label"]), seed)
+    seconds = time.perf_counter() - start
+    return {**test.score(clf), "vote": chosen, "seconds": round(seconds, 2)}
+
+
+def run_tuned_retrieval(embedder, tune: TuneEmbedderConfig, fit, validation, seed: int, test: Scoring) -> dict:
+    """Tune a copy of the embedder on the fitting examples, then retrieve over it as `run_retrieval` does."""
+    from rag.embed import Embedder
+    from rag.tune_embedder import tune_embedder
+
+    model = copy.deepcopy(embedder.model)
+    start = time.perf_counter()
+    tuning = tune_embedder(dataclasses.replace(tune, seed=seed), fit, model)
+    tuned = Embedder(model, f"{embedder.name} (tuned)", batch_size=embedder.batch_size, compile_single=False)
+    result = run_retrieval(tuned, fit, validation, seed, test)
+    seconds = time.perf_counter() - start
+    return {**result, "tuning_steps": tuning["steps"], "seconds": round(seconds, 2)}
+
+
+# --- the curve -------------------------------------------------------------------------------------------------------
+
+
+def run_size(n: int, seed: int, train, test, setup: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every contender at `n` examples for one seed: ``(row of results, budget record)``."""
+    test_set: Scoring = setup["test"]
+    sample = stratified_sample(train, n, seed=seed, what="train")
+    fit, validation = holdout_split(sample, seed)
+    row: dict[str, Any] = {"size": n, "seed": seed, "fit_size": fit.num_rows, "validation_size": validation.num_rows}
+    row["rag"] = run_retrieval(setup["embedder"], fit, validation, seed, test_set)
+    if setup["tune"] is not None:
+        row["rag-tuned"] = run_tuned_retrieval(setup["embedder"], setup["tune"], fit, validation, seed, test_set)
+    base = setup["finetune_config"](n, "unused")
+    cfg, budget = finetune_budget(base, fit.num_rows, validation.num_rows, seed, setup["min_steps"])
+    row["finetune"] = run_finetune(cfg, sample, test_set)
+    line = ", ".join(f"{name} {row[name]['accuracy']:.4f}" for name in CONTENDERS if name in row)
+    logger.info("%d examples, seed %d: %s", n, seed, line)
+    return row, budget
+
+
+def summarise(runs: list[list[float]]) -> dict[str, list]:
+    """``{"mean", "std", "runs"}`` from accuracies ``runs[seed][size]``; the sample standard deviation (0 for one
+    seed).
+
+    >>> summarise([[0.5, 0.7], [0.7, 0.7]])
+    {'mean': [0.6, 0.7], 'std': [0.1414, 0.0], 'runs': [[0.5, 0.7], [0.7, 0.7]]}
+    """
+    columns = list(zip(*runs, strict=True))
+    return {
+        "mean": [round(statistics.fmean(c), 4) for c in columns],
+        "std": [round(statistics.stdev(c), 4) if len(c) > 1 else 0.0 for c in columns],
+        "runs": [[round(a, 4) for a in r] for r in runs],
+    }
+
+
 def learning_curve(
     sizes: Sequence[int | None],
     train,
     test,
     *,
-    finetune_config: Callable[[int, str], Any],
+    finetune_config: Callable[[int, str], FinetuneConfig],
     embedder=None,
-    seed: int = 0,
+    seeds: Sequence[int] = (0,),
+    seed: int | None = None,
+    min_steps: int = MIN_STEPS,
+    tune: TuneEmbedderConfig | None = None,
     progress: Callable[[float, str], None] | None = None,
 ) -> dict[str, Any]:
-    """Train / build both backends at every size and score them on `test`; returns the curve dict.
+    """Every contender at every size and seed under the hold-out-fifth protocol (see the module), scored on `test`.
 
     Args:
-        finetune_config: ``(size, out_dir) -> FinetuneConfig`` for the fine-tune at that size.
-    """
-    import finetune
-    import rag
-    from finetune.train import train as train_model
+        finetune_config: ``(size, out_dir) -> FinetuneConfig``; its eval_size, seed, train_size, patience and
+            checkpoint_every are set by the protocol, its epochs and learning rate by the budget.
+        seeds: one run per seed at every size (`seed`, when given, means ``seeds=(seed,)``).
+        min_steps: fewest fine-tuning optimizer steps (0 = the epochs as given).
+        tune: the tuned embedder's settings; None = no ``rag-tuned`` line.
 
+    Returns the curve: ``sizes``, ``seeds``, ``test_size``, ``labels``, ``protocol``, per contender under
+    ``backends`` ``{"mean", "std", "runs"}``, the fine-tune's ``budget`` per size, every run's details under
+    ``rows``, and ``crossover`` / ``crossover_range``.
+    """
+    import rag
+
+    seeds = (seed,) if seed is not None else tuple(seeds)
     report = progress or (lambda fraction, message: None)
-    texts, references = list(test["text"]), list(test["label"])
     labels = label_names(train)
     check_same_labels("the training data", labels, "the test data", label_names(test))
-    embedder = embedder or rag.Embedder.load()
-    rows: list[dict[str, Any]] = []
-    for i, size in enumerate(sizes):
-        n = train.num_rows if size is None else size
-        sample = stratified_sample(train, n, seed=seed, what="train")
-        row: dict[str, Any] = {"size": n}
-        report(i / len(sizes), f"{n} labeled examples: building the index")
-        index = rag.RagClassifier.build(rag.RagConfig(seed=seed), sample, embedder=embedder, show_progress=False)
-        predicted = [p.label for p in index.predict(texts)]
-        row["rag"] = {
-            "accuracy": accuracy(predicted, references),
-            "macro_f1": macro_f1(predicted, references, labels),
-            "seconds": index.meta["build_seconds"],
-        }
-        report((i + 0.3) / len(sizes), f"{n} labeled examples: fine-tuning")
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = finetune_config(n, str(Path(tmp) / "model"))
-            start = time.perf_counter()
-            run = train_model(cfg, sample, show_progress=False)
-            seconds = time.perf_counter() - start
-            model = finetune.load(cfg.out)
-            predicted = [p.label for p in model.predict(texts)]
-        row["finetune"] = {
-            "accuracy": accuracy(predicted, references),
-            "macro_f1": macro_f1(predicted, references, labels),
-            "seconds": round(seconds, 2),
-            "base_model": run["base_model"],
-            "from_scratch": run["from_scratch"],
-        }
-        logger.info("%d examples: fine-tune %.4f, rag %.4f", n, row["finetune"]["accuracy"], row["rag"]["accuracy"])
-        rows.append(row)
-    curve = {
-        "sizes": [r["size"] for r in rows],
-        "backends": {name: [r[name]["accuracy"] for r in rows] for name in ("finetune", "rag")},
-        "rows": rows,
-        "test_size": len(texts),
-        "labels": labels,
-        "seed": seed,
+    setup = {
+        "test": Scoring(list(test["text"]), list(test["label"]), labels),
+        "embedder": embedder or rag.Embedder.load(),
+        "tune": tune,
+        "finetune_config": finetune_config,
+        "min_steps": min_steps,
     }
-    curve["crossover"] = crossover(curve)
+    ns = [train.num_rows if size is None else size for size in sizes]
+    rows, budgets = [], {}
+    for i, (seed_, n) in enumerate((s, n) for s in seeds for n in ns):
+        report(i / (len(seeds) * len(ns)), f"seed {seed_}, {n} labeled examples")
+        row, budgets[n] = run_size(n, seed_, train, test, setup)
+        rows.append(row)
+    names = [name for name in CONTENDERS if name in rows[0]]
+    curve = {
+        "sizes": ns,
+        "seeds": list(seeds),
+        "test_size": test.num_rows,
+        "labels": labels,
+        "protocol": PROTOCOL,
+        "backends": {
+            name: summarise([[r[name]["accuracy"] for r in rows if r["seed"] == s] for s in seeds]) for name in names
+        },
+        "budget": {"finetune": [{"size": n, **budgets[n]} for n in ns]},
+        "rows": rows,
+    }
+    curve["crossover"], curve["crossover_range"] = crossover(curve), crossover_range(curve)
     report(1.0, "done")
     return curve
 
 
+# --- reading a curve -------------------------------------------------------------------------------------------------
+
+
+def series(curve: dict[str, Any], backend: str) -> list[tuple[int, float, float]]:
+    """``(size, mean, std)`` of `backend` at every size it was measured; a curve of the format before seeds (a list
+    of accuracies per backend) reads as one seed with no spread.
+
+    >>> series({"sizes": [10, 20], "backends": {"rag": [0.5, 0.6]}}, "rag")
+    [(10, 0.5, 0.0), (20, 0.6, 0.0)]
+    """
+    entry = (curve.get("backends") or {}).get(backend)
+    if isinstance(entry, dict):
+        means, stds = entry.get("mean") or [], entry.get("std") or []
+    elif isinstance(entry, list):
+        means, stds = entry, [0.0] * len(entry)
+    else:
+        return []
+    sizes = curve.get("sizes") or []
+    return [(int(n), m, sd or 0.0) for n, m, sd in zip(sizes, means, stds, strict=False) if m is not None]
+
+
+def _from_which(points: list[tuple[int, bool]]) -> int | None:
+    """The smallest size from which the condition holds at that size and every larger one."""
+    found = None
+    for size, holds in reversed(points):
+        if not holds:
+            break
+        found = size
+    return found
+
+
+def _paired(curve: dict[str, Any], a: str, b: str) -> list[tuple[int, float, float, float, float]]:
+    other = {n: (m, sd) for n, m, sd in series(curve, b)}
+    return [(n, m, sd, *other[n]) for n, m, sd in series(curve, a) if n in other]
+
+
+def crossover(curve: dict[str, Any], a: str = "finetune", b: str = "rag") -> int | None:
+    """The smallest size from which `a`'s mean accuracy stays above `b`'s at every larger size; None if never.
+
+    >>> crossover({"sizes": [1, 2, 3], "backends": {"finetune": [0.2, 0.6, 0.7], "rag": [0.5, 0.5, 0.5]}})
+    2
+    """
+    return _from_which([(n, ma > mb) for n, ma, _, mb, _ in _paired(curve, a, b)])
+
+
+def crossover_range(curve: dict[str, Any], a: str = "finetune", b: str = "rag") -> list[int | None] | None:
+    """``[low, high]``: from `low` on, `a`'s band (mean ± std) reaches `b`'s at every size; from `high` on, it lies
+    wholly above it (None: not by the largest size). None when `a` is clearly behind at the largest size. Equal
+    ends mean the bands do not overlap where the lines cross.
+
+    >>> crossover_range({"sizes": [1, 2, 3], "backends": {"finetune": {"mean": [0.2, 0.5, 0.7], "std": [0, .1, 0]},
+    ...                                                  "rag": {"mean": [0.5, 0.45, 0.5], "std": [0, 0, 0]}}})
+    [2, 3]
+    """
+    paired = _paired(curve, a, b)
+    low = _from_which([(n, ma + sa >= mb - sb) for n, ma, sa, mb, sb in paired])
+    if low is None:
+        return None
+    return [low, _from_which([(n, ma - sa > mb + sb) for n, ma, sa, mb, sb in paired])]
+
+
+def describe_crossover(curve: dict[str, Any]) -> str:
+    """One line on where the fine-tune overtakes retrieval, with the range when the bands overlap."""
+    point, span = curve.get("crossover"), curve.get("crossover_range")
+    if point is None:
+        return "the fine-tune does not stay ahead of retrieval at the sizes measured"
+    if not span or span[0] == span[1]:
+        return f"the fine-tune is ahead of retrieval from {point} labeled examples"
+    high = f"{span[1]}" if span[1] is not None else f"beyond {max(curve['sizes'])}"
+    return f"the fine-tune is ahead of retrieval from {point} labeled examples (bands overlap: {span[0]} to {high})"
+
+
 def plot_curve(curve: dict[str, Any], path: str | Path) -> Path:
+    """curve.png: mean accuracy per contender with a band of one standard deviation, and the crossover."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    names = {"finetune": "fine-tune", "rag": "RAG (kNN vote)"}
-    for key, label in names.items():
-        ax.plot(curve["sizes"], curve["backends"][key], "o-", label=label)
-    if curve.get("crossover"):
+    for key, label in LINE_NAMES.items():
+        points = series(curve, key)
+        if points:
+            sizes, means, stds = (list(column) for column in zip(*points, strict=True))
+            ax.plot(sizes, means, "o-", label=label)
+            ax.fill_between(sizes, [m - s for m, s in zip(means, stds, strict=True)],
+                            [m + s for m, s in zip(means, stds, strict=True)], alpha=0.2)  # fmt: skip
+    span = curve.get("crossover_range")
+    if curve.get("crossover") is not None and span:
+        ax.axvspan(span[0], span[1] or max(curve["sizes"]), color="grey", alpha=0.12, lw=0)
         ax.axvline(curve["crossover"], color="grey", ls="--", lw=1)
-        ax.annotate(f"fine-tune ahead from {curve['crossover']}", (curve["crossover"], ax.get_ylim()[0]),
-                    xytext=(5, 10), textcoords="offset points", color="grey")  # fmt: skip
+    seeds = len(curve.get("seeds") or [0])
     ax.set_xscale("log")
-    ax.set(xlabel="labeled examples", ylabel=f"test accuracy ({curve['test_size']} tweets)", title="Learning curve")
+    ax.set(xlabel="labeled examples", ylabel=f"test accuracy ({curve['test_size']} texts)",
+           title=f"Learning curve (mean ± std over {seeds} seed{'s' if seeds > 1 else ''})")  # fmt: skip
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(title=describe_crossover(curve) if curve.get("crossover") else None, title_fontsize=7, fontsize=8)
     fig.tight_layout()
     path = Path(path)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
@@ -151,51 +497,35 @@ def plot_curve(curve: dict[str, Any], path: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False
-    )
-    parser.add_argument("--sizes", default="100,300,1000,3000", help="labeled-example counts; 'all' = every one")
-    parser.add_argument("--data", default=None)
-    add_labels_argument(parser)
-    parser.add_argument("--test-limit", type=int, default=1000, help="test texts scored at every size")
-    parser.add_argument("--base-model", default=None, help="checkpoint to fine-tune (default: FTRAG_BASE_MODEL/gpt2)")
-    parser.add_argument("--from-scratch", action="store_true", help="fine-tune a GPT-2 trained from scratch")
-    parser.add_argument("--scratch-size", default="small")
-    parser.add_argument("--tokenizer", default=None)
-    parser.add_argument("--epochs", type=float, default=4.0)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="artifacts/curve")
-    args = parser.parse_args(argv)
+    cfg, _ = parse_config(CurveConfig, argv, __doc__.splitlines()[0])
     setup_logging()
-    from finetune.config import FinetuneConfig
-
-    def config(size: int, out: str) -> FinetuneConfig:
-        return FinetuneConfig(
-            base_model=args.base_model,
-            from_scratch=args.from_scratch,
-            scratch_size=args.scratch_size,
-            tokenizer=args.tokenizer,
-            eval_size=min(1000, max(10, size // 5)),
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            out=out,
-        )
-
     try:
-        train = load_tweets(args.data, split="train", labels=args.labels)
-        test = load_tweets(args.data, split="test", limit=args.test_limit, seed=args.seed, labels=args.labels)
-        sizes = parse_sizes(args.sizes, train.num_rows)
-        config(100, "x")  # validate the fine-tune settings before any work
-        curve = learning_curve(sizes, train, test, finetune_config=config, seed=args.seed)
+        import rag
+
+        seed = cfg.seeds[0]
+        train = load_tweets(cfg.data, split="train", labels=cfg.labels)
+        test = load_tweets(cfg.data, split="test", limit=cfg.test_limit, seed=seed, labels=cfg.labels)
+        sizes = parse_sizes(cfg.sizes, train.num_rows)
+        curve = learning_curve(
+            sizes,
+            train,
+            test,
+            finetune_config=cfg.finetune_config,
+            embedder=rag.Embedder.load(cfg.embedder),
+            seeds=cfg.seeds,
+            min_steps=cfg.min_steps,
+            tune=cfg.tune_config() if cfg.tune_embedder else None,
+        )
     except (ValueError, ArtifactError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out)
+    curve["config"] = asdict(cfg)
+    out = Path(cfg.out)
     atomic_write(out / "curve.json", lambda tmp: tmp.write_text(dumps_json(curve), encoding="utf-8"))
     plot_curve(curve, out / "curve.png")
-    print(json.dumps({k: curve[k] for k in ("sizes", "backends", "crossover", "test_size")}, indent=2))
+    summary = {k: curve[k] for k in ("sizes", "crossover", "crossover_range", "test_size")}
+    summary["mean"] = {name: b["mean"] for name, b in curve["backends"].items()}
+    print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from compare import metrics
-from compare.curve import learning_curve, parse_sizes
+from compare.curve import parse_sizes
 from compare.decide import Constraints, crossover, decide
 from compare.decide import main as decide_main
 from compare.hybrid import HybridClassifier, combine, fit_hybrid
@@ -379,23 +379,6 @@ def test_compare_run_cli_bad_input(rag_dir, data_dir, tmp_path, capsys):
     assert "no such index directory" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run_main(["--data", str(data_dir)])  # no backend at all
-
-
-def test_learning_curve_on_tiny_backends(shared_dir, small_train, small_test, embedder):
-    from finetune.config import FinetuneConfig
-
-    def config(size: int, out: str) -> FinetuneConfig:
-        tiny = str(shared_dir / "models" / "tiny-random-gpt2")
-        return FinetuneConfig(base_model=tiny, eval_size=max(10, size // 5), epochs=1, out=out)
-
-    curve = learning_curve([50, 150], small_train, small_test.select(range(40)), finetune_config=config,
-                           embedder=embedder)  # fmt: skip
-    assert curve["sizes"] == [50, 150] and curve["test_size"] == 40
-    for name in ("finetune", "rag"):
-        assert len(curve["backends"][name]) == 2 and all(0 <= a <= 1 for a in curve["backends"][name])
-    assert curve["rows"][1]["rag"]["seconds"] > 0
-    assert curve["labels"] == list(LABELS)
-    assert curve["crossover"] == crossover(curve)
 
 
 def test_parse_sizes():
