@@ -1,33 +1,72 @@
 """Turn a comparison report (and optionally a learning curve) into a recommendation with reasons.
 
 ``python -m compare.decide --report FILE --labeled-examples N --latency-budget-ms X --updates daily|weekly|rarely``
-prints JSON. Every reason cites a measured number and the criterion it serves: task nature (accuracy), data
-availability (labeled examples, learning curve), resource limits (latency, cost, hardware), freshness (how often
-the labeled data changes) and explainability (evidence). When the numbers cannot support a choice, it says so.
+prints JSON (every field of `Constraints` is a flag). Hard limits (latency budget, accuracy target, required
+evidence) rule contenders out first. Each remaining contender is then scored by one small function per criterion,
+each returning a score and a reason that cites the measured number behind it; WEIGHTS below says how much each
+criterion counts and why. Whether two accuracies differ is read from the report's paired intervals (or the
+learning curve's spread), never from a fixed formula; when the best two are within that noise, a reason says so
+and names what broke the tie. When the numbers cannot support a choice, it says so.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compare.curve import crossover, crossover_range, describe_crossover, series
 from compare.runner import check_report
+from core.cli import parse_config
 from core.files import read_json
 from core.types import check_same_labels
 
-CHOICES = {"finetune": "fine-tune", "rag": "rag", "hybrid": "hybrid"}
-UPDATES = ("daily", "weekly", "rarely")
+__all__ = [
+    "CHOICES",
+    "HARDWARE",
+    "KINDS",
+    "UPDATES",
+    "WEIGHTS",
+    "Constraints",
+    "Recommendation",
+    "crossover",
+    "decide",
+]
+
+WEIGHTS: dict[str, tuple[float, str]] = {
+    "task nature": (10.0, "per unit of accuracy lost beyond the noise: a real 10-point deficit costs 1.0, as much as "
+                          "any one preference below, and a deficit within the noise costs nothing"),
+    "data availability": (1.5, "the learning curve at the team's own number of examples is direct evidence of what "
+                               "each approach makes of that many, though on fewer test texts than the report"),
+    "freshness": (2.0, "labels that change daily leave a fine-tune stale until its next retraining, so instant "
+                       "updates weigh the most of the preferences (weekly changes count half, rare ones nothing)"),
+    "explainability": (1.0, "required evidence already rules the fine-tune out; among the rest, evidence with every "
+                            "answer beats evidence with some"),
+    "resource limits": (0.5, "past the hard latency budget, speed only breaks ties: scored as the fastest p95 over "
+                             "each one's"),
+}  # fmt: skip
+"""Criterion -> (weight, why). A contender's total is the sum of weight x score over the criteria."""
+
+KINDS = ("finetune", "rag-tuned", "rag", "hybrid")
+"""What is chosen between, named as compare.run names its backends; ``finetune-x`` is a finetune (longest name
+first, so that ``rag-tuned`` is not taken for ``rag``)."""
+CHOICES = {kind: kind for kind in KINDS}
+"""Kind -> the name a recommendation gives it: one name, the backend's own (kept as a table for older readers)."""
+EVIDENCE_SHARE = {"finetune": 0.0, "rag": 1.0, "rag-tuned": 1.0, "hybrid": 0.5}
+"""How much of its answers each kind backs with labeled examples (the hybrid's label blends in the fine-tune)."""
+INSTANT_UPDATE_SHARE = {"finetune": 0.0, "rag": 1.0, "rag-tuned": 1.0, "hybrid": 0.5}
+"""How much of a kind new labels reach at once, by `add` (the hybrid's fine-tuned half waits for a retrain)."""
+UPDATE_FREQUENCY = {"daily": 1.0, "weekly": 0.5, "rarely": 0.0}
+UPDATES = tuple(UPDATE_FREQUENCY)
 HARDWARE = ("cpu", "gpu")
 
 
 @dataclass
 class Constraints:
-    """What the team has and needs.
+    """What the team has and needs (the flags of ``python -m compare.decide``).
 
     Args:
         labeled_examples: labeled examples available for training / indexing; None = as many as were measured.
@@ -41,8 +80,8 @@ class Constraints:
     labeled_examples: int | None = None
     accuracy_target: float | None = None
     latency_budget_ms: float | None = None
-    updates: str = "rarely"
-    hardware: str = "cpu"
+    updates: str = field(default="rarely", metadata={"choices": UPDATES})
+    hardware: str = field(default="cpu", metadata={"choices": HARDWARE})
     need_evidence: bool = False
 
     def __post_init__(self) -> None:
@@ -73,249 +112,395 @@ class Recommendation:
         return asdict(self)
 
 
-def noise_margin(accuracy: float, n: int) -> float:
-    """Two standard errors of the difference of two accuracies measured on the same `n` texts (a rough bound).
+@dataclass(frozen=True)
+class Score:
+    """One criterion's score of one contender, and the reason (None when there is nothing worth saying)."""
 
-    >>> round(noise_margin(0.75, 3534), 4)
-    0.0206
+    kind: str
+    value: float
+    reason: str | None = None
+
+
+@dataclass
+class Field:
+    """The contenders still in the running, with the figures they are judged on, and what they are judged under.
+
+    `measured` holds, per kind, its best backend's report entry (its accuracy replaced by the learning curve's at
+    `curve_size` when the team has fewer examples than the report measured).
     """
-    return 2.0 * math.sqrt(2.0 * accuracy * (1.0 - accuracy) / max(n, 1))
+
+    measured: dict[str, dict[str, Any]]
+    feasible: list[str]
+    constraints: Constraints
+    report: dict[str, Any]
+    curve: dict[str, Any] | None = None
+    curve_size: int | None = None
+
+    def accuracy(self, kind: str) -> float:
+        return self.measured[kind]["accuracy"]
+
+    @property
+    def n(self) -> int:
+        n = self.curve.get("test_size") if self.curve_size and self.curve else None
+        return int(n or self.report["dataset"]["n"])
 
 
-def crossover(curve: dict[str, Any]) -> int | None:
-    """The smallest number of labeled examples from which the fine-tune beats retrieval on the curve."""
-    sizes = curve.get("sizes") or []
-    ft, rg = (curve.get("backends") or {}).get("finetune"), (curve.get("backends") or {}).get("rag")
-    if not ft or not rg:
-        return None
-    for size, a, b in zip(sizes, ft, rg, strict=False):
-        if a is not None and b is not None and a > b:
-            return int(size)
+def kind_of(name: str) -> str | None:
+    """The kind of a report backend, by its name.
+
+    >>> kind_of("finetune-minilm"), kind_of("rag-tuned"), kind_of("rag"), kind_of("llm")
+    ('finetune', 'rag-tuned', 'rag', None)
+    """
+    for kind in sorted(KINDS, key=len, reverse=True):
+        if name == kind or name.startswith(kind + "-"):
+            return kind
     return None
 
 
-def _accuracy_at(curve: dict[str, Any], backend: str, n: int) -> tuple[int, float] | None:
-    sizes, values = curve.get("sizes") or [], (curve.get("backends") or {}).get(backend) or []
-    below = [(s, v) for s, v in zip(sizes, values, strict=False) if v is not None and s <= n]
+# --- noise: from the report's intervals or the curve's spread --------------------------------------------------------
+
+
+def noise(f: Field, a: str, b: str) -> dict[str, Any]:
+    """``{"diff", "within", "how"}``: `a`'s accuracy minus `b`'s, whether that is within the noise, and how that was
+    judged, in plain words (the report's paired interval; else its two intervals; or the curve's spread)."""
+    diff = f.accuracy(a) - f.accuracy(b)
+    judged = _curve_noise(f, a, b) if f.curve_size else _report_noise(f, a, b)
+    return {"diff": diff, **judged}
+
+
+def _report_noise(f: Field, a: str, b: str) -> dict[str, Any]:
+    na, nb = f.measured[a]["name"], f.measured[b]["name"]
+    for pair in f.report.get("pairwise") or []:
+        if {pair.get("a"), pair.get("b")} == {na, nb} and pair.get("diff_ci95"):
+            low, high = pair["diff_ci95"] if pair["a"] == na else [-x for x in reversed(pair["diff_ci95"])]
+            within = low <= 0 <= high
+            verb = "includes" if within else "excludes"
+            how = f"the paired 95% interval of {na} minus {nb}, [{low:+.3f}, {high:+.3f}] on {f.n} texts, {verb} 0"
+            return {"within": within, "how": how}
+    ia, ib = f.measured[a].get("accuracy_ci95"), f.measured[b].get("accuracy_ci95")
+    if ia and ib:
+        within = ia[0] <= ib[1] and ib[0] <= ia[1]
+        verb = "overlap" if within else "do not overlap"
+        how = f"their 95% intervals, {na} [{ia[0]:.3f}, {ia[1]:.3f}] and {nb} [{ib[0]:.3f}, {ib[1]:.3f}], {verb}"
+        return {"within": within, "how": how + " (the report has no paired interval)"}
+    return {"within": False, "how": "the report has no intervals to judge the noise by (re-run compare.run)"}
+
+
+def _curve_noise(f: Field, a: str, b: str) -> dict[str, Any]:
+    sa, sb = f.measured[a].get("accuracy_std", 0.0), f.measured[b].get("accuracy_std", 0.0)
+    gap = abs(f.accuracy(a) - f.accuracy(b))
+    if sa == sb == 0:
+        return {"within": gap == 0, "how": f"the learning curve has no spread at {f.curve_size} examples (one seed), "
+                                           "so the difference is taken as measured"}  # fmt: skip
+    within = gap <= sa + sb
+    seeds = len(f.curve.get("seeds") or [])
+    verb = "overlap" if within else "do not overlap"
+    return {"within": within, "how": f"on the learning curve at {f.curve_size} examples (mean ± std over {seeds} "
+                                     f"seeds: {a} ± {sa:.4f}, {b} ± {sb:.4f}) the bands {verb}"}  # fmt: skip
+
+
+# --- one function per criterion: each returns a score per contender and its reason ---------------------------------
+
+
+def task_nature(f: Field) -> list[Score]:
+    """Accuracy: 0 for the best and for those within the noise of it, minus the gap for the others."""
+    best = max(f.feasible, key=f.accuracy)
+    scores = []
+    for kind in f.feasible:
+        acc, name = f.accuracy(kind), f.measured[kind]["name"]
+        if kind == best:
+            text = f"highest accuracy of the contenders: {name} {acc:.4f} on {f.n} texts"
+            scores.append(Score(kind, 0.0, text))
+            continue
+        judged = noise(f, best, kind)
+        if judged["within"]:
+            text = f"accuracy {acc:.4f} is within noise of the best ({best} {f.accuracy(best):.4f}): {judged['how']}"
+            scores.append(Score(kind, 0.0, text))
+        else:
+            gap = judged["diff"]
+            text = (
+                f"accuracy {acc:.4f} is {100 * gap:.1f} points below {best} ({f.accuracy(best):.4f}): {judged['how']}"
+            )
+            scores.append(Score(kind, -gap, text))
+    return scores
+
+
+def data_availability(f: Field) -> list[Score]:
+    """The learning curve at the team's number of labeled examples: 1 for the lines at the top (within its spread)."""
+    have, curve = f.constraints.labeled_examples, f.curve
+    if have is None or not curve:
+        return []
+    points = {k: _curve_point(curve, k, have) for k in f.feasible}
+    points = {k: p for k, p in points.items() if p is not None}
+    if not points:
+        return []
+    top = max(points, key=lambda k: points[k][1])
+    _, top_mean, top_std = points[top]
+    leaders = sorted(
+        (k for k, (_, m, s) in points.items() if m + s >= top_mean - top_std), key=lambda k: -points[k][1]
+    )
+    size = points[top][0]
+    figures = _figures(points)
+    crossing = {**curve, "crossover": crossover(curve), "crossover_range": crossover_range(curve)}
+    tied = " (within the curve's spread of each other)" if len(leaders) > 1 else ""
+    text = (
+        f"with {have} labeled examples the learning curve favours {' and '.join(leaders)}{tied}: at {size} examples "
+        f"{figures}; {describe_crossover(crossing)}"
+    )
+    return [Score(k, 1.0, text if k == leaders[0] else None) for k in leaders]
+
+
+def freshness(f: Field) -> list[Score]:
+    """How much of each contender new labels reach at once, scaled by how often they change."""
+    frequency = UPDATE_FREQUENCY[f.constraints.updates]
+    if not frequency:
+        return []
+    update = f.report.get("knowledge_update") or {}
+    added, retrain = (update.get("rag") or {}), (update.get("finetune") or {})
+    text = None
+    if added.get("seconds") is not None and retrain.get("seconds") is not None:
+        text = (
+            f"labeled data changes {f.constraints.updates}: adding {update.get('new_examples')} examples took "
+            f"retrieval {added['seconds']:.1f} s (measured, held-out accuracy "
+            f"{100 * added.get('accuracy_change', 0.0):+.2f} points); the fine-tune needs a retrain of about "
+            f"{retrain['seconds'] / 60:.0f} min (estimated from its run.json)"
+        )
+    scores = [Score(k, frequency * INSTANT_UPDATE_SHARE[k]) for k in f.feasible]
+    first = next((s for s in scores if s.value == max(x.value for x in scores) and s.value > 0), None)
+    return [Score(s.kind, s.value, text if s is first else None) for s in scores]
+
+
+def explainability(f: Field) -> list[Score]:
+    """When evidence is required: the share of answers each contender backs with labeled examples."""
+    if not f.constraints.need_evidence:
+        return []
+    scores = []
+    for kind in f.feasible:
+        share, acc = EVIDENCE_SHARE[kind], f.accuracy(kind)
+        if share == 1.0:
+            text = f"every answer lists the labeled neighbours it rests on (accuracy {acc:.4f})"
+        else:
+            text = (
+                f"shows labeled neighbours with every answer but its label blends in a fine-tune (accuracy {acc:.4f})"
+            )
+        scores.append(Score(kind, share, text))
+    return scores
+
+
+def resource_limits(f: Field) -> list[Score]:
+    """Speed within the budget: the fastest p95 latency over each contender's (1 for the fastest)."""
+    p95 = {k: (f.measured[k].get("latency_ms") or {}).get("p95") for k in f.feasible}
+    p95 = {k: v for k, v in p95.items() if v}
+    if len(p95) < 2:
+        return []
+    fastest = min(p95, key=p95.get)
+    scores = []
+    for kind, value in p95.items():
+        if kind == fastest:
+            text = f"lowest p95 latency of the contenders: {value:.1f} ms here"
+        else:
+            ratio = value / p95[fastest]
+            text = f"p95 latency {value:.1f} ms, {ratio:.1f}x the fastest ({fastest}, {p95[fastest]:.1f} ms)"
+        scores.append(Score(kind, p95[fastest] / value, text))
+    return scores
+
+
+CRITERIA: dict[str, Callable[[Field], list[Score]]] = {
+    "task nature": task_nature,
+    "data availability": data_availability,
+    "freshness": freshness,
+    "explainability": explainability,
+    "resource limits": resource_limits,
+}
+
+
+# --- the contenders --------------------------------------------------------------------------------------------------
+
+
+def _curve_point(curve: dict[str, Any], kind: str, have: int) -> tuple[int, float, float] | None:
+    """``(size, mean, std)`` of `kind` at the largest curve size not above `have`; None below the smallest."""
+    below = [point for point in series(curve, kind) if point[0] <= have]
     return max(below) if below else None
 
 
+def _figures(points: dict[str, tuple[int, float, float]]) -> str:
+    return ", ".join(f"{k} {m:.4f}" + (f" ± {s:.4f}" if s else "") for k, (_, m, s) in points.items())
+
+
+def group(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The report's backends by kind (several fine-tunes compete as one kind), each with its ``name``."""
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for name, b in report["backends"].items():
+        kind = kind_of(name)
+        if kind is not None:
+            by_kind.setdefault(kind, []).append({**b, "name": name})
+    return by_kind
+
+
+def apply_curve(by_kind, constraints: Constraints, curve: dict[str, Any] | None, rec: Recommendation) -> int | None:
+    """With fewer labeled examples than the report measured, take each kind's accuracy (and spread) from the
+    learning curve at that many; a kind the curve does not draw is out. Returns the curve size used, or None."""
+    have = constraints.labeled_examples
+    measured_size = max((b.get("train_size") or 0 for items in by_kind.values() for b in items), default=0)
+    if not curve or have is None or have >= measured_size:
+        return None
+    points = {kind: _curve_point(curve, kind, have) for kind in by_kind}
+    points = {kind: p for kind, p in points.items() if p is not None}
+    if not points:
+        return None
+    for kind, items in by_kind.items():
+        if kind not in points:
+            rec.excluded[kind] = f"not measured with as few as {have} labeled examples (data availability)"
+        for item in items:
+            if kind in points:
+                item.update(accuracy=points[kind][1], accuracy_std=points[kind][2])
+    size = max(p[0] for p in points.values())
+    text = (
+        f"with {have} labeled examples (not the {measured_size} measured), accuracy comes from the learning curve at "
+        f"{size} examples: {_figures(points)}"
+    )
+    best = max(points, key=lambda k: points[k][1])
+    rec.reasons.append({"criterion": "data availability", "backend": best, "text": text})
+    return size
+
+
+def violation(kind: str, b: dict[str, Any], constraints: Constraints) -> str | None:
+    """Why backend `b` (of `kind`) breaks a hard limit, or None."""
+    p95 = (b.get("latency_ms") or {}).get("p95")
+    if constraints.latency_budget_ms is not None and p95 is not None and p95 > constraints.latency_budget_ms:
+        return f"p95 latency {p95:.1f} ms exceeds the {constraints.latency_budget_ms:g} ms budget (resource limits)"
+    if constraints.accuracy_target is not None and b["accuracy"] < constraints.accuracy_target:
+        return f"accuracy {b['accuracy']:.4f} is below the {constraints.accuracy_target:.4f} target (task nature)"
+    gate = ((b.get("fit") or {}).get("chosen") or {}) if kind == "hybrid" else {}
+    if constraints.need_evidence and gate.get("mode") == "gate":
+        return (
+            f"the hybrid shows labeled evidence only when its fine-tuned part is unsure (confidence below "
+            f"{gate.get('threshold', 0):.2f}), not with every answer (explainability)"
+        )
+    if constraints.need_evidence and EVIDENCE_SHARE[kind] == 0.0:
+        return (
+            f"a fine-tuned classifier shows no labeled examples as evidence (explainability), so its accuracy of "
+            f"{b['accuracy']:.4f} cannot be used"
+        )
+    return None
+
+
+def pick(by_kind, constraints: Constraints, rec: Recommendation) -> dict[str, dict[str, Any]]:
+    """Each kind's most accurate backend within the hard limits; a kind with none is excluded, and the reason says
+    by how much its best backend misses."""
+    measured = {}
+    for kind, items in by_kind.items():
+        items = sorted(items, key=lambda b: b["accuracy"], reverse=True)
+        ok = [b for b in items if violation(kind, b, constraints) is None]
+        measured[kind] = ok[0] if ok else items[0]
+        if not ok and kind not in rec.excluded:
+            rec.excluded[kind] = violation(kind, items[0], constraints) or ""
+    return measured
+
+
+# --- the verdict ----------------------------------------------------------------------------------------------------
+
+
+def weigh(f: Field, rec: Recommendation) -> dict[str, dict[str, float]]:
+    """Every criterion's weighted score per contender (``{kind: {criterion: points}}``); the reasons go to `rec`."""
+    weighted: dict[str, dict[str, float]] = {kind: {} for kind in f.feasible}
+    for criterion, judge in CRITERIA.items():
+        weight = WEIGHTS[criterion][0]
+        for score in judge(f):
+            weighted[score.kind][criterion] = weight * score.value
+            if score.reason:
+                rec.reasons.append({"criterion": criterion, "backend": score.kind, "text": score.reason})
+    return weighted
+
+
+def tie_break(f: Field, choice: str, runner_up: str, weighted: dict[str, dict[str, float]]) -> str | None:
+    """In plain words, when the choice is not simply the more accurate beyond the noise: that the two are within
+    noise, or that the choice is less accurate, and which criteria decided it."""
+    judged = noise(f, choice, runner_up)
+    if not judged["within"] and judged["diff"] > 0:
+        return None
+    edges = [(c, weighted[choice].get(c, 0.0) - weighted[runner_up].get(c, 0.0)) for c in CRITERIA]
+    decided = ", ".join(f"{c} ({d:+.2f})" for c, d in sorted(edges, key=lambda e: -e[1]) if d > 1e-9)
+    a, b = f.accuracy(choice), f.accuracy(runner_up)
+    if judged["within"]:
+        broke = decided or "nothing else: the higher measured accuracy, though within noise (a coin toss)"
+        return (
+            f"{choice} ({a:.4f}) and {runner_up} ({b:.4f}) are within noise of each other on accuracy: "
+            f"{judged['how']}. What broke the tie: {broke}"
+        )
+    return (
+        f"{choice} is chosen although {runner_up} is {100 * (b - a):.1f} points more accurate ({judged['how']}), "
+        f"because of {decided}"
+    )
+
+
+def caveats(f: Field, rec: Recommendation, totals: dict[str, float]) -> None:
+    """What to keep in mind beside the reasons."""
+    ranked = sorted(f.feasible, key=lambda k: totals[k], reverse=True)
+    if len(ranked) > 1 and totals[ranked[0]] - totals[ranked[1]] < 0.25:
+        rec.caveats.append(f"{ranked[0]} and {ranked[1]} are close on these constraints")
+    have, ft_size = f.constraints.labeled_examples, (f.measured.get("finetune") or {}).get("train_size")
+    if have is not None and not f.curve and ft_size and have < ft_size:
+        rec.caveats.append(
+            f"the fine-tune was measured with {ft_size} training examples and you have {have}; its accuracy will be "
+            "lower. Run `python -m compare.curve` to see by how much."
+        )
+    update = f.report.get("knowledge_update") or {}
+    if UPDATE_FREQUENCY[f.constraints.updates] and not ((update.get("rag") or {}).get("seconds") is not None):
+        rec.caveats.append(
+            f"labeled data changes {f.constraints.updates}: retrieval absorbs new examples at once, a fine-tune only "
+            "after retraining; this report has no knowledge-update figure to size the difference"
+        )
+    if f.constraints.hardware == "gpu":
+        rec.caveats.append("measured on a CPU; on a GPU fine-tuning and retraining are far cheaper (not measured)")
+    if any(b.get("from_scratch") for b in f.measured.values()):
+        rec.caveats.append("the fine-tuned model was trained from scratch (no pretrained weights): a pretrained "
+                           "model would do better")  # fmt: skip
+
+
 def decide(report: dict[str, Any], constraints: Constraints, curve: dict[str, Any] | None = None) -> Recommendation:
-    """Recommend fine-tune, rag or hybrid for `constraints`, from the measured `report` (and learning `curve`)."""
+    """Recommend finetune, rag-tuned, rag or hybrid for `constraints`, from the measured `report` (and the learning
+    `curve`), with a reason per criterion and contender."""
     report = check_report(report)
     if curve and curve.get("labels") and report.get("labels"):  # one label set, or the curve says nothing here
         check_same_labels("the report", report["labels"], "the learning curve", curve["labels"])
     rec = Recommendation(choice=None)
-    n = int(report["dataset"]["n"])
-
-    def reason(criterion: str, backend: str, text: str) -> None:
-        rec.reasons.append({"criterion": criterion, "backend": backend, "text": text})
-
-    by_kind: dict[str, list[dict[str, Any]]] = {}
-    for name, b in report["backends"].items():  # several fine-tunes ("finetune", "finetune-x") compete as one kind
-        kind = next((CHOICES[k] for k in CHOICES if name == k or name.startswith(k + "-")), None)
-        if kind is not None:
-            by_kind.setdefault(kind, []).append({**b, "name": name})
+    by_kind = group(report)
     if not by_kind:
-        rec.caveats.append(f"the report holds none of the backends {sorted(CHOICES)}; nothing to choose from")
+        rec.caveats.append(f"the report holds none of the backends {list(KINDS)}; nothing to choose from")
         return rec
-
-    # Fewer labeled examples than were measured: the learning curve, not the full-data report, says how accurate
-    # each approach will be.
-    have = constraints.labeled_examples
-    measured_size = max((b.get("train_size") or 0 for items in by_kind.values() for b in items), default=0)
-    if curve and have is not None and have < measured_size:
-        at_ft, at_rag = _accuracy_at(curve, "finetune", have), _accuracy_at(curve, "rag", have)
-        if at_ft and at_rag:
-            for item in by_kind.get("fine-tune", []):
-                item["accuracy"] = at_ft[1]
-            for item in by_kind.get("rag", []):
-                item["accuracy"] = at_rag[1]
-            n = int(curve.get("test_size") or n)
-            reason(
-                "data availability",
-                "rag" if at_rag[1] >= at_ft[1] else "fine-tune",
-                f"with {have} labeled examples (not the {measured_size} measured), accuracy comes from the learning "
-                f"curve at {at_ft[0]} examples: fine-tune {at_ft[1]:.4f}, RAG {at_rag[1]:.4f}",
-            )
-            if "hybrid" in by_kind:
-                rec.excluded["hybrid"] = f"not measured with as few as {have} labeled examples (data availability)"
-
-    def violation(kind: str, b: dict[str, Any]) -> str | None:
-        p95 = (b.get("latency_ms") or {}).get("p95")
-        if constraints.latency_budget_ms is not None and p95 is not None and p95 > constraints.latency_budget_ms:
-            budget = constraints.latency_budget_ms
-            return f"p95 latency {p95:.1f} ms exceeds the {budget:g} ms budget (resource limits)"
-        if constraints.accuracy_target is not None and b["accuracy"] < constraints.accuracy_target:
-            return f"accuracy {b['accuracy']:.4f} is below the {constraints.accuracy_target:.4f} target (task nature)"
-        gate = ((b.get("fit") or {}).get("chosen") or {}) if kind == "hybrid" else {}
-        if constraints.need_evidence and gate.get("mode") == "gate":
-            return (
-                f"the hybrid shows labeled evidence only when its fine-tuned part is unsure (confidence below "
-                f"{gate.get('threshold', 0):.2f}), not with every answer (explainability)"
-            )
-        if constraints.need_evidence and kind == "fine-tune":
-            return (
-                f"a fine-tuned classifier shows no labeled examples as evidence (explainability), so its accuracy of "
-                f"{b['accuracy']:.4f} cannot be used"
-            )
-        return None
-
-    # Hard limits: each kind is represented by its most accurate backend that meets them; a kind with none is out,
-    # and the reason says by how much its best backend misses.
-    measured: dict[str, dict[str, Any]] = {}
-    for kind, items in by_kind.items():
-        items = sorted(items, key=lambda b: b["accuracy"], reverse=True)
-        ok = [b for b in items if violation(kind, b) is None]
-        measured[kind] = ok[0] if ok else items[0]
-        if not ok and kind not in rec.excluded:
-            rec.excluded[kind] = violation(kind, items[0]) or ""
-    score = dict.fromkeys(measured, 0.0)
-    feasible = [name for name in measured if name not in rec.excluded]
+    curve_size = apply_curve(by_kind, constraints, curve, rec)
+    measured = pick(by_kind, constraints, rec)
+    feasible = [kind for kind in measured if kind not in rec.excluded]
     if not feasible:
-        rec.caveats.append(
-            "no measured backend meets every constraint: "
-            + "; ".join(f"{k}: {v}" for k, v in rec.excluded.items())
-            + ". Relax a constraint, or measure on other hardware."
-        )
+        misses = "; ".join(f"{k}: {v}" for k, v in rec.excluded.items())
+        rec.caveats.append(f"no measured backend meets every constraint: {misses}. Relax a constraint, or measure on "
+                           "other hardware.")  # fmt: skip
         return rec
-
-    # Task nature: accuracy, relative to the best feasible one, with the measurement noise in mind.
-    best = max(feasible, key=lambda k: measured[k]["accuracy"])
-    best_acc = measured[best]["accuracy"]
-    margin = noise_margin(best_acc, n)
-    for name in feasible:
-        acc = measured[name]["accuracy"]
-        gap = best_acc - acc
-        score[name] += -10.0 * gap if gap > margin else 0.0
-        if name == best:
-            which = measured[name]["name"]
-            label = f"{which}: " if which not in CHOICES else ""
-            reason("task nature", name, f"highest accuracy of the feasible backends: {label}{acc:.4f} on {n} texts")
-        elif gap <= margin:
-            reason(
-                "task nature",
-                name,
-                f"accuracy {acc:.4f} is within measurement noise (±{margin:.3f}) of the best ({best_acc:.4f})",
-            )
-        else:
-            below = f"{100 * gap:.1f} points below the best ({best_acc:.4f})"
-            reason("task nature", name, f"accuracy {acc:.4f} is {below}")
-    if best == "hybrid" and "fine-tune" in feasible:
-        gain = best_acc - measured["fine-tune"]["accuracy"]
-        if gain <= margin:
-            score["hybrid"] -= 0.5  # the simpler system when the gain is noise
-            rec.caveats.append(
-                f"the hybrid's gain over the fine-tune alone ({100 * gain:+.1f} points) is within noise "
-                f"(±{margin:.3f})"
-            )
-
-    # Freshness: what absorbing new labels costs each.
-    update = report.get("knowledge_update") or {}
-    weight = {"daily": 2.0, "weekly": 1.0, "rarely": 0.0}[constraints.updates]
-    if weight:
-        rag_update, ft_update = update.get("rag") or {}, update.get("finetune") or {}
-        rag_s, ft_s = rag_update.get("seconds"), ft_update.get("seconds")
-        for name, share in (("rag", 1.0), ("hybrid", 0.5)):
-            if name in feasible:
-                score[name] += weight * share
-        if rag_s is not None and ft_s is not None:
-            detail = (
-                f"adding {update.get('new_examples')} examples took RAG {rag_s:.1f} s (measured, held-out accuracy "
-                f"{100 * rag_update.get('accuracy_change', 0.0):+.2f} points); the fine-tune needs a retrain of "
-                f"about {ft_s / 60:.0f} min (estimated from its run.json)"
-            )
-            reason("freshness", "rag", f"labeled data changes {constraints.updates}: {detail}")
-        else:
-            rec.caveats.append(
-                f"labeled data changes {constraints.updates}: retrieval absorbs new examples at once, a fine-tune "
-                "only after retraining; this report has no knowledge-update figure to size the difference"
-            )
-
-    # Explainability.
-    if constraints.need_evidence:
-        for name, share in (("rag", 1.0), ("hybrid", 0.5)):
-            if name in feasible:
-                score[name] += 1.0 * share
-        if "rag" in measured:
-            acc = measured["rag"]["accuracy"]
-            shows = "every RAG answer lists the labeled neighbours it rests on"
-            reason("explainability", "rag", f"{shows} (accuracy {acc:.4f})")
-
-    # Data availability: the learning curve when there is one, else how many examples were measured.
-    ft_meta_size = (measured.get("fine-tune") or {}).get("train_size")
-    if constraints.labeled_examples is not None:
-        have = constraints.labeled_examples
-        cross = crossover(curve) if curve else None
-        if curve and cross is not None:
-            at_ft, at_rag = _accuracy_at(curve, "finetune", have), _accuracy_at(curve, "rag", have)
-            favoured = "fine-tune" if have >= cross else "rag"
-            if favoured in feasible:
-                score[favoured] += 1.5
-            figures = (
-                f" (at {at_ft[0]} examples: fine-tune {at_ft[1]:.4f}, RAG {at_rag[1]:.4f})" if at_ft and at_rag else ""
-            )
-            reason(
-                "data availability",
-                favoured,
-                f"with {have} labeled examples, the learning curve favours {favoured}: the fine-tune overtakes "
-                f"retrieval from {cross} examples{figures}",
-            )
-        elif curve:
-            if "rag" in feasible:
-                score["rag"] += 1.0
-            top = max(curve.get("sizes") or [0])
-            never = f"on the learning curve (up to {top} examples) the fine-tune never overtakes retrieval"
-            reason("data availability", "rag", never)
-        elif ft_meta_size and have < ft_meta_size:
-            rec.caveats.append(
-                f"the fine-tune was measured with {ft_meta_size} training examples and you have {have}; its accuracy "
-                "will be lower. Run `python -m compare.curve` to see by how much."
-            )
-
-    # Resource limits: latency and serving cost, as tie-breakers.
-    fastest = min(feasible, key=lambda k: (measured[k].get("latency_ms") or {}).get("p95", math.inf))
-    p95 = (measured[fastest].get("latency_ms") or {}).get("p95")
-    if p95 is not None and len(feasible) > 1:
-        score[fastest] += 0.5
-        reason("resource limits", fastest, f"lowest p95 latency of the feasible backends: {p95:.1f} ms here")
-    if constraints.hardware == "gpu":
-        rec.caveats.append("measured on a CPU; on a GPU fine-tuning and retraining are far cheaper (not measured)")
-
+    f = Field(measured, feasible, constraints, report, curve, curve_size)
+    weighted = weigh(f, rec)
+    totals = {kind: sum(points.values()) for kind, points in weighted.items()}
+    ranked = sorted(feasible, key=lambda k: (totals[k], f.accuracy(k)), reverse=True)
+    rec.choice, rec.backend = ranked[0], measured[ranked[0]]["name"]
+    verdict = tie_break(f, ranked[0], ranked[1], weighted) if len(ranked) > 1 else None
+    if verdict:
+        rec.reasons.insert(0, {"criterion": "verdict", "backend": ranked[0], "text": verdict})
     for name, why in rec.excluded.items():
-        reason("constraint", name, f"excluded: {why}")
-    rec.scores = {k: round(v, 3) for k, v in score.items() if k in feasible}
-    rec.choice = max(feasible, key=lambda k: (score[k], measured[k]["accuracy"]))
-    rec.backend = measured[rec.choice]["name"]
-    runner_up = sorted(feasible, key=lambda k: score[k], reverse=True)[1:2]
-    if runner_up and abs(score[rec.choice] - score[runner_up[0]]) < 0.25:
-        rec.caveats.append(f"{rec.choice} and {runner_up[0]} are close on these constraints")
-    if any(b.get("from_scratch") for b in measured.values()):
-        rec.caveats.append("the fine-tuned model was trained from scratch (no pretrained weights): a pretrained "
-                           "model would do better")  # fmt: skip
+        rec.reasons.append({"criterion": "constraint", "backend": name, "text": f"excluded: {why}"})
+    rec.scores = {k: round(totals[k], 3) for k in ranked}
+    caveats(f, rec, totals)
     return rec
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--report", required=True, help="report.json written by python -m compare.run")
-    parser.add_argument("--curve", help="curve.json written by python -m compare.curve")
-    parser.add_argument("--labeled-examples", type=int)
-    parser.add_argument("--accuracy-target", type=float)
-    parser.add_argument("--latency-budget-ms", type=float)
-    parser.add_argument("--updates", choices=UPDATES, default="rarely")
-    parser.add_argument("--hardware", choices=HARDWARE, default="cpu")
-    parser.add_argument("--need-evidence", action="store_true")
-    args = parser.parse_args(argv)
+    constraints, args = parse_config(
+        Constraints,
+        argv,
+        __doc__.splitlines()[0],
+        report={"required": True, "metavar": "FILE", "help": "report.json written by python -m compare.run"},
+        curve={"default": None, "metavar": "FILE", "help": "curve.json written by python -m compare.curve"},
+    )
     try:
-        constraints = Constraints(
-            labeled_examples=args.labeled_examples,
-            accuracy_target=args.accuracy_target,
-            latency_budget_ms=args.latency_budget_ms,
-            updates=args.updates,
-            hardware=args.hardware,
-            need_evidence=args.need_evidence,
-        )
         report = read_json(Path(args.report), "report")
         curve = read_json(Path(args.curve), "learning curve") if args.curve else None
         recommendation = decide(report, constraints, curve)

@@ -343,4 +343,4 @@ def test_an_old_report_without_intervals_still_renders(report, tmp_path):
     paths = write_report(old, tmp_path / "old")
     assert len(paths) == 4 and all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
     old["backends"] = dict(zip(("finetune", "rag", "close"), old["backends"].values(), strict=True))
-    assert decide(old, Constraints()).choice == "fine-tune"
+    assert decide(old, Constraints()).choice == "finetune"

@@ -11,7 +11,7 @@ import pytest
 
 from rag.tune_embedder import TuneEmbedderConfig, contrastive_pairs, tune_embedder
 
-FAST = ["--min-steps", "2", "--max-steps", "2", "--batch-size", "8"]
+FAST = ["--min-steps", "2", "--max-steps", "2", "--batch-size", "4"]
 """Two optimizer steps: enough to change the weights, a few seconds on 2 cores."""
 
 
