@@ -886,7 +886,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted: run the same command again to resume the study in {cfg.out}", file=sys.stderr)
+        print("interrupted: run the same command again to resume the study", file=sys.stderr)
         return 130
     print_minutes(study.state["minutes"])
     choice = decision.get("choice")
