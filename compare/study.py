@@ -296,7 +296,7 @@ def finetune_seconds(rates: dict[str, float], epochs: float, n_train: int, n_eva
     """Estimated seconds of a fine-tune: `epochs` over `n_train` texts, an evaluation of `n_eval` per epoch.
 
     >>> finetune_seconds({"load_s": 1.0, "train_s_per_text": 0.01, "infer_s_per_text": 0.001}, 2, 100, 50)
-    8.2
+    8.1
     """
     per_epoch = n_train * rates["train_s_per_text"] + n_eval * rates["infer_s_per_text"]
     return round(rates["load_s"] + FIXED_SECONDS["finetune"] + math.ceil(epochs) * per_epoch, 3)
@@ -381,7 +381,7 @@ def tuning_seconds(rates: dict[str, float], steps: int, batch_size: int, n_train
     texts with it (a training step costs about three forward passes of its two texts per pair).
 
     >>> tuning_seconds({"embed_s_per_text": 0.01}, 10, 16, 100)
-    15.6
+    18.7
     """
     per_step = 2 * batch_size * 3 * rates["embed_s_per_text"]
     return round(FIXED_SECONDS["tune"] + steps * per_step + 1.1 * n_train * rates["embed_s_per_text"], 3)
@@ -608,9 +608,9 @@ class Study:
         plan = plan_budget(rates, self.seconds_left(), train.num_rows, test.num_rows, self.cfg)
         self.state["plan"] = plan
         self.say("[plan] minutes per stage: " + ", ".join(f"{k} {v / 60:.2f}" for k, v in plan["seconds"].items()))
-        finetune = plan["finetune"]
-        if finetune["capped"] or finetune["skipped"]:
-            self.say(f"[plan] fine-tune: {finetune['capped'] or 'skipped: ' + finetune['skipped']}")
+        for key, what in (("finetune", "fine-tune"), ("tune", "tuned embedder")):
+            if plan[key]["capped"] or plan[key]["skipped"]:
+                self.say(f"[plan] {what}: {plan[key]['capped'] or 'skipped: ' + plan[key]['skipped']}")
 
     def do_index(self) -> None:
         from rag.classifier import RagClassifier
@@ -626,10 +626,12 @@ class Study:
         plan = self.state["plan"]["finetune"]
         if plan["skipped"]:
             return plan["skipped"]
-        reserve = sum(self.state["plan"]["seconds"][k] for k in ("evaluate", "decide"))
+        reserve = sum(self.state["plan"]["seconds"][k] for k in ("tune", "evaluate", "decide"))
         deadline = time.monotonic() + self.seconds_left() - reserve
         if deadline - time.monotonic() < 1:
-            return f"no time left for the fine-tune ({self.seconds_left() / 60:.2f} min left, evaluation needs it)"
+            return (
+                f"no time left for the fine-tune ({self.seconds_left() / 60:.2f} min left, the later stages need it)"
+            )
         cfg = self.finetune_config(epochs=plan["epochs"], eval_size=plan["eval_size"], train_size=plan["train_size"])
         stopper = deadline_callback(deadline)
         run = train(cfg, self.split[0], overwrite=True, callbacks=[stopper])
