@@ -163,11 +163,24 @@ def test_the_tuned_line_tunes_a_copy_on_the_fitting_examples_and_picks_its_vote(
     from compare.curve import Scoring, holdout_split, run_tuned_retrieval
     from rag.tune_embedder import TuneEmbedderConfig
 
-    before = embedder.probe.copy()
+    before = embedder.model.encode(["so happy", "so sad"])  # the model itself, not a cached or traced vector
     fit, validation = holdout_split(small_train.select(range(40)), seed=0)
     scoring = Scoring(list(small_test["text"][:20]), list(small_test["label"][:20]), list(LABELS))
     tune = TuneEmbedderConfig(min_steps=1, max_steps=1, batch_size=4, warmup=0.0)
     result = run_tuned_retrieval(embedder, tune, fit, validation, 0, scoring)
     assert result["tuning_steps"] == 1 and 0 <= result["accuracy"] <= 1
     assert result["vote"]["k"] <= fit.num_rows == 32 and 0 <= result["vote"]["accuracy"] <= 1
-    assert (embedder.probe == before).all() and (embedder.encode(["x"]) == embedder.encode(["x"])).all()
+    assert (embedder.model.encode(["so happy", "so sad"]) == before).all()  # the shared embedder is untouched
+
+
+def test_the_vote_is_chosen_on_the_validation_fifth_and_applied(embedder, small_train):
+    from compare.curve import choose_vote, holdout_split
+    from rag import RagClassifier, RagConfig
+
+    fit, validation = holdout_split(small_train.select(range(100)), seed=0)
+    clf = RagClassifier.build(RagConfig(tune=False, k=3), fit, embedder=embedder, show_progress=False)
+    chosen = choose_vote(clf, list(fit["label"]), list(validation["text"]), list(validation["label"]), seed=0)
+    assert (clf.k, clf.weighting, clf.temperature) == (chosen["k"], chosen["weighting"], chosen["temperature"])
+    predicted = [p.label for p in clf.predict(list(validation["text"]))]
+    hits = sum(p == r for p, r in zip(predicted, validation["label"], strict=True))
+    assert chosen["accuracy"] == pytest.approx(hits / validation.num_rows, abs=1e-4)
