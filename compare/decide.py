@@ -122,7 +122,7 @@ class Score:
 
 
 @dataclass
-class Field:
+class Contenders:
     """The contenders still in the running, with the figures they are judged on, and what they are judged under.
 
     `measured` holds, per kind, its best backend's report entry (its accuracy replaced by the learning curve's at
@@ -160,7 +160,7 @@ def kind_of(name: str) -> str | None:
 # --- noise: from the report's intervals or the curve's spread --------------------------------------------------------
 
 
-def noise(f: Field, a: str, b: str) -> dict[str, Any]:
+def noise(f: Contenders, a: str, b: str) -> dict[str, Any]:
     """``{"diff", "within", "how"}``: `a`'s accuracy minus `b`'s, whether that is within the noise, and how that was
     judged, in plain words (the report's paired interval; else its two intervals; or the curve's spread)."""
     diff = f.accuracy(a) - f.accuracy(b)
@@ -168,7 +168,7 @@ def noise(f: Field, a: str, b: str) -> dict[str, Any]:
     return {"diff": diff, **judged}
 
 
-def _report_noise(f: Field, a: str, b: str) -> dict[str, Any]:
+def _report_noise(f: Contenders, a: str, b: str) -> dict[str, Any]:
     na, nb = f.measured[a]["name"], f.measured[b]["name"]
     for pair in f.report.get("pairwise") or []:
         if {pair.get("a"), pair.get("b")} == {na, nb} and pair.get("diff_ci95"):
@@ -186,7 +186,7 @@ def _report_noise(f: Field, a: str, b: str) -> dict[str, Any]:
     return {"within": False, "how": "the report has no intervals to judge the noise by (re-run compare.run)"}
 
 
-def _curve_noise(f: Field, a: str, b: str) -> dict[str, Any]:
+def _curve_noise(f: Contenders, a: str, b: str) -> dict[str, Any]:
     sa, sb = f.measured[a].get("accuracy_std", 0.0), f.measured[b].get("accuracy_std", 0.0)
     gap = abs(f.accuracy(a) - f.accuracy(b))
     if sa == sb == 0:
@@ -202,7 +202,7 @@ def _curve_noise(f: Field, a: str, b: str) -> dict[str, Any]:
 # --- one function per criterion: each returns a score per contender and its reason ---------------------------------
 
 
-def task_nature(f: Field) -> list[Score]:
+def task_nature(f: Contenders) -> list[Score]:
     """Accuracy: 0 for the best and for those within the noise of it, minus the gap for the others."""
     best = max(f.feasible, key=f.accuracy)
     scores = []
@@ -225,7 +225,7 @@ def task_nature(f: Field) -> list[Score]:
     return scores
 
 
-def data_availability(f: Field) -> list[Score]:
+def data_availability(f: Contenders) -> list[Score]:
     """The learning curve at the team's number of labeled examples: 1 for the lines at the top (within its spread)."""
     have, curve = f.constraints.labeled_examples, f.curve
     if have is None or not curve:
@@ -250,7 +250,7 @@ def data_availability(f: Field) -> list[Score]:
     return [Score(k, 1.0, text if k == leaders[0] else None) for k in leaders]
 
 
-def freshness(f: Field) -> list[Score]:
+def freshness(f: Contenders) -> list[Score]:
     """How much of each contender new labels reach at once, scaled by how often they change."""
     frequency = UPDATE_FREQUENCY[f.constraints.updates]
     if not frequency:
@@ -270,7 +270,7 @@ def freshness(f: Field) -> list[Score]:
     return [Score(s.kind, s.value, text if s is first else None) for s in scores]
 
 
-def explainability(f: Field) -> list[Score]:
+def explainability(f: Contenders) -> list[Score]:
     """When evidence is required: the share of answers each contender backs with labeled examples."""
     if not f.constraints.need_evidence:
         return []
@@ -287,7 +287,7 @@ def explainability(f: Field) -> list[Score]:
     return scores
 
 
-def resource_limits(f: Field) -> list[Score]:
+def resource_limits(f: Contenders) -> list[Score]:
     """Speed within the budget: the fastest p95 latency over each contender's (1 for the fastest)."""
     p95 = {k: (f.measured[k].get("latency_ms") or {}).get("p95") for k in f.feasible}
     p95 = {k: v for k, v in p95.items() if v}
@@ -305,7 +305,7 @@ def resource_limits(f: Field) -> list[Score]:
     return scores
 
 
-CRITERIA: dict[str, Callable[[Field], list[Score]]] = {
+CRITERIA: dict[str, Callable[[Contenders], list[Score]]] = {
     "task nature": task_nature,
     "data availability": data_availability,
     "freshness": freshness,
@@ -401,7 +401,7 @@ def pick(by_kind, constraints: Constraints, rec: Recommendation) -> dict[str, di
 # --- the verdict ----------------------------------------------------------------------------------------------------
 
 
-def weigh(f: Field, rec: Recommendation) -> dict[str, dict[str, float]]:
+def weigh(f: Contenders, rec: Recommendation) -> dict[str, dict[str, float]]:
     """Every criterion's weighted score per contender (``{kind: {criterion: points}}``); the reasons go to `rec`."""
     weighted: dict[str, dict[str, float]] = {kind: {} for kind in f.feasible}
     for criterion, judge in CRITERIA.items():
@@ -413,7 +413,7 @@ def weigh(f: Field, rec: Recommendation) -> dict[str, dict[str, float]]:
     return weighted
 
 
-def tie_break(f: Field, choice: str, runner_up: str, weighted: dict[str, dict[str, float]]) -> str | None:
+def tie_break(f: Contenders, choice: str, runner_up: str, weighted: dict[str, dict[str, float]]) -> str | None:
     """In plain words, when the choice is not simply the more accurate beyond the noise: that the two are within
     noise, or that the choice is less accurate, and which criteria decided it."""
     judged = noise(f, choice, runner_up)
@@ -434,7 +434,7 @@ def tie_break(f: Field, choice: str, runner_up: str, weighted: dict[str, dict[st
     )
 
 
-def caveats(f: Field, rec: Recommendation, totals: dict[str, float]) -> None:
+def caveats(f: Contenders, rec: Recommendation, totals: dict[str, float]) -> None:
     """What to keep in mind beside the reasons."""
     ranked = sorted(f.feasible, key=lambda k: totals[k], reverse=True)
     if len(ranked) > 1 and totals[ranked[0]] - totals[ranked[1]] < 0.25:
@@ -477,7 +477,7 @@ def decide(report: dict[str, Any], constraints: Constraints, curve: dict[str, An
         rec.caveats.append(f"no measured backend meets every constraint: {misses}. Relax a constraint, or measure on "
                            "other hardware.")  # fmt: skip
         return rec
-    f = Field(measured, feasible, constraints, report, curve, curve_size)
+    f = Contenders(measured, feasible, constraints, report, curve, curve_size)
     weighted = weigh(f, rec)
     totals = {kind: sum(points.values()) for kind, points in weighted.items()}
     ranked = sorted(feasible, key=lambda k: (totals[k], f.accuracy(k)), reverse=True)

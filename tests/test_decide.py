@@ -11,7 +11,7 @@ from compare.decide import (
     CRITERIA,
     WEIGHTS,
     Constraints,
-    Field,
+    Contenders,
     crossover,
     data_availability,
     decide,
@@ -80,10 +80,10 @@ def banded_curve(ft_std=0.03, rag_std=0.03):
 
 
 def field(report, constraints=None, kinds=None, curve=None, curve_size=None):
-    """A Field over the report's backends (all feasible), for calling a criterion directly."""
+    """A Contenders over the report's backends (all feasible), for calling a criterion directly."""
     measured = {kind_of(name): {**b, "name": name} for name, b in report["backends"].items()}
     feasible = list(kinds or measured)
-    return Field(measured, feasible, constraints or Constraints(), report, curve, curve_size)
+    return Contenders(measured, feasible, constraints or Constraints(), report, curve, curve_size)
 
 
 def texts(scores):
