@@ -3,11 +3,12 @@
 Splits off a test set when the data has none (stratified, seeded, no text on both sides), plans the time budget
 from the data's size and a short timed probe of the embedder and the base model, then runs the stages: the split,
 the plan, the retrieval index, the fine-tune (its epochs or examples capped to fit, and stopped at its deadline),
-the comparison on the test set (with intervals, and a hybrid of the two), a learning curve sized to the time left,
-and `decide`. Writes report.json / report.md / plots, curve.json / curve.png, decision.json and study.json (planned
-vs actual minutes per stage) to DIR. Interrupted, the same command resumes: finished stages are skipped and the
-fine-tune continues from its last checkpoint. The budget covers the whole study, resumed runs included (time spent
-in an interrupted stage is not counted).
+retrieval over an embedder tuned on the training examples (``rag-tuned``, its steps capped to fit), the comparison
+on the test set (with intervals, and a hybrid of the fine-tune and retrieval), a learning curve sized to the time
+left, and `decide`. Writes report.json / report.md / plots, curve.json / curve.png, decision.json and study.json
+(planned vs actual minutes per stage) to DIR. Interrupted, the same command resumes: finished stages are skipped
+and the fine-tune continues from its last checkpoint. The budget covers the whole study, resumed runs included
+(time spent in an interrupted stage is not counted).
 """
 
 from __future__ import annotations
@@ -443,10 +444,10 @@ class Study:
     Each stage writes its artifact atomically, then marks itself done; a re-run skips what is done.
     """
 
-    def __init__(self, cfg: StudyConfig, say: Callable[[str], None] = print) -> None:
+    def __init__(self, cfg: StudyConfig, say: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.say = say
+        self.say = say or (lambda message: print(message, flush=True))  # progress shows at once, even when piped
         self.started = time.monotonic()
         self.state: dict[str, Any] = {}
         self._embedder = None
