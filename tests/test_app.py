@@ -187,11 +187,22 @@ def test_batch_evaluation_then_recommendation(service, tmp_path):
         fns["evaluate"](str(huge), False, 100)
     good = tmp_path / "good.csv"
     good.write_text("text,label\nI love it,positive\nawful,negative\nthe bus is at 5,neutral\nyay,positive\n")
-    table, confusion_png, _latency_png, files = fns["evaluate"](str(good), False, 100)
+    scored, table, *images, per_class, disagreements, archive, report = fns["evaluate"](str(good), False, 100)
+    assert "all 4 rows of the uploaded file" in scored and "95% bootstrap interval over these 4 texts" in scored
     assert [row[0] for row in table] == ["finetune", "rag"]
-    assert Path(confusion_png).read_bytes()[:4] == b"\x89PNG" and len(files) == 3
-    text = fns["recommend"](None, None, None, "daily", "cpu", False)
+    assert len(images) == 4 and all(Path(i).read_bytes()[:4] == b"\x89PNG" for i in images)
+    assert {row[0] for row in per_class} == {"finetune", "rag"} and len(per_class) == 6  # 2 backends x 3 labels
+    assert disagreements["headers"] == ["text", "reference", "finetune", "rag"]
+    import zipfile
+
+    names = set(zipfile.ZipFile(archive).namelist())
+    assert {"report.json", "report.md", "disagreements.csv", "confusion_matrices.png", "accuracy.png"} <= names
+    text = fns["recommend"](None, None, None, "daily", "cpu", False, True, report)  # this visitor's own report
     assert text.startswith("## Recommendation: ") and "labeled data changes daily" in text
+    assert "all 4 rows of the uploaded file" in text  # it says what it rests on
+    assert state.report is None  # a visitor's run never becomes everyone's report
+    with pytest.raises(gr.Error, match="no comparison report yet"):
+        fns["recommend"](None, None, None, "daily", "cpu", False, False, report)
 
 
 # --- a launched app, through gradio_client --------------------------------------------------------------------------
@@ -244,9 +255,9 @@ def test_missing_backends_are_built_with_progress(shared_dir, data_dir, tmp_path
 def test_the_compare_tab_says_when_the_model_was_trained_from_scratch(service):
     service.backends["finetune"].meta["from_scratch"] = True
     service.backends["finetune"].meta["scratch_preset"] = {"name": "tiny", "n_layer": 2, "n_embd": 128}
-    line = app._what_is(service, "finetune")
+    line = app.what_is(service, "finetune")
     assert line.startswith("**GPT-2 \\(tiny: 2 layers, 128 wide\\) trained from scratch")
-    assert app._what_is(service, "rag").startswith("kNN vote")
+    assert app.what_is(service, "rag").startswith("kNN vote")
 
 
 def test_prebuilt_artifacts_come_from_a_hub_repo(app_artifacts, tmp_path, monkeypatch):
@@ -273,7 +284,9 @@ def test_prebuilt_artifacts_come_from_a_hub_repo(app_artifacts, tmp_path, monkey
 
 
 def test_old_report_downloads_are_cleaned_up(service, tmp_path, monkeypatch):
-    monkeypatch.setattr(app, "KEEP_REPORTS", 2)
+    import serving.ui
+
+    monkeypatch.setattr(serving.ui, "KEEP_REPORTS", 2)
     state = app.App(service, upload_root=tmp_path)
     demo = app.build_demo(state)
     evaluate_fn = next(dep.fn for dep in demo.fns.values() if dep.api_name == "evaluate")
@@ -281,8 +294,57 @@ def test_old_report_downloads_are_cleaned_up(service, tmp_path, monkeypatch):
     good.write_text("text,label\nI love it,positive\nawful,negative\n")
     dirs = []
     for _ in range(3):
-        *_, files = evaluate_fn(str(good), False, 100)
-        dirs.append(Path(files[0]).parent)
+        *_, archive, _report = evaluate_fn(str(good), False, 100)
+        dirs.append(Path(archive).parent)
     assert not dirs[0].exists() and dirs[1].exists() and dirs[2].exists()
     with pytest.raises(Exception, match="no backend|no backends"):
         app.App(Service(), upload_root=tmp_path).evaluate_file(str(good), False, 10)
+
+
+def test_decide_answers_out_of_the_box_from_the_start_up_comparison(service, artifacts, data_dir, monkeypatch):
+    monkeypatch.setenv("FTRAG_DATA", str(data_dir))
+    state = app.App(service, report_dir=artifacts / "report")
+    client = TestClient(app.create_app(state))
+    assert client.post("/api/recommend", json={}).status_code == 400  # nothing measured yet
+    state.start_comparison(n=60, background=False)
+    answer = client.post("/api/recommend", json={"updates": "daily"})
+    assert answer.status_code == 200 and answer.json()["choice"] in {"finetune", "rag", "fine-tune", "hybrid"}
+    assert state.report["dataset"]["n"] == 60 and "measured at start-up" in state.report["dataset"]["scored"]
+    assert (artifacts / "report" / "report.json").exists()  # saved: the next start reads it instead of measuring
+    assert app.App(service, report_dir=artifacts / "report").report["dataset"]["n"] == 60
+
+
+def test_while_the_start_up_comparison_runs_recommend_says_so(service):
+    state = app.App(service)
+    state.comparing = "40%: timing single queries"
+    response = TestClient(app.create_app(state)).post("/api/recommend", json={})
+    assert response.status_code == 503 and "still running (40%" in response.json()["error"]
+    assert response.headers["Retry-After"] == "10"
+
+
+def test_two_visitors_decide_from_their_own_batch_runs(service, tmp_path):
+    state = app.App(service, upload_root=tmp_path)
+    fns = {dep.api_name: dep.fn for dep in app.build_demo(state).fns.values() if dep.api_name}
+    mine, theirs = tmp_path / "mine.csv", tmp_path / "theirs.csv"
+    mine.write_text("text,label\nI love it,positive\nawful,negative\n")
+    theirs.write_text("text,label\n" + "".join(f"tweet {i},neutral\n" for i in range(7)))
+    *_, my_report = fns["evaluate"](str(mine), False, 100)
+    *_, their_report = fns["evaluate"](str(theirs), False, 100)
+    assert "all 2 rows" in fns["recommend"](None, None, None, "rarely", "cpu", False, True, my_report)
+    assert "all 7 rows" in fns["recommend"](None, None, None, "rarely", "cpu", False, True, their_report)
+
+
+def test_decide_takes_percentages_and_empty_fields(service, tmp_path):
+    from serving.ui import number, share
+
+    assert share(80) == pytest.approx(0.8) and share(0.8) == 0.8 and share(None) is None
+    assert number("", "x") is None and number("80%", "x") == 80
+    with pytest.raises(InputError, match="not a number"):
+        number("lots", "labeled examples")
+    state = app.App(service, upload_root=tmp_path)
+    fns = {dep.api_name: dep.fn for dep in app.build_demo(state).fns.values() if dep.api_name}
+    good = tmp_path / "good.csv"
+    good.write_text("text,label\nI love it,positive\nawful,negative\n")
+    *_, report = fns["evaluate"](str(good), False, 100)
+    text = fns["recommend"]("", "99%", "", "rarely", "cpu", False, True, report)
+    assert "0.99" in text  # read as 99%, not refused as an impossible 99.0

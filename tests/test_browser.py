@@ -42,28 +42,100 @@ def _require_browser():
     return sync_playwright
 
 
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
+"""Where the browser test leaves its screenshots for a reviewer to look at."""
+
+
 @pytest.fixture()
-def served_app(app_artifacts, serve) -> str:
-    return serve(app.create_app(app.App(Service.start(app_artifacts, build_missing=False))))
+def served_app(app_artifacts, serve, data_dir, monkeypatch, tmp_path) -> str:
+    monkeypatch.setenv("FTRAG_DATA", str(data_dir))
+    state = app.App(Service.start(app_artifacts, build_missing=False), report_dir=tmp_path / "report")
+    state.start_comparison(n=60, background=False)  # what `python app.py` does in the background at start-up
+    return serve(app.create_app(state))
 
 
-def test_browser_types_a_tweet_and_sees_both_answers(served_app, tmp_path):
+def expect(locator):
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
+def _open(browser, url: str):
+    page = browser.new_page()  # a browser or a context of its own (another visitor)
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    # The page keeps a heartbeat connection open (per-visitor state), so wait for the page itself, not network idle.
+    page.goto(url, wait_until="load", timeout=60_000)
+    page.get_by_label("A tweet").wait_for(timeout=60_000)
+    return page
+
+
+def _shot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+
+
+def test_browser_compare_batch_evaluation_and_decide(served_app, tmp_path):
     sync_playwright = _require_browser()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(served_app, wait_until="networkidle", timeout=60_000)
+            page = _open(browser, served_app)
             page.get_by_label("A tweet").fill("<b>my flight</b> got cancelled again, unbelievable")
             page.get_by_role("button", name="Compare", exact=True).click()
             for name in ("finetune", "rag"):
                 page.locator(f"#latency-{name}").get_by_text(" ms").wait_for(timeout=30_000)
             text = page.locator("body").inner_text()
-            assert "Fine-tuned model" in text and "Retrieval (RAG)" in text
+            assert "Fine-tuned model" in text and "Retrieval (RAG)" in text and "that vote" in text
             assert "kNN vote" in page.locator("#what-rag").inner_text()
             assert "<b>" not in page.locator("#latency-rag").inner_html()  # user text never becomes markup
-            shot = tmp_path / "compare.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
+            _shot(page, "compare")
+
+            page.get_by_role("tab", name="Batch evaluation").click()
+            upload = tmp_path / "my-tweets.csv"
+            upload.write_text("text,label\nI love this,positive\nthis is awful,negative\nbus at 5,neutral\n")
+            page.locator("#upload input[type=file]").set_input_files(str(upload))
+            expect(page.get_by_label("Use the bundled test split instead")).not_to_be_checked()  # a file: score it
+            page.get_by_role("button", name="Evaluate every backend").click()
+            page.locator("#scored").get_by_text("all 3 rows of the uploaded file").wait_for(timeout=120_000)
+            _shot(page, "batch-evaluation")
+
+            page.get_by_role("tab", name="Decide").click()
+            page.get_by_role("button", name="Recommend").click()
+            try:
+                page.locator("#recommendation").get_by_text("Recommendation:").wait_for(timeout=30_000)
+            finally:
+                _shot(page, "decide")
+            assert "measured at start-up" in page.locator("#recommendation").inner_text()  # out of the box
+            _shot(page, "decide")
+        finally:
+            browser.close()
+
+
+def test_two_visitors_decide_from_their_own_runs(served_app, tmp_path):
+    """Visitor A's batch run shapes A's recommendation only; visitor B, in another context, still sees the shared
+    start-up comparison."""
+    sync_playwright = _require_browser()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            a, b = _open(browser.new_context(), served_app), _open(browser.new_context(), served_app)
+            a.get_by_role("tab", name="Batch evaluation").click()
+            upload = tmp_path / "a.csv"
+            upload.write_text("text,label\nI love this,positive\nthis is awful,negative\n")
+            a.locator("#upload input[type=file]").set_input_files(str(upload))
+            expect(a.get_by_label("Use the bundled test split instead")).not_to_be_checked()
+            a.get_by_role("button", name="Evaluate every backend").click()
+            a.locator("#scored").get_by_text("all 2 rows").wait_for(timeout=120_000)
+            for page in (a, b):
+                page.get_by_role("tab", name="Decide").click()
+            a.get_by_label("Use my latest batch evaluation").check()
+            for page in (a, b):
+                page.get_by_role("button", name="Recommend").click()
+                page.locator("#recommendation").get_by_text("Based on").wait_for(timeout=30_000)
+            assert "all 2 rows of the uploaded file" in a.locator("#recommendation").inner_text()
+            assert "measured at start-up" in b.locator("#recommendation").inner_text()
+            _shot(b, "decide-second-visitor")
         finally:
             browser.close()

@@ -1,0 +1,155 @@
+"""The JSON API: routes over the shared `App`, one set of input limits, errors that never echo the input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from compare.decide import Constraints
+from core.limits import MAX_BODY_BYTES, MAX_TEXTS
+from serving.access import Refused, bearer_token
+from serving.service import InputError, hide_paths
+from serving.state import App
+
+
+class Body(BaseModel):
+    """Every request body: numbers must be finite (NaN, Infinity and 1e999 are refused with 422, not a 500)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+class ClassifyBody(Body):
+    texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS, description=f"1 to {MAX_TEXTS} texts")
+    backends: list[str] | None = Field(default=None, max_length=8, description="default: every loaded backend")
+
+
+class CompareBody(Body):
+    texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS)
+    labels: list[str] | None = Field(default=None, max_length=MAX_TEXTS, description="references, to score")
+
+
+class TeachBody(Body):
+    texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS)
+    labels: list[str] = Field(min_length=1, max_length=MAX_TEXTS)
+
+
+class RecommendBody(Body):
+    labeled_examples: int | None = Field(default=None, ge=1)
+    accuracy_target: float | None = Field(default=None, gt=0, le=1)
+    latency_budget_ms: float | None = Field(default=None, gt=0)
+    updates: str = "rarely"
+    hardware: str = "cpu"
+    need_evidence: bool = False
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes under `prefix` gets 413 before it is read whole.
+
+    A declared Content-Length over the limit is refused before a byte is read; a chunked body is counted as it
+    arrives and refused as soon as it passes the limit.
+    """
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES, prefix: str = "/api/") -> None:
+        self.app, self.limit, self.prefix = app, limit, prefix
+
+    def _too_large(self) -> HTTPException:
+        return HTTPException(status_code=413, detail=f"the request body is over the limit of {self.limit:,} bytes")
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            response = JSONResponse(status_code=413, content={"error": self._too_large().detail})
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counted() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise self._too_large()  # FastAPI lets an HTTPException from reading the body through as it is
+            return message
+
+        return await self.app(scope, counted, send)
+
+
+def client_of(request: Request | None) -> str:
+    """Who is asking, for the rate limit: the peer address (behind a proxy, the proxy's unless it forwards it)."""
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None) or "?"
+
+
+def _validation_message(err: RequestValidationError) -> dict[str, Any]:
+    """A 422 body that says what is wrong without echoing the input (which may be huge, or NaN that JSON lacks)."""
+    details = [
+        {"loc": [str(part)[:50] for part in e.get("loc", ())][:6], "msg": str(e.get("msg", ""))[:200]}
+        for e in err.errors()[:10]
+    ]
+    text = "; ".join(f"{'.'.join(d['loc'][1:]) or 'body'}: {d['msg']}" for d in details)
+    return {"error": text or "the request body is not valid", "details": details}
+
+
+def create_api(state: App) -> FastAPI:
+    """The API routes, with the body limit, and error handlers that answer JSON and never echo the input."""
+    api = FastAPI(title="Fine-tune vs RAG API", description="Classify with both backends, compare, teach, decide.")
+    api.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+
+    @api.exception_handler(InputError)
+    async def _input_error(request: Request, err: InputError) -> JSONResponse:
+        return JSONResponse(status_code=400, content={"error": hide_paths(str(err))})
+
+    @api.exception_handler(Refused)
+    async def _refused(request: Request, err: Refused) -> JSONResponse:
+        headers = {"Retry-After": str(max(1, round(err.retry_after)))} if err.retry_after else None
+        return JSONResponse(status_code=err.status, content={"error": str(err)}, headers=headers)
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content=_validation_message(err))
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(status_code=err.status_code, content={"error": str(err.detail)}, headers=err.headers)
+
+    @api.get("/api/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "backends": sorted(state.service.backends), "unavailable": state.service.unavailable}
+
+    @api.post("/api/classify")
+    def classify(body: ClassifyBody) -> dict[str, Any]:
+        return {"results": state.service.classify(body.texts, body.backends)}
+
+    @api.post("/api/compare")
+    def compare(body: CompareBody) -> dict[str, Any]:
+        return state.compare_texts(body.texts, body.labels)
+
+    @api.post("/api/teach")
+    def teach(body: TeachBody, request: Request, authorization: str | None = Header(default=None)) -> dict[str, Any]:
+        """Add labeled examples to the shared index (see SECURITY.md for who may)."""
+        return state.service.teach(body.texts, body.labels, bearer_token(authorization), client_of(request))
+
+    @api.delete("/api/teach/{teach_id}")
+    def forget(teach_id: int, request: Request, authorization: str | None = Header(default=None)) -> dict[str, Any]:
+        """Remove one taught example (the id that /api/teach returned)."""
+        return state.service.forget(teach_id, bearer_token(authorization), client_of(request))
+
+    @api.post("/api/recommend")
+    def recommend(body: RecommendBody) -> dict[str, Any]:
+        try:
+            constraints = Constraints(**body.model_dump())
+        except ValueError as err:
+            raise InputError(str(err)) from err
+        return state.recommend(constraints)
+
+    @api.get("/api/models")
+    def models() -> dict[str, Any]:
+        return state.service.models()
+
+    return api

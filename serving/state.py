@@ -1,0 +1,172 @@
+"""What the app shares between visitors: the service, the calm start-up comparison, the learning curve.
+
+A visitor's own batch evaluations are not stored here: they live in that visitor's page session (see serving.ui),
+so one visitor's 50-text run never changes what Decide tells everyone else.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from compare.decide import Constraints, decide
+from compare.metrics import accuracy
+from compare.runner import check_report, evaluate
+from core.data import DataError, label_names, load_tweets
+from core.files import read_json
+from core.limits import MAX_UPLOAD_ROWS
+from serving.access import Refused
+from serving.service import InputError, Service, load_upload, uploaded_file
+
+logger = logging.getLogger(__name__)
+
+LATENCY_QUERIES = 30
+"""Single queries timed per backend in a visitor's batch evaluation (the machine may be busy: see the note)."""
+STARTUP_TEXTS = 500
+"""Test texts of the start-up comparison, the calm measurement Decide uses out of the box."""
+STARTUP_LATENCY_QUERIES = 100
+
+
+class App:
+    """The service, the shared comparison report behind Decide (saved, or measured at start-up), the learning curve.
+
+    Args:
+        report_dir: where a saved report.json is read from (and the start-up comparison is written to).
+        curve_dir: where curve.json / curve.png are read from.
+        upload_root: the only folder uploaded files are read from (Gradio's upload area by default).
+    """
+
+    def __init__(
+        self,
+        service: Service,
+        report_dir: Path | None = None,
+        curve_dir: Path | None = None,
+        upload_root: str | Path | None = None,
+    ) -> None:
+        from gradio.utils import get_upload_folder
+
+        self.service = service
+        self.upload_root = Path(upload_root or get_upload_folder())
+        self.report_dir = report_dir
+        self.curve_dir = curve_dir
+        self.report: dict[str, Any] | None = None
+        self.comparing: str | None = None  # what the start-up comparison is doing, while it runs
+        if report_dir is not None and (report_dir / "report.json").exists():
+            try:
+                self.report = check_report(read_json(report_dir / "report.json", "report"))
+            except ValueError as err:
+                logger.warning("Ignoring the saved report: %s", err)
+
+    def start_comparison(self, n: int = STARTUP_TEXTS, background: bool = True) -> threading.Thread | None:
+        """When no report was saved, compare the loaded backends on `n` test texts, so Decide answers out of the box.
+
+        Runs once, at start-up, when nobody is using the machine yet: these are the calm figures Decide relies on
+        (a visitor's own batch run on a busy machine never replaces them). Written to `report_dir` for next time.
+        """
+        if self.report is not None or not self.service.backends:
+            return None
+        self.comparing = "starting"
+        if not background:
+            self._compare_on_test_split(n)
+            return None
+        thread = threading.Thread(target=self._compare_on_test_split, args=(n,), name="startup-compare", daemon=True)
+        thread.start()
+        return thread
+
+    def _compare_on_test_split(self, n: int) -> None:
+        from compare.report import write_report
+
+        try:
+            data = load_tweets(None, split="test")
+            if set(label_names(data)) != set(self.service.labels()):
+                raise DataError(f"the test split's labels {label_names(data)} are not the backends' labels")
+            data = load_tweets(None, split="test", limit=min(n, data.num_rows), seed=0)
+            report = evaluate(
+                self.service.backends,
+                data,
+                data_source="the bundled test split (start-up comparison)",
+                split="test",
+                latency_queries=STARTUP_LATENCY_QUERIES,
+                progress=lambda fraction, message: setattr(self, "comparing", f"{fraction:.0%}: {message}"),
+            )
+            report["dataset"]["scored"] = f"{data.num_rows:,} texts of the bundled test split, measured at start-up"
+            self.report = report
+            if self.report_dir is not None:
+                write_report(report, self.report_dir)
+        except (ValueError, OSError) as err:  # no test split here, other labels, a full disk: Decide says so
+            logger.warning("No start-up comparison: %s", err)
+            self.comparing = f"failed: {err}"
+            return
+        self.comparing = None
+
+    @property
+    def curve(self) -> dict[str, Any] | None:
+        path = (self.curve_dir or Path("/nonexistent")) / "curve.json"
+        try:
+            return read_json(path, "learning curve") if path.exists() else None
+        except ValueError as err:  # a damaged curve must not take Decide down: it answers from the report alone
+            logger.warning("Ignoring the learning curve: %s", err)
+            return None
+
+    # handlers shared by the UI and the API
+
+    def compare_texts(self, texts: list[str], labels: list[str] | None) -> dict[str, Any]:
+        results = self.service.classify(texts)
+        out: dict[str, Any] = {"results": results}
+        if labels is not None:
+            if len(labels) != len(texts):
+                raise InputError(f"give one label per text: {len(texts)} texts, {len(labels)} labels")
+            known = self.service.labels()
+            bad = sorted(set(labels) - set(known))
+            if bad:
+                raise InputError(f"unknown label(s) {bad}; use one of {known}")
+            names = list(results[0]["results"])
+            out["accuracy"] = {n: accuracy([r["results"][n]["label"] for r in results], labels) for n in names}
+        names = list(results[0]["results"])
+        if len(names) == 2:
+            a, b = names
+            out["agreement"] = sum(r["results"][a]["label"] == r["results"][b]["label"] for r in results) / len(texts)
+        return out
+
+    def recommend(self, constraints: Constraints, report: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`decide` on `report` (a visitor's own batch evaluation) or, by default, the shared comparison."""
+        report = report or self.report
+        if report is None:
+            if self.comparing and not self.comparing.startswith("failed"):
+                raise Refused(f"the start-up comparison is still running ({self.comparing}); ask again soon", 503, 10)
+            raise InputError("no comparison report yet: run one in the Batch evaluation tab (or compare.run)")
+        return {"constraints": constraints.__dict__, **decide(report, constraints, self.curve).to_dict()}
+
+    def evaluate_file(self, path: Any, use_test_split: bool, size: int, progress=None) -> dict[str, Any]:
+        """Score every backend on an uploaded file or on `size` texts of the test split (one of the two, never both).
+
+        The file must have been uploaded through this app (see `uploaded_file`); the report's ``dataset.scored``
+        says what was scored.
+        """
+        if use_test_split and path:
+            raise InputError(
+                "both a file and the bundled test split are selected: untick “use the bundled test split” to score "
+                "your file, or clear the file to score the test split"
+            )
+        if use_test_split:
+            n = min(max(int(size), 1), MAX_UPLOAD_ROWS)
+            dataset = load_tweets(None, split="test", limit=n, seed=0)
+            source, split, scored = "the bundled test split", "test", f"{n:,} texts of the bundled test split"
+        elif not path:
+            raise InputError("upload a CSV or JSONL file with text and label columns, or pick the test split")
+        else:
+            dataset, scored = load_upload(uploaded_file(path, self.upload_root), labels=self.service.labels())
+            source, split = "an uploaded file", "uploaded"
+        report = evaluate(
+            self.service.backends,
+            dataset,
+            data_source=source,
+            split=split,
+            latency_queries=min(LATENCY_QUERIES, dataset.num_rows),
+            batch_rounds=1,
+            progress=progress,
+        )
+        report["dataset"]["scored"] = scored
+        return report
