@@ -298,16 +298,19 @@ def run_tuned_retrieval(embedder, tune: TuneEmbedderConfig, fit, validation, see
 
 
 def run_size(n: int, seed: int, train, test, setup: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Every contender at `n` examples for one seed: ``(row of results, budget record)``."""
+    """Every contender at `n` examples for one seed: ``(row of results, {contender: training budget})``."""
     test_set: Scoring = setup["test"]
     sample = stratified_sample(train, n, seed=seed, what="train")
     fit, validation = holdout_split(sample, seed)
     row: dict[str, Any] = {"size": n, "seed": seed, "fit_size": fit.num_rows, "validation_size": validation.num_rows}
     row["rag"] = run_retrieval(setup["embedder"], fit, validation, seed, test_set)
-    if setup["tune"] is not None:
-        row["rag-tuned"] = run_tuned_retrieval(setup["embedder"], setup["tune"], fit, validation, seed, test_set)
+    budget: dict[str, Any] = {}
+    if (tune := setup["tune"]) is not None:
+        row["rag-tuned"] = run_tuned_retrieval(setup["embedder"], tune, fit, validation, seed, test_set)
+        budget["rag-tuned"] = {"steps": tune.steps_for(fit.num_rows), "learning_rate": tune.learning_rate,
+                               "batch_size": tune.batch_size, "loss": tune.loss}  # fmt: skip
     base = setup["finetune_config"](n, "unused")
-    cfg, budget = finetune_budget(base, fit.num_rows, validation.num_rows, seed, setup["min_steps"])
+    cfg, budget["finetune"] = finetune_budget(base, fit.num_rows, validation.num_rows, seed, setup["min_steps"])
     row["finetune"] = run_finetune(cfg, sample, test_set)
     line = ", ".join(f"{name} {row[name]['accuracy']:.4f}" for name in CONTENDERS if name in row)
     logger.info("%d examples, seed %d: %s", n, seed, line)
@@ -352,8 +355,8 @@ def learning_curve(
         tune: the tuned embedder's settings; None = no ``rag-tuned`` line.
 
     Returns the curve: ``sizes``, ``seeds``, ``test_size``, ``labels``, ``protocol``, per contender under
-    ``backends`` ``{"mean", "std", "runs"}``, the fine-tune's ``budget`` per size, every run's details under
-    ``rows``, and ``crossover`` / ``crossover_range``.
+    ``backends`` ``{"mean", "std", "runs"}``, the training ``budget`` per size (fine-tune, tuned embedder), every
+    run's details under ``rows``, and ``crossover`` / ``crossover_range``.
     """
     import rag
 
@@ -384,7 +387,7 @@ def learning_curve(
         "backends": {
             name: summarise([[r[name]["accuracy"] for r in rows if r["seed"] == s] for s in seeds]) for name in names
         },
-        "budget": {"finetune": [{"size": n, **budgets[n]} for n in ns]},
+        "budget": {name: [{"size": n, **budgets[n][name]} for n in ns] for name in budgets[ns[0]]},
         "rows": rows,
     }
     curve["crossover"], curve["crossover_range"] = crossover(curve), crossover_range(curve)

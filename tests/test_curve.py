@@ -75,6 +75,10 @@ def test_the_cli_runs_every_contender_over_two_seeds_on_the_same_examples(
         {"size": 20, "steps": 6, "epochs": 3.0, "learning_rate": SMALL_DATA_LR, "batch_size": 8},
         {"size": 40, "steps": 8, "epochs": 2.0, "learning_rate": SMALL_DATA_LR, "batch_size": 8},
     ]
+    assert curve["budget"]["rag-tuned"] == [
+        {"size": 20, "steps": 1, "learning_rate": 2e-5, "batch_size": 4, "loss": "cosine-pairs"},
+        {"size": 40, "steps": 1, "learning_rate": 2e-5, "batch_size": 4, "loss": "cosine-pairs"},
+    ]
     assert tunings == [(1, 1, 4, 0, 16), (1, 1, 4, 0, 32), (1, 1, 4, 1, 16), (1, 1, 4, 1, 32)]
     assert curve["backends"]["rag-tuned"] == {"mean": [0.55, 0.55], "std": [0.0707, 0.0707],
                                               "runs": [[0.5, 0.5], [0.6, 0.6]]}  # fmt: skip
