@@ -107,8 +107,13 @@ def tokenize(dataset, tokenizer, labels: Sequence[str], max_length: int):
         out["length"] = [len(ids) for ids in out["input_ids"]]
         return out
 
-    tokenized = dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenizing")
-    return tokenized.filter(lambda row: row["length"] > 0, desc="dropping texts with no tokens")
+    # The fingerprint is named here: left to `datasets`, it would hash the whole tokenizer (seconds per run). The
+    # result stays in memory (tweets tokenize to a few MB), so no cache file is written under that name.
+    key = f"{dataset._fingerprint}|{tokenizer.name_or_path}|{len(tokenizer)}|{max_length}|{list(labels)}"
+    fingerprint = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+    tokenized = dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenizing",
+                            keep_in_memory=True, new_fingerprint=fingerprint)  # fmt: skip
+    return tokenized.filter(lambda row: row["length"] > 0, desc="dropping texts with no tokens", keep_in_memory=True)
 
 
 def compute_metrics(eval_pred) -> dict[str, float]:
