@@ -57,6 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="ORG/NAME",
         help="first download prebuilt finetune/ and rag/ folders from this Hugging Face Hub repo into --artifacts",
     )
+    parser.add_argument(
+        "--no-compare-at-start",
+        action="store_true",
+        help="do not measure the backends at start-up when no report is saved (Decide then waits for one)",
+    )
     parser.add_argument("--host", default="0.0.0.0" if on_spaces else "127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     return parser.parse_args(argv)
@@ -92,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("Backends ready in %.1f s: %s", service.started_seconds, sorted(service.backends))
     service.start_compactor(float(os.environ.get("FTRAG_COMPACT_SECONDS", "600")))
     state = App(service, report_dir=artifacts / "report", curve_dir=artifacts / "curve")
-    state.start_comparison()  # in the background, when no report was saved: Decide then answers out of the box
+    if not args.no_compare_at_start:
+        state.start_comparison()  # in the background, when no report was saved: Decide then answers out of the box
     config = uvicorn.Config(
         create_app(state), host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3
     )

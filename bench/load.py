@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
 import numpy as np
+import psutil
 
 from bench.common import machine, percentiles, table
 from core.data import load_tweets
@@ -49,18 +50,14 @@ def running_app(artifacts: Path, **env: str):
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     environment = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "FTRAG_TEACH_PER_MINUTE": "1000000", **env}
-    server = subprocess.Popen(
-        [sys.executable, str(REPO / "app.py"), "--artifacts", str(work), "--no-build", "--port", str(port)],
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = (work / "app.log").open("w")  # a file, not a pipe: a full pipe would stall the app mid-benchmark
+    command = [sys.executable, str(REPO / "app.py"), "--artifacts", str(work), "--no-build", "--port", str(port)]
+    server = subprocess.Popen([*command, "--no-compare-at-start"], env=environment, stdout=log, stderr=log)
     try:
         start = time.perf_counter()
         while True:
             if server.poll() is not None:
-                raise SystemExit(f"the app exited: {server.stderr.read()[-2000:]}")
+                raise SystemExit(f"the app exited: {(work / 'app.log').read_text()[-2000:]}")
             try:
                 if httpx.get(url + "/api/health", timeout=2).json()["backends"] == ["finetune", "rag"]:
                     break
@@ -72,6 +69,7 @@ def running_app(artifacts: Path, **env: str):
     finally:
         server.terminate()
         server.wait(timeout=30)
+        log.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -128,9 +126,13 @@ def compare_batching(artifacts: Path, tweets: list[str], args) -> None:
     rows, summary = [], {"errors": 0, "lost_teaches": 0, "p95_ms": {}}
     for label, wait in (("unbatched", "0"), ("batched", str(args.batch_wait_ms))):
         with running_app(artifacts, FTRAG_BATCH_WAIT_MS=wait) as (url, work):
-            for kind in ("rest classify", "gradio classify"):
+            server = app_process(work)
+            for kind in KINDS:
+                server_cpu, client_cpu = cpu_seconds(server), cpu_seconds(psutil.Process())
                 results = run_one_kind(url, tweets, kind, args.clients, args.requests)
                 rows.append(load_row(f"{label}, {kind}", results))
+                rows[-1]["app CPU s"] = round(cpu_seconds(server) - server_cpu, 1)
+                rows[-1]["client CPU s"] = round(cpu_seconds(psutil.Process()) - client_cpu, 1)
                 summary["errors"] += rows[-1]["errors"]
                 summary["p95_ms"][f"{label} {kind}"] = round(rows[-1]["p95 ms"], 1)
             if label == "batched":
@@ -142,7 +144,9 @@ def compare_batching(artifacts: Path, tweets: list[str], args) -> None:
     summary["unbatched_rps"] = rps["unbatched, rest classify"]
     summary["batched_rps"] = rps["batched, rest classify"]
     summary["speedup"] = round(summary["batched_rps"] / summary["unbatched_rps"], 2)
-    summary["gradio_rps"] = {k: rps[f"{k}, gradio classify"] for k in ("unbatched", "batched")}
+    summary["gradio_rps"] = {name: value for name, value in rps.items() if "gradio" in name}
+    rest, gradio_http = rps["batched, rest classify"], rps["batched, gradio http classify"]
+    summary["rest_over_gradio_http_batched"] = round(rest / gradio_http, 2)
     summary["teach_p95_ms"] = {r["load"]: round(r["p95 ms"], 1) for r in rows if r["load"].startswith("teach:")}
     quiet, flood, paced = (next(r["requests/s"] for r in rows if r["load"] == name) for name in TEACH_LOADS)
     summary["classify_rps_while_teaching_vs_not"] = {
@@ -152,6 +156,19 @@ def compare_batching(artifacts: Path, tweets: list[str], args) -> None:
     print(f"{machine()}; {args.clients} clients x {args.requests} requests each, one tweet per request")
     print(table(rows))
     print(json.dumps(summary))
+
+
+KINDS = ("rest classify", "gradio http classify", "gradio_client classify")
+
+
+def app_process(work: Path):
+    """The app serving `work` (to read its CPU time)."""
+    return next(p for p in psutil.process_iter(["cmdline"]) if str(work) in " ".join(p.info["cmdline"] or []))
+
+
+def cpu_seconds(process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 TEACH_LOADS = (
@@ -197,15 +214,18 @@ def run_one_kind(url: str, tweets: list[str], kind: str, clients: int, requests:
     def client(i: int) -> None:
         rng = random.Random(i)
         http = httpx.Client(base_url=url, timeout=120)
-        gradio = Client(url + "/", verbose=False) if kind == "gradio classify" else None
+        gradio = Client(url + "/", verbose=False) if kind == "gradio_client classify" else None
         barrier.wait()
         for _ in range(requests):
             tweet = rng.choice(tweets)
             t0 = time.perf_counter()
             try:
-                if gradio is None:
+                if kind == "rest classify":
                     r = http.post("/api/classify", json={"texts": [tweet]})
                     ok = r.status_code == 200 and len(r.json()["results"][0]["results"]) == 2
+                elif kind == "gradio http classify":  # Gradio's own call API, the route gradio_client uses
+                    event = http.post("/gradio_api/call/classify", json={"data": [tweet]}).json()["event_id"]
+                    ok = "event: complete" in http.get(f"/gradio_api/call/classify/{event}").text
                 else:
                     ok = len(gradio.predict(tweet, api_name="/classify")) == 5
             except Exception:
