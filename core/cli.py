@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import inspect
 import logging
+import sys
 import types
 import typing
 from typing import Any, TypeVar
@@ -151,6 +152,30 @@ def parse_config(
     except ValueError as err:
         parser.error(str(err))
         raise  # pragma: no cover - parser.error exits
+
+
+def run_job(
+    config_cls: type[T],
+    argv: list[str] | None,
+    description: str,
+    job: Any,
+    *,
+    overwrite_help: str | None = None,
+) -> tuple[int, T, Any]:
+    """The body of every ``main`` that builds something: flags into `config_cls` (plus ``--overwrite`` when
+    `overwrite_help` is given), logging, then ``job(cfg, overwrite)``. A `ValueError` (bad data, a model that does
+    not fit...) or a `FileExistsError` (an output in the way) becomes one ``error:`` line and status 2.
+
+    Returns ``(status, cfg, what job returned or None)``.
+    """
+    extra = {"overwrite": {"action": "store_true", "help": overwrite_help}} if overwrite_help else {}
+    cfg, args = parse_config(config_cls, argv, description, **extra)
+    setup_logging()
+    try:
+        return 0, cfg, job(cfg, bool(getattr(args, "overwrite", False)))
+    except (ValueError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2, cfg, None
 
 
 def setup_logging(verbose: bool = False) -> None:

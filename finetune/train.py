@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from core.cli import parse_config, setup_logging
+from core.cli import run_job
 from core.data import DataError, label_names, load_tweets, stratified_indices
 from core.files import atomic_write_json, dumps_json, read_json, refuse_to_replace, staged_dir
 from core.settings import Source, SourceError, resolve
@@ -536,18 +536,15 @@ def _versions() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, args = parse_config(
+    status, cfg, run = run_job(
         FinetuneConfig,
         argv,
         __doc__.splitlines()[0],
-        overwrite={"action": "store_true", "help": "replace a model in --out (once the new one is saved)"},
+        lambda cfg, overwrite: train(cfg, overwrite=overwrite),
+        overwrite_help="replace a model in --out (once the new one is saved)",
     )
-    setup_logging()
-    try:
-        run = train(cfg, overwrite=args.overwrite)
-    except (ValueError, FileExistsError) as err:  # DataError, FinetuneError, SourceError are ValueErrors
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if status:
+        return status
     if int(os.environ.get("RANK", "0")) == 0:
         keys = (
             "base_model",

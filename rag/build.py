@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from core.cli import parse_config, setup_logging
+from core.cli import run_job
 from core.files import refuse_to_replace
 from rag.classifier import RagClassifier
 from rag.config import RagConfig
@@ -26,18 +26,11 @@ def build_index(cfg: RagConfig, overwrite: bool = False) -> RagClassifier:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, args = parse_config(
-        RagConfig,
-        argv,
-        __doc__.splitlines()[0],
-        overwrite={"action": "store_true", "help": "replace an existing index in --out"},
+    status, cfg, classifier = run_job(
+        RagConfig, argv, __doc__.splitlines()[0], build_index, overwrite_help="replace an existing index in --out"
     )
-    setup_logging()
-    try:
-        classifier = build_index(cfg, overwrite=args.overwrite)
-    except (ValueError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if status:
+        return status
     meta = classifier.meta
     chosen = (meta.get("tuning") or {}).get("chosen") or {}
     summary = {

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from core.cli import parse_config, setup_logging
+from core.cli import run_job
 from core.data import DataError, label_names, load_tweets, stratified_sample
 from core.files import atomic_write_json, refuse_to_replace, staged_dir
 from core.settings import SourceError, resolve
@@ -241,18 +241,15 @@ def run_tuning(cfg: TuneEmbedderConfig, dataset=None, overwrite: bool = False) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, args = parse_config(
+    status, cfg, run = run_job(
         TuneEmbedderConfig,
         argv,
         __doc__.splitlines()[0],
-        overwrite={"action": "store_true", "help": "replace an existing model in --out"},
+        lambda cfg, overwrite: run_tuning(cfg, overwrite=overwrite),
+        overwrite_help="replace an existing model in --out",
     )
-    setup_logging()
-    try:
-        run = run_tuning(cfg, overwrite=args.overwrite)
-    except (ValueError, FileExistsError) as err:  # DataError, SourceError, EmbedderError are ValueErrors
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if status:
+        return status
     keys = ("data_source", "base_embedder", "train_size", "loss", "steps", "seconds")
     print(json.dumps({"out": str(cfg.out), **{k: run[k] for k in keys}}, indent=2))
     return 0
