@@ -254,19 +254,25 @@ def run_for(url: str, tweets: list[str], clients: int, seconds: float, teach_eve
         rng, http = random.Random(i), httpx.Client(base_url=url, timeout=120)
         while time.perf_counter() < stop:
             t0 = time.perf_counter()
-            r = http.post("/api/classify", json={"texts": [rng.choice(tweets)]})
+            try:
+                ok = http.post("/api/classify", json={"texts": [rng.choice(tweets)]}).status_code == 200
+            except httpx.HTTPError:  # counted as an error, not dropped
+                ok = False
             with lock:
-                results["classify"].append(((time.perf_counter() - t0) * 1000, r.status_code == 200))
+                results["classify"].append(((time.perf_counter() - t0) * 1000, ok))
 
     def teacher() -> None:
         http = httpx.Client(base_url=url, timeout=120)
         while time.perf_counter() < stop:
             text = f"load test example {uuid.uuid4().hex[:12]}"
             t0 = time.perf_counter()
-            r = http.post("/api/teach", json={"texts": [text], "labels": ["neutral"]})
+            try:
+                ok = http.post("/api/teach", json={"texts": [text], "labels": ["neutral"]}).status_code == 200
+            except httpx.HTTPError:
+                ok = False
             with lock:
-                results["teach"].append(((time.perf_counter() - t0) * 1000, r.status_code == 200))
-                if r.status_code == 200:
+                results["teach"].append(((time.perf_counter() - t0) * 1000, ok))
+                if ok:
                     results["taught"].append(text)
             time.sleep(max(0.0, teach_every_s - (time.perf_counter() - t0)))
 

@@ -115,6 +115,7 @@ class RagClassifier:
         # The teach-log id of each row (-1: an example the index was built with); see `teach` and `forget`.
         self._teach_ids = np.full(len(texts), -1, dtype=np.int64) if teach_ids is None else np.asarray(teach_ids)
         self.log: TeachLog | None = None
+        self._forgotten: set[int] = set()  # removed taught ids, so that a teach racing a removal cannot revive one
         self._lock = threading.RLock()
 
     # --- the Classifier contract ---------------------------------------------------------------------------------
@@ -229,7 +230,10 @@ class RagClassifier:
         removed = {r.id for r in rows if r.removed}
         with self._lock:
             present = set(self._teach_ids[self._teach_ids >= 0].tolist())
-            self._drop(removed & present)
+            try:
+                self._drop(removed & present)
+            except ValueError as err:  # an approximate index cannot remove them: serve, and say so
+                logger.warning("%s; %d removed examples still vote", err, len(removed & present))
             fresh = [r for r in rows if not r.removed and r.id not in present and r.label in self.labels]
             if not fresh:
                 return
@@ -254,8 +258,8 @@ class RagClassifier:
         vectors = self.embedder.encode(texts)  # the slow part, outside the lock
         written = self.log.append(texts, labels, vectors, client=client)
         new = [i for i, (_, merged) in enumerate(written) if not merged]
-        with self._lock:
-            present = set(self._teach_ids[self._teach_ids >= 0].tolist())
+        with self._lock:  # an id forgotten between the log write and here must not come back
+            present = set(self._teach_ids[self._teach_ids >= 0].tolist()) | self._forgotten
             new = [i for i in new if written[i][0] not in present]
             if new:
                 rows = [(texts[i], labels[i], written[i][0]) for i in new]
@@ -263,10 +267,17 @@ class RagClassifier:
         return [{"id": teach_id, "merged": merged} for teach_id, merged in written]
 
     def forget(self, teach_id: int) -> bool:
-        """Remove taught example `teach_id` (recorded in the log first); False when there is no such live example."""
+        """Remove taught example `teach_id` (recorded in the log first); False when there is no such live example.
+
+        Raises:
+            ValueError: the index is approximate (hnsw, ivf): it cannot remove single examples.
+        """
+        if self.index.kind != "flat":
+            raise ValueError(f"taught examples can be removed from a flat index only, not {self.index.kind}")
         if self.log is None or self.log.remove(int(teach_id)) is None:
             return False
         with self._lock:
+            self._forgotten.add(int(teach_id))
             self._drop({int(teach_id)})
         return True
 

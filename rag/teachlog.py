@@ -124,22 +124,18 @@ class TeachLog:
             ).fetchall()
         return [_row(r) for r in rows]
 
-    def live(self, limit: int = 100) -> list[dict]:
-        """The newest live examples (id, text, label), newest first: what an operator may want to undo."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, text, label FROM taught WHERE removed = 0 ORDER BY id DESC LIMIT ?", (limit,)
-            ).fetchall()
-        return [{"id": i, "text": t, "label": label} for i, t, label in rows]
-
     def folded(self, ids: Sequence[int]) -> None:
         """Record that the saved index now holds examples `ids`; drop removed rows the saved index no longer holds."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("UPDATE taught SET folded = 0")  # the newly saved index is the truth
-            self._db.executemany("UPDATE taught SET folded = 1 WHERE id = ?", [(int(i),) for i in ids])
-            self._db.execute("DELETE FROM taught WHERE removed = 1 AND folded = 0")
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("UPDATE taught SET folded = 0")  # the newly saved index is the truth
+                self._db.executemany("UPDATE taught SET folded = 1 WHERE id = ?", [(int(i),) for i in ids])
+                self._db.execute("DELETE FROM taught WHERE removed = 1 AND folded = 0")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:

@@ -50,7 +50,7 @@ class RateLimiter:
                 self._buckets[client] = (tokens, now)
                 return (n - tokens) / rate
             self._buckets[client] = (tokens - n, now)
-            if len(self._buckets) > 10_000:  # forget the fullest buckets: they are back to a full burst anyway
+            if len(self._buckets) > 10_000:  # forget the buckets touched longest ago: they are (nearly) full again
                 for key in sorted(self._buckets, key=lambda k: self._buckets[k][1])[:5_000]:
                     del self._buckets[key]
             return 0.0
@@ -81,15 +81,32 @@ class TeachPolicy:
         return self.token is not None or not self.public
 
     def check(self, given_token: str | None, client: str, examples: int = 1) -> None:
-        """Raise `Refused` unless this client may teach `examples` examples now."""
-        if self.token is not None:
-            if not given_token or not hmac.compare_digest(given_token.encode(), self.token.encode()):
-                raise Refused("teaching needs the operator's token (Authorization: Bearer <token>)", 401)
-        elif self.public:
+        """Raise `Refused` unless this client may teach `examples` examples now.
+
+        The allowance is spent before the token is compared, so guessing the token is rate-limited too.
+        """
+        if self.token is None and self.public:
             raise Refused("teaching the shared index is off on this public app (the operator can set a token)", 403)
+        if examples > self.limiter.per_minute:
+            raise Refused(f"at most {self.limiter.per_minute} examples per minute may be taught; send fewer", 400)
         wait = self.limiter.take(client or "?", examples)
         if wait:
             raise Refused(f"too many taught examples from this client; try again in {wait:.0f} s", 429, wait)
+        if self.token is not None and not _same(given_token, self.token):
+            raise Refused("teaching needs the operator's token (Authorization: Bearer <token>)", 401)
+
+
+def _same(given: str | None, token: str) -> bool:
+    """A constant-time comparison that also survives text that is not valid Unicode."""
+    if not given:
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass"))
+
+
+def client_of(request) -> str:
+    """Who is asking, for the rate limit: the peer address (behind a proxy, the proxy's unless it forwards it)."""
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None) or "?"
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi import FastAPI, Header, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from compare.decide import Constraints
 from core.limits import MAX_BODY_BYTES, MAX_TEXTS
-from serving.access import Refused, bearer_token
+from serving.access import Refused, bearer_token, client_of
 from serving.service import InputError, hide_paths
 from serving.state import App
 
@@ -48,20 +48,29 @@ class RecommendBody(Body):
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over `limit` bytes under `prefix` gets 413 before it is read whole.
+    """ASGI middleware: a request body over `limit` bytes under one of `prefixes` gets 413 before it is read whole.
+
+    Uploads (``/gradio_api/upload``) are left to Gradio's own ``max_file_size``.
 
     A declared Content-Length over the limit is refused before a byte is read; a chunked body is counted as it
     arrives and refused as soon as it passes the limit.
     """
 
-    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES, prefix: str = "/api/") -> None:
-        self.app, self.limit, self.prefix = app, limit, prefix
+    def __init__(
+        self,
+        app: Any,
+        limit: int = MAX_BODY_BYTES,
+        prefixes: tuple[str, ...] = ("/api/", "/gradio_api/"),
+        exempt: tuple[str, ...] = ("/gradio_api/upload",),
+    ) -> None:
+        self.app, self.limit, self.prefixes, self.exempt = app, limit, prefixes, exempt
 
     def _too_large(self) -> HTTPException:
         return HTTPException(status_code=413, detail=f"the request body is over the limit of {self.limit:,} bytes")
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith(self.prefixes) or path.startswith(self.exempt):
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
@@ -78,12 +87,6 @@ class BodyLimit:
             return message
 
         return await self.app(scope, counted, send)
-
-
-def client_of(request: Request | None) -> str:
-    """Who is asking, for the rate limit: the peer address (behind a proxy, the proxy's unless it forwards it)."""
-    client = getattr(request, "client", None)
-    return getattr(client, "host", None) or "?"
 
 
 def _validation_message(err: RequestValidationError) -> dict[str, Any]:
@@ -136,7 +139,11 @@ def create_api(state: App) -> FastAPI:
         return state.service.teach(body.texts, body.labels, bearer_token(authorization), client_of(request))
 
     @api.delete("/api/teach/{teach_id}")
-    def forget(teach_id: int, request: Request, authorization: str | None = Header(default=None)) -> dict[str, Any]:
+    def forget(
+        teach_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
+        request: Request,
+        authorization: str | None = Header(default=None),
+    ) -> dict[str, Any]:
         """Remove one taught example (the id that /api/teach returned)."""
         return state.service.forget(teach_id, bearer_token(authorization), client_of(request))
 

@@ -36,7 +36,7 @@ class MicroBatcher:
     """Answers `predict_one` calls from many threads with batched `predict` calls of one classifier.
 
     Args:
-        classifier: any `Classifier`; its `predict` is only ever called from this batcher's worker thread.
+        classifier: any `Classifier` (thread-safe, as every backend here is: other callers use it directly too).
         wait_ms: how long the worker waits for more texts once it has one.
         max_batch: the most texts in one `predict` call.
     """
@@ -96,7 +96,13 @@ class MicroBatcher:
     def _answer(self, batch: Sequence[tuple[str, Future]]) -> None:
         try:
             predictions = self.classifier.predict([text for text, _ in batch])
-        except Exception as err:  # handed to every waiting caller, who re-raises it
+            if len(predictions) != len(batch):
+                raise RuntimeError(f"{self.classifier.name} answered {len(predictions)} of {len(batch)} texts")
+        except Exception as err:  # every waiting caller gets it (and re-raises it); the worker goes on
+            if len(batch) > 1:  # one bad text must not fail everyone else's request: answer each alone
+                for item in batch:
+                    self._answer([item])
+                return
             for _, future in batch:
                 future.set_exception(err)
             return

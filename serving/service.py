@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 import tempfile
 import threading
 import time
@@ -141,6 +142,16 @@ def hide_paths(text: str) -> str:
     return _ABSOLUTE_PATH.sub(lambda m: "/".join(Path(m.group()).parts[-2:]), str(text))
 
 
+def _few(items: Sequence[Any], n: int = 5, chars: int = 40) -> list[str]:
+    """At most `n` of `items`, each cut to `chars` characters: what an error message may echo of the input.
+
+    >>> _few(["a" * 100, "b"], n=1, chars=3)
+    ['aaa…', '… and 1 more']
+    """
+    shown = [str(x)[:chars] + ("…" if len(str(x)) > chars else "") for x in list(items)[:n]]
+    return shown + ([f"… and {len(items) - n} more"] if len(items) > n else [])
+
+
 def _encodable(text: str) -> bool:
     """True when `text` can be written as UTF-8 (JSON allows lone surrogates like "\\ud800"; tokenizers do not)."""
     try:
@@ -243,8 +254,9 @@ class Service:
         else:
             unknown = [b for b in backends if b not in self.backends]
             if unknown:
-                why = "; ".join(f"{b}: {self.unavailable.get(b, 'no such backend')}" for b in unknown)
-                raise InputError(f"backend(s) {unknown} not available ({why}); available: {sorted(self.backends)}")
+                why = "; ".join(f"{shown}: {self.unavailable.get(b, 'no such backend')}"
+                                for shown, b in zip(_few(unknown), unknown, strict=False))  # fmt: skip
+                raise InputError(f"backend(s) not available ({why}); available: {sorted(self.backends)}")
             chosen = {b: self.backends[b] for b in backends}
         if not chosen:
             raise InputError(f"no backend is available: {self.unavailable or 'none loaded'}")
@@ -307,7 +319,7 @@ class Service:
             raise InputError(f"give one label per example: {len(texts)} examples")
         bad = sorted({str(x) for x in labels if x not in rag.labels})
         if bad:
-            raise InputError(f"unknown label(s) {bad}; use one of {list(rag.labels)}")
+            raise InputError(f"unknown label(s) {_few(bad)}; use one of {list(rag.labels)}")
         self.teach_policy.check(token, client, examples=len(texts))
         start = time.perf_counter()
         written = rag.teach(list(texts), list(labels), client=client)
@@ -329,7 +341,11 @@ class Service:
         if isinstance(teach_id, bool) or not isinstance(teach_id, int) or teach_id < 1:
             raise InputError(f"a taught example's id is a positive integer, got {teach_id!r}")
         self.teach_policy.check(token, client, examples=1)
-        if not rag.forget(teach_id):
+        try:
+            forgotten = rag.forget(teach_id)
+        except ValueError as err:  # an index that cannot remove examples (approximate ones)
+            raise InputError(str(err)) from err
+        if not forgotten:
             raise Refused(f"no taught example has id {teach_id} (or it was already removed)", 404)
         self._changes += 1
         return {"removed": teach_id, "index_size": rag.size}
@@ -353,7 +369,7 @@ class Service:
             while not self._stop.wait(interval_s):
                 try:
                     self.compact_when_changed()
-                except (OSError, ValueError) as err:  # a full disk: the log still holds everything; try later
+                except (OSError, ValueError, sqlite3.Error) as err:  # a full disk, a busy log: it holds all; try later
                     logger.warning("Compacting the teach log failed (%s); it stays as it is", err)
 
         thread = threading.Thread(target=loop, name="teach-log-compactor", daemon=True)
@@ -371,8 +387,9 @@ class Service:
         rag = self.backends.get("rag")
         if not self._changes or rag is None or getattr(rag, "log", None) is None:
             return False
-        self._changes = 0
+        changes = self._changes
         rag.compact()
+        self._changes -= changes  # what happened during the compaction waits for the next one
         return True
 
     def retrain_cost(self) -> dict[str, Any]:

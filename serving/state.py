@@ -62,8 +62,8 @@ class App:
     def start_comparison(self, n: int = STARTUP_TEXTS, background: bool = True) -> threading.Thread | None:
         """When no report was saved, compare the loaded backends on `n` test texts, so Decide answers out of the box.
 
-        Runs once, at start-up, when nobody is using the machine yet: these are the calm figures Decide relies on
-        (a visitor's own batch run on a busy machine never replaces them). Written to `report_dir` for next time.
+        Runs once, at start-up, before most visitors arrive, over more texts and queries than a visitor's batch run:
+        the figures Decide relies on (a visitor's own batch run never replaces them). Saved to `report_dir`.
         """
         if self.report is not None or not self.service.backends:
             return None
@@ -95,8 +95,8 @@ class App:
             self.report = report
             if self.report_dir is not None:
                 write_report(report, self.report_dir)
-        except (ValueError, OSError) as err:  # no test split here, other labels, a full disk: Decide says so
-            logger.warning("No start-up comparison: %s", err)
+        except Exception as err:  # no test split, other labels, a full disk, a model error: Decide must not wait
+            logger.warning("No start-up comparison: %s: %s", type(err).__name__, err)
             self.comparing = f"failed: {err}"
             return
         self.comparing = None
@@ -113,15 +113,16 @@ class App:
     # handlers shared by the UI and the API
 
     def compare_texts(self, texts: list[str], labels: list[str] | None) -> dict[str, Any]:
-        results = self.service.classify(texts)
-        out: dict[str, Any] = {"results": results}
-        if labels is not None:
+        if labels is not None:  # checked before any model runs
             if len(labels) != len(texts):
                 raise InputError(f"give one label per text: {len(texts)} texts, {len(labels)} labels")
             known = self.service.labels()
             bad = sorted(set(labels) - set(known))
             if bad:
-                raise InputError(f"unknown label(s) {bad}; use one of {known}")
+                raise InputError(f"unknown label(s) {[b[:40] for b in bad[:5]]}; use one of {known}")
+        results = self.service.classify(texts)
+        out: dict[str, Any] = {"results": results}
+        if labels is not None:
             names = list(results[0]["results"])
             out["accuracy"] = {n: accuracy([r["results"][n]["label"] for r in results], labels) for n in names}
         names = list(results[0]["results"])

@@ -18,7 +18,7 @@ import gradio as gr
 from compare.decide import HARDWARE, UPDATES, Constraints
 from compare.report import HEADLINE_COLUMNS, REPORT_FILES, escape_markdown, headline_rows, write_report
 from core.limits import MAX_CHARS, MAX_UPLOAD_ROWS
-from serving.access import Refused
+from serving.access import Refused, client_of
 from serving.service import InputError, Service, hide_paths
 from serving.state import LATENCY_QUERIES, App
 
@@ -253,15 +253,16 @@ def number(text: Any, what: str) -> float | None:
     return value
 
 
-def share(value: float | None) -> float | None:
-    """An accuracy target as a share: 0.8 stays 0.8, 80 (a percentage) becomes 0.8; empty means no target.
+def share(text: Any) -> float | None:
+    """An accuracy target as a share: "0.8" stays 0.8, "80" or "80%" becomes 0.8, "0.5%" 0.005; empty: no target.
 
-    >>> share(0.8), share(80), share(None)
-    (0.8, 0.8, None)
+    >>> share("0.8"), share("80"), share("80%"), share("0.5%"), share("")
+    (0.8, 0.8, 0.8, 0.005, None)
     """
+    value = number(text, "accuracy target")
     if value is None:
         return None
-    return value / 100 if 1 < value <= 100 else value
+    return value / 100 if str(text).strip().endswith("%") or value > 1 else value
 
 
 def recommendation_markdown(rec: dict[str, Any], report: dict[str, Any]) -> str:
@@ -296,7 +297,7 @@ def decide_tab(state: App, visitor_report: gr.State) -> None:
             n_examples = number(examples, "labeled examples")
             constraints = Constraints(
                 labeled_examples=int(n_examples) if n_examples is not None else None,
-                accuracy_target=share(number(target, "accuracy target")),
+                accuracy_target=share(target),
                 latency_budget_ms=number(budget, "latency budget"),
                 updates=updates,
                 hardware=hardware,
@@ -340,12 +341,10 @@ def teach_tab(state: App) -> None:
     teach_neighbours = gr.Dataframe(headers=["neighbour", "label", "similarity"], wrap=True)
 
     def on_teach(text: str, label: str, query: str, token: str, request: gr.Request):
-        from serving.api import client_of
-
         try:
             result = service.teach([text], [label], token=token or None, client=client_of(request))
             after = service.classify([query])[0]["results"].get("rag") if query.strip() else None
-        except (InputError, Refused) as err:
+        except (InputError, Refused, ValueError) as err:
             raise ui_error(err) from err
         what = "was already taught: merged" if result["merged"] else "added"
         message = (

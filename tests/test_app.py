@@ -337,7 +337,8 @@ def test_two_visitors_decide_from_their_own_batch_runs(service, tmp_path):
 def test_decide_takes_percentages_and_empty_fields(service, tmp_path):
     from serving.ui import number, share
 
-    assert share(80) == pytest.approx(0.8) and share(0.8) == 0.8 and share(None) is None
+    assert share("80") == pytest.approx(0.8) and share("0.8") == 0.8 and share(None) is None
+    assert share("0.5%") == pytest.approx(0.005) and share("100%") == 1
     assert number("", "x") is None and number("80%", "x") == 80
     with pytest.raises(InputError, match="not a number"):
         number("lots", "labeled examples")

@@ -95,3 +95,24 @@ def test_latency_measure_with_warmup_zero_makes_no_untimed_call():
     model = Recorder()
     measure({"recorder": model}, ["a", "bb", "ccc"], warmup=0, batch_size=2, batch_rounds=1)
     assert model.batch_sizes == [1, 1, 1, 2]  # 3 timed singles and 1 timed batch, nothing untimed
+
+
+def test_one_bad_text_fails_only_its_own_caller():
+    model = Recorder(delay_s=0.01, fail_on="boom")
+    batcher = MicroBatcher(model, wait_ms=50)
+    futures = [batcher.submit(t) for t in ("ok", "boom", "fine")]
+    assert futures[0].result(timeout=10).label == "even" and futures[2].result(timeout=10).label == "even"
+    with pytest.raises(RuntimeError, match="model broke"):
+        futures[1].result(timeout=10)
+    batcher.close()
+
+
+def test_a_wrong_number_of_answers_is_an_error_not_a_hang():
+    class Short(Recorder):
+        def predict(self, texts):
+            return super().predict(texts)[:-1]
+
+    batcher = MicroBatcher(Short(), wait_ms=0)
+    with pytest.raises(RuntimeError, match="answered 0 of 1"):
+        batcher.submit("x").result(timeout=10)
+    batcher.close()

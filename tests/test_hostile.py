@@ -410,3 +410,16 @@ def test_an_upload_may_hold_a_subset_of_the_labels_and_integer_ids(tmp_path):
         "positive",
         "negative",
     ]
+
+
+def test_gradio_api_bodies_are_bounded_too(client):
+    big = b'{"data": ["' + b"a" * (3 * 2**20) + b'"]}'
+    response = client.post("/gradio_api/call/classify", content=big, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_errors_echo_at_most_a_little_of_the_input(client):
+    response = client.post("/api/classify", json={"texts": ["ok"], "backends": ["x" * 100_000]})
+    assert response.status_code == 400 and len(response.content) < 1_000
+    response = client.post("/api/compare", json={"texts": ["ok"], "labels": ["y" * 1_000]})
+    assert response.status_code == 400 and len(response.content) < 1_000

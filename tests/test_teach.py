@@ -154,3 +154,39 @@ def test_teach_delete_kill_restart_keeps_exactly_the_acknowledged_state(app_arti
     texts = Service.start(app_artifacts, build_missing=False).backends["rag"].examples()[0]
     assert "kept example one" in texts and "kept example three" in texts
     assert "deleted example two" not in texts and len(texts) == 302
+
+
+def test_guessing_the_token_is_rate_limited_too(service):
+    service.teach_policy = TeachPolicy(token="s3cret", limiter=RateLimiter(per_minute=3))
+    client = _client(service)
+    body = {"texts": [EXAMPLE], "labels": ["positive"]}
+    wrong = {"Authorization": "Bearer guess"}
+    assert [client.post("/api/teach", json=body, headers=wrong).status_code for _ in range(4)] == [401, 401, 401, 429]
+
+
+def test_teach_racing_a_removal_cannot_revive_the_example(service):
+    """forget() lands between the teach's log write and its in-memory append: the example stays gone."""
+    rag_index = service.backends["rag"]
+    log_append = rag_index.log.append
+
+    def append_then_forget(*args, **kwargs):
+        written = log_append(*args, **kwargs)
+        rag_index.forget(written[0][0])  # what another request could do at this very moment
+        return written
+
+    rag_index.log.append = append_then_forget
+    result = service.teach([EXAMPLE], ["positive"])
+    assert result["index_size"] == 300 and EXAMPLE not in rag_index.examples()[0]
+
+
+def test_an_approximate_index_refuses_removal_cleanly(embedder, small_train, tmp_path):
+    from rag import RagClassifier, RagConfig
+
+    hnsw = RagClassifier.build(
+        RagConfig(index_type="hnsw", tune=False), small_train.select(range(60)), embedder=embedder, show_progress=False
+    )
+    hnsw.open_log(tmp_path / "log.sqlite")
+    [taught] = hnsw.teach([EXAMPLE], ["positive"])
+    with pytest.raises(ValueError, match="flat index only"):
+        hnsw.forget(taught["id"])
+    assert EXAMPLE in hnsw.examples()[0]  # nothing half-done: still taught, in memory and in the log
