@@ -1,5 +1,7 @@
 """Compare the backends on the same labeled texts: ``python -m compare.run --finetune DIR --rag DIR --out DIR``.
 
+``--rag-llm`` adds the LangChain few-shot prompt over the --rag index to the LLM named by ``FTRAG_LLM`` (the report
+names the LLM and counts the answers that fell back to the kNN vote).
 ``--rag-tuned DIR`` adds retrieval over a fine-tuned embedder (an index built by ``python -m rag.build --embedder
 M`` over a model written by ``python -m rag.tune_embedder``) as the contender ``rag-tuned``.
 Writes report.json, report.md and PNG plots (confusion matrices, latency, reliability) to --out. With both
@@ -26,6 +28,7 @@ from core.data import DataError, label_names, load_tweets, stratified_indices
 from core.files import ArtifactError, read_json
 from core.settings import SourceError, resolve
 from core.types import check_same_labels
+from rag.chain import LlmUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="DIR",
         help="an index built over an embedder tuned by python -m rag.tune_embedder (the contender rag-tuned)",
     )
+    parser.add_argument(
+        "--rag-llm",
+        action="store_true",
+        help="add the contender rag-llm: the nearest labeled examples of --rag in a few-shot prompt to the LLM named "
+        "by FTRAG_LLM (openai:<model>, ollama:<model> or hf:<local dir>)",
+    )
     parser.add_argument("--quantize", action="store_true", help="serve the fine-tuned model with int8 weights")
     parser.add_argument("--hybrid", action=argparse.BooleanOptionalAction, default=True, help="add the hybrid")
     parser.add_argument("--data", default=None, help="labeled data source (default: FTRAG_DATA or the Hub dataset)")
@@ -68,6 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.finetune and not args.rag and not args.rag_tuned:
         parser.error("give at least one backend: --finetune DIR, --rag DIR and/or --rag-tuned DIR")
+    if args.rag_llm and not args.rag:
+        parser.error("--rag-llm prompts with the neighbours of --rag: give --rag DIR too")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be a positive integer, got {args.limit}")
     if args.latency_queries < 1:
@@ -146,6 +157,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         classifiers["rag"] = rag.load(args.rag)
     if args.rag_tuned:
         classifiers["rag-tuned"] = load_tuned(args.rag_tuned)
+    if args.rag_llm:
+        classifiers["rag-llm"] = rag.llm_classifier(classifiers["rag"])
     check_backends(classifiers)  # artifacts of two label sets are refused before any data is read
     try:
         source = resolve("data", args.data).describe()
@@ -173,6 +186,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     if "rag-tuned" in classifiers:
         report["backends"]["rag-tuned"]["embedder_tuning"] = classifiers["rag-tuned"].meta["embedder_tuning"]
+    if "rag-llm" in classifiers:  # which LLM, and how often its answer was unusable (the vote answered instead)
+        llm = classifiers["rag-llm"]
+        report["backends"]["rag-llm"]["llm"] = {"model": llm.meta["llm"], "answers": llm.answered,
+                                                "knn_fallbacks": llm.fallbacks}  # fmt: skip
     if "hybrid" in classifiers:
         report["backends"]["hybrid"]["fit"] = {
             k: v for k, v in classifiers["hybrid"].meta["fit"].items() if k != "grid"
@@ -202,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = run(args)
         write_report(report, args.out)
-    except (ValueError, ArtifactError) as err:  # DataError, SourceError, bad backends
+    except (ValueError, ArtifactError, LlmUnavailable) as err:  # DataError, SourceError, bad backends, no LLM
         print(f"error: {err}", file=sys.stderr)
         return 2
     summary = {

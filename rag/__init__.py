@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rag.chain import LlmRagClassifier, LlmUnavailable, llm_from_env
+from rag.chain import LlmRagClassifier, LlmUnavailable, llm_classifier, llm_from_env
 from rag.classifier import ArtifactError, RagClassifier, vote
 from rag.config import RagConfig
 from rag.embed import Embedder, EmbedderError
@@ -25,6 +25,7 @@ __all__ = [
     "RagClassifier",
     "RagConfig",
     "VectorIndex",
+    "llm_classifier",
     "llm_from_env",
     "load",
     "vote",

@@ -29,10 +29,11 @@ from langchain_core.documents import Document
 from langchain_core.output_parsers import BaseOutputParser, StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from pydantic import ConfigDict
 
 from core.types import Prediction
-from rag.classifier import RagClassifier
+from rag.classifier import EVIDENCE_SIZE, RagClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -97,58 +98,87 @@ class ChainAnswer:
 class LlmRagClassifier:
     """Retrieval-augmented LLM classifier implementing `core.types.Classifier`.
 
-    The label is the LLM's (scores: all mass on it); when the answer is unusable, the kNN vote's prediction.
-    The evidence is always the retrieved examples.
+    One LCEL chain per text: retrieve (the kNN vote over our index, which embeds the text once and carries the
+    nearest labeled examples) -> format -> prompt -> model -> label parser. The label is the LLM's (scores: all mass
+    on it); when the model fails or answers no single label, the kNN vote's prediction, marked ``knn-fallback``.
+    The evidence is always the retrieved examples. `fallbacks` / `answered` count what happened.
     """
 
-    def __init__(self, rag: RagClassifier, llm: Any, k: int = FEW_SHOT, name: str = "rag+llm") -> None:
+    def __init__(self, rag: RagClassifier, llm: Any, k: int = FEW_SHOT, name: str = "rag-llm", spec: str = "") -> None:
         self.rag = rag
         self.llm = llm
         self.name = name
         self.labels = list(rag.labels)
-        self.retriever = IndexRetriever(classifier=rag, k=k)
+        self.k = min(k, EVIDENCE_SIZE)
         self.prompt = build_prompt()
         self.parser = LabelParser(labels=self.labels)
-        self.chain = self.prompt | llm | StrOutputParser()
+        self.model = llm | StrOutputParser()
+        self.chain = (
+            RunnableLambda(self._retrieve)
+            | RunnablePassthrough.assign(raw=RunnableLambda(self._inputs) | self.prompt | RunnableLambda(self._ask))
+            | RunnableLambda(self._label)
+        )
+        self.meta = {"llm": spec or type(llm).__name__, "backend": "rag-llm", **{
+            k: v for k, v in rag.meta.items() if k in ("train_size", "data_source", "build_seconds")}}  # fmt: skip
+        self.answered = 0
+        self.fallbacks = 0
+
+    def describe(self) -> str:
+        return f"{self.meta['llm']} prompted with the {self.k} nearest labeled examples of: {self.rag.describe()}"
 
     def prompt_messages(self, query: str) -> list:
         """The messages the LLM receives for `query` (for inspection and tests)."""
-        documents = self.retriever.invoke(query)
-        return self.prompt.format_messages(**self._inputs(query, documents))
+        return self.prompt.format_messages(**self._inputs(self._retrieve(query)))
 
-    def _inputs(self, query: str, documents: Sequence[Document]) -> dict[str, str]:
+    def _retrieve(self, text: str) -> dict[str, Any]:
+        [vote] = self.rag.predict([text])  # embeds the text once; its evidence is the few-shot examples
+        return {"query": text, "vote": vote}
+
+    def _inputs(self, state: dict[str, Any]) -> dict[str, str]:
+        examples = state["vote"].evidence[: self.k]
         return {
             "labels": ", ".join(self.labels),
-            "examples": format_examples(documents),
-            "query": " ".join(query.split()),
+            "examples": format_examples([Document(e["text"], metadata={"label": e["label"]}) for e in examples]),
+            "query": " ".join(state["query"].split()),
         }
 
-    def answer(self, texts: Sequence[str]) -> list[ChainAnswer]:
-        """Classify each text through the LLM, falling back to the kNN vote (and saying so) when unusable."""
-        fallback = self.rag.predict(texts)
-        answers = []
-        for text, vote in zip(texts, fallback, strict=True):
-            if not text.strip():
-                answers.append(ChainAnswer(vote, "knn-fallback", ""))
-                continue
-            documents = self.retriever.invoke(text)
-            try:
-                raw = self.chain.invoke(self._inputs(text, documents))
-            except Exception as err:  # a network error or a refusal must not take the service down
-                logger.warning("LLM call failed (%s); answering with the kNN vote", type(err).__name__)
-                answers.append(ChainAnswer(vote, "knn-fallback", ""))
-                continue
-            label = self.parser.parse(raw)
-            if label is None:
+    def _ask(self, prompt_value: Any) -> str | None:
+        try:
+            return self.model.invoke(prompt_value)
+        except Exception as err:  # the model is a remote, untrusted service: its failure becomes a fallback
+            logger.warning("LLM call failed (%s); answering with the kNN vote", type(err).__name__)
+            return None
+
+    def _label(self, state: dict[str, Any]) -> ChainAnswer:
+        vote, raw = state["vote"], state["raw"]
+        label = self.parser.parse(raw) if raw is not None else None
+        if label is None:
+            if raw is not None:
                 logger.warning("LLM answer %r is not one of %s; answering with the kNN vote", raw[:80], self.labels)
-                answers.append(ChainAnswer(vote, "knn-fallback", raw))
-                continue
-            scores = {name: float(name == label) for name in self.labels}
-            answers.append(ChainAnswer(Prediction(label, scores, vote.evidence), "llm", raw))
+            return ChainAnswer(vote, "knn-fallback", raw or "")
+        scores = {name: float(name == label) for name in self.labels}
+        return ChainAnswer(Prediction(label, scores, vote.evidence), "llm", raw)
+
+    def answer(self, texts: Sequence[str]) -> list[ChainAnswer]:
+        """Classify each text through the chain (blank texts: the vote's prior, without asking the LLM)."""
+        answers = []
+        for text in texts:
+            if not text.strip():
+                answers.append(ChainAnswer(self.rag.predict([text])[0], "knn-fallback", ""))
+            else:
+                answers.append(self.chain.invoke(text))
+        self.answered += len(answers)
+        self.fallbacks += sum(a.source == "knn-fallback" for a in answers)
         return answers
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         return [a.prediction for a in self.answer(list(texts))]
+
+
+def llm_classifier(rag: RagClassifier, spec: str | None = None) -> LlmRagClassifier:
+    """The contender ``rag-llm``: `rag`'s neighbours prompting the LLM of `spec` (default ``FTRAG_LLM``)."""
+    spec = (spec or os.environ.get(LLM_ENV_VAR, "")).strip()
+    return LlmRagClassifier(rag, llm_from_env(spec), spec=spec)
 
 
 def llm_from_env(spec: str | None = None) -> Any:

@@ -221,6 +221,7 @@ class Service:
             except (ArtifactError, ValueError, OSError) as err:
                 logger.error("%s is unavailable: %s", name, err)
                 service.unavailable[name] = hide_paths(str(err))
+        service._add_llm_contender()
         service._refuse_mixed_labels()
         if service.backends:  # the first real request should not pay for lazy set-up (thread pools, the trace)
             report(0.98, "warming up")
@@ -228,6 +229,20 @@ class Service:
         service.started_seconds = time.perf_counter() - start
         report(1.0, "ready")
         return service
+
+    def _add_llm_contender(self) -> None:
+        """With ``FTRAG_LLM`` set, the retrieval index's neighbours in a few-shot prompt to that LLM: ``rag-llm``."""
+        import os
+
+        from rag.chain import LLM_ENV_VAR, LlmUnavailable, llm_classifier
+
+        if not os.environ.get(LLM_ENV_VAR) or "rag" not in self.backends:
+            return
+        try:
+            self.backends["rag-llm"] = llm_classifier(self.backends["rag"])
+        except LlmUnavailable as err:
+            logger.error("rag-llm is unavailable: %s", err)
+            self.unavailable["rag-llm"] = hide_paths(str(err))
 
     def _refuse_mixed_labels(self) -> None:
         """Backends trained on another label set than the first one are not served (their answers cannot meet)."""

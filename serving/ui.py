@@ -36,6 +36,7 @@ COLUMN_TITLES = {
     "rag": "Retrieval (RAG)",
     "rag-tuned": "Retrieval over a tuned embedder",
     "hybrid": "Hybrid",
+    "rag-llm": "Retrieval + LLM prompt",
 }
 INTRO = """\
 You have labeled text and must choose: **fine-tune** a model on it, or **retrieve** the nearest labeled examples and

@@ -63,7 +63,10 @@ def test_unusable_answers_fall_back_to_the_vote_and_say_so(rag_built, caplog):
     answers = clf.answer(texts)
     votes = rag_built.predict(texts)
     assert [a.source for a in answers] == ["knn-fallback"] * 3
-    assert [a.prediction for a in answers] == votes
+    for answer, vote in zip(answers, votes, strict=True):  # each text embedded alone vs in a batch: float noise
+        assert answer.prediction.label == vote.label
+        assert [e["text"] for e in answer.prediction.evidence] == [e["text"] for e in vote.evidence]
+        assert answer.prediction.scores == pytest.approx(vote.scores, abs=1e-5)
     assert answers[0].raw == "I'd rather not say"
     assert "answering with the kNN vote" in caplog.text
 
@@ -100,3 +103,58 @@ def test_without_a_configured_llm_the_mode_is_unavailable(monkeypatch):
         llm_from_env("ollama")
     with pytest.raises(LlmUnavailable, match="not a local model directory"):
         llm_from_env("hf:/no/such/model")
+
+
+def test_each_text_is_embedded_once(rag_built, monkeypatch):
+    clf = LlmRagClassifier(rag_built, FakeListChatModel(responses=["positive", "negative"]))
+    calls = []
+    encode = rag_built.embedder.encode
+    monkeypatch.setattr(rag_built.embedder, "encode", lambda texts, **kw: calls.append(list(texts)) or encode(texts))
+    clf.answer(["great day", "awful day"])
+    assert calls == [["great day"], ["awful day"]]
+
+
+def test_a_prompt_bug_raises_instead_of_falling_back(rag_built):
+    class Buggy(LlmRagClassifier):
+        def _inputs(self, state):
+            return {"labels": "x", "query": state["query"]}  # "examples" forgotten: the template cannot fill
+
+    with pytest.raises(KeyError):
+        Buggy(rag_built, FakeListChatModel(responses=["positive"])).answer(["hello"])
+
+
+def test_compare_run_rag_llm_writes_a_report_with_an_llm_row(rag_dir, data_dir, shared_dir, tmp_path, monkeypatch):
+    import json
+
+    from compare.run import main as run_main
+
+    monkeypatch.setenv("FTRAG_LLM", f"hf:{shared_dir / 'models' / 'tiny-random-gpt2'}")
+    out = tmp_path / "report"
+    argv = ["--rag", str(rag_dir), "--rag-llm", "--data", str(data_dir), "--limit", "24", "--latency-queries", "3",
+            "--update-examples", "0", "--out", str(out)]  # fmt: skip
+    assert run_main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    row = report["backends"]["rag-llm"]
+    assert row["llm"]["model"].startswith("hf:") and row["llm"]["answers"] >= 24
+    assert 0 <= row["llm"]["knn_fallbacks"] <= row["llm"]["answers"]
+    assert "rag-llm" in (out / "report.md").read_text()
+
+
+def test_compare_run_rag_llm_without_an_llm_is_a_one_line_error(rag_dir, data_dir, tmp_path, monkeypatch, capsys):
+    from compare.run import main as run_main
+
+    monkeypatch.delenv("FTRAG_LLM", raising=False)
+    assert run_main(["--rag", str(rag_dir), "--rag-llm", "--data", str(data_dir), "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: The LLM mode is unavailable")
+
+
+def test_the_app_serves_an_llm_column_when_one_is_configured(app_artifacts, shared_dir, monkeypatch):
+    from serving.service import Service
+
+    monkeypatch.setenv("FTRAG_LLM", f"hf:{shared_dir / 'models' / 'tiny-random-gpt2'}")
+    service = Service.start(app_artifacts, build_missing=False)
+    assert set(service.backends) == {"finetune", "rag", "rag-llm"}
+    [row] = service.classify(["what a day"])
+    assert row["results"]["rag-llm"]["label"] in service.labels() and row["results"]["rag-llm"]["evidence"]
+    monkeypatch.setenv("FTRAG_LLM", "bard:x")
+    assert "unknown provider" in Service.start(app_artifacts, build_missing=False).unavailable["rag-llm"]
