@@ -313,7 +313,8 @@ def _accuracy_bars(report: dict[str, Any], path: Path) -> Path:
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    # A band left empty above the titles: the app lays its label and buttons over the top of each image.
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
     return path
