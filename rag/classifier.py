@@ -229,7 +229,7 @@ class RagClassifier:
         rows = log.rows()
         removed = {r.id for r in rows if r.removed}
         with self._lock:
-            present = set(self._teach_ids[self._teach_ids >= 0].tolist())
+            present = self._taught_ids()
             try:
                 self._drop(removed & present)
             except ValueError as err:  # an approximate index cannot remove them: serve, and say so
@@ -259,7 +259,7 @@ class RagClassifier:
         written = self.log.append(texts, labels, vectors, client=client)
         new = [i for i, (_, merged) in enumerate(written) if not merged]
         with self._lock:  # an id forgotten between the log write and here must not come back
-            present = set(self._teach_ids[self._teach_ids >= 0].tolist()) | self._forgotten
+            present = self._taught_ids() | self._forgotten
             new = [i for i in new if written[i][0] not in present]
             if new:
                 rows = [(texts[i], labels[i], written[i][0]) for i in new]
@@ -280,6 +280,10 @@ class RagClassifier:
             self._forgotten.add(int(teach_id))
             self._drop({int(teach_id)})
         return True
+
+    def _taught_ids(self) -> set[int]:
+        """The teach-log ids of the examples held in memory now."""
+        return set(self._teach_ids[self._teach_ids >= 0].tolist())
 
     def _append(self, vectors: np.ndarray, texts: list[str], labels: list[str], teach_ids: list[int]) -> None:
         self.index.add(vectors)

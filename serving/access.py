@@ -80,13 +80,17 @@ class TeachPolicy:
         """True when teaching is possible at all (a token is set, or the app is not a public Space)."""
         return self.token is not None or not self.public
 
+    def require_open(self) -> None:
+        """Raise `Refused` (403) when nobody may teach here: a public app without a token."""
+        if not self.open:
+            raise Refused("teaching the shared index is off on this public app (the operator can set a token)", 403)
+
     def check(self, given_token: str | None, client: str, examples: int = 1) -> None:
         """Raise `Refused` unless this client may teach `examples` examples now.
 
         The allowance is spent before the token is compared, so guessing the token is rate-limited too.
         """
-        if self.token is None and self.public:
-            raise Refused("teaching the shared index is off on this public app (the operator can set a token)", 403)
+        self.require_open()
         if examples > self.limiter.per_minute:
             raise Refused(f"at most {self.limiter.per_minute} examples per minute may be taught; send fewer", 400)
         wait = self.limiter.take(client or "?", examples)

@@ -116,18 +116,34 @@ def load_upload(file: Path, labels: Sequence[str] | None = None, first_rows: boo
             raise InputError(f"the uploaded file has {total:,} rows; the limit is {MAX_UPLOAD_ROWS:,}")
         dataset = dataset.select(range(MAX_UPLOAD_ROWS))
         note = f"the first {MAX_UPLOAD_ROWS:,} of {total:,} rows of the uploaded file (the limit per evaluation)"
-    long_rows = [i for i, text in enumerate(dataset["text"]) if len(text) > MAX_CHARS]
+    texts = dataset["text"]
+    long_rows = [i for i, text in enumerate(texts) if len(text) > MAX_CHARS]
     if long_rows:
-        longest = max(len(dataset[i]["text"]) for i in long_rows[:100])
+        longest = max(len(texts[i]) for i in long_rows)
         rows = ", ".join(str(i + 1) for i in long_rows[:5]) + (" ..." if len(long_rows) > 5 else "")
         raise InputError(
             f"{len(long_rows)} row(s) of the uploaded file have more than {MAX_CHARS:,} characters (rows {rows}; "
             f"the longest has {longest:,}); the limit is {MAX_CHARS:,} per text, as for typed text"
         )
-    bad = [i for i, text in enumerate(dataset["text"]) if not _encodable(text)]
+    bad = [i for i, text in enumerate(texts) if not _encodable(text)]
     if bad:
         raise InputError(f"row {bad[0] + 1} of the uploaded file is not valid Unicode")
     return dataset, note
+
+
+def validate_labels(labels: Any, n: int, known: Sequence[str], what: str = "text") -> list[str]:
+    """One known label per text, or an InputError saying which are wrong (echoing at most a few of them).
+
+    >>> validate_labels(["a"], 1, ["a", "b"])
+    ['a']
+    """
+    if not isinstance(labels, (list, tuple)) or len(labels) != n:
+        given = len(labels) if isinstance(labels, (list, tuple)) else 0
+        raise InputError(f"give one label per {what}: {n} {what}s, {given} labels")
+    bad = sorted({str(x) for x in labels if x not in known})
+    if bad:
+        raise InputError(f"unknown label(s) {_few(bad)}; use one of {list(known)}")
+    return list(labels)
 
 
 _ABSOLUTE_PATH = re.compile(r"(?<![\w/.~:])/[^\s'\"()\[\],;]+")
@@ -329,12 +345,7 @@ class Service:
         """
         rag = self._teachable()
         texts = validate_texts(texts, "example")
-        labels = [labels] if isinstance(labels, str) else labels
-        if not isinstance(labels, (list, tuple)) or len(labels) != len(texts):
-            raise InputError(f"give one label per example: {len(texts)} examples")
-        bad = sorted({str(x) for x in labels if x not in rag.labels})
-        if bad:
-            raise InputError(f"unknown label(s) {_few(bad)}; use one of {list(rag.labels)}")
+        labels = validate_labels([labels] if isinstance(labels, str) else labels, len(texts), rag.labels, "example")
         self.teach_policy.check(token, client, examples=len(texts))
         start = time.perf_counter()
         written = rag.teach(list(texts), list(labels), client=client)
@@ -371,8 +382,7 @@ class Service:
             raise InputError(f"the retrieval backend is not available: {self.unavailable.get('rag', 'not loaded')}")
         if getattr(rag, "log", None) is None:
             raise InputError("this retrieval index has no teach log (it was loaded without a directory)")
-        if not self.teach_policy.open:
-            raise Refused("teaching the shared index is off on this public app (the operator can set a token)", 403)
+        self.teach_policy.require_open()
         return rag
 
     def start_compactor(self, interval_s: float) -> threading.Thread | None:

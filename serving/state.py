@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from compare.decide import Constraints, decide
-from compare.metrics import accuracy
+from compare.metrics import accuracy, agreement
 from compare.runner import check_report, evaluate
-from core.data import DataError, label_names, load_tweets
+from core.data import DataError, label_names, load_tweets, stratified_sample
 from core.files import read_json
 from core.limits import MAX_UPLOAD_ROWS
 from serving.access import Refused
-from serving.service import InputError, Service, load_upload, uploaded_file
+from serving.service import InputError, Service, load_upload, uploaded_file, validate_labels
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class App:
             data = load_tweets(None, split="test")
             if set(label_names(data)) != set(self.service.labels()):
                 raise DataError(f"the test split's labels {label_names(data)} are not the backends' labels")
-            data = load_tweets(None, split="test", limit=min(n, data.num_rows), seed=0)
+            data = stratified_sample(data, min(n, data.num_rows), seed=0)
             report = evaluate(
                 self.service.backends,
                 data,
@@ -114,21 +114,14 @@ class App:
 
     def compare_texts(self, texts: list[str], labels: list[str] | None) -> dict[str, Any]:
         if labels is not None:  # checked before any model runs
-            if len(labels) != len(texts):
-                raise InputError(f"give one label per text: {len(texts)} texts, {len(labels)} labels")
-            known = self.service.labels()
-            bad = sorted(set(labels) - set(known))
-            if bad:
-                raise InputError(f"unknown label(s) {[b[:40] for b in bad[:5]]}; use one of {known}")
+            labels = validate_labels(labels, len(texts), self.service.labels())
         results = self.service.classify(texts)
+        predicted = {name: [r["results"][name]["label"] for r in results] for name in results[0]["results"]}
         out: dict[str, Any] = {"results": results}
         if labels is not None:
-            names = list(results[0]["results"])
-            out["accuracy"] = {n: accuracy([r["results"][n]["label"] for r in results], labels) for n in names}
-        names = list(results[0]["results"])
-        if len(names) == 2:
-            a, b = names
-            out["agreement"] = sum(r["results"][a]["label"] == r["results"][b]["label"] for r in results) / len(texts)
+            out["accuracy"] = {name: accuracy(p, labels) for name, p in predicted.items()}
+        if len(predicted) == 2:
+            out["agreement"] = agreement(*predicted.values())
         return out
 
     def recommend(self, constraints: Constraints, report: dict[str, Any] | None = None) -> dict[str, Any]:
