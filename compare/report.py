@@ -41,18 +41,24 @@ def csv_safe(value: Any) -> Any:
     return value
 
 
+def disagreement_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The texts where the backends disagree: the headers (text, reference, each backend) and one row per text."""
+    names = list(report["backends"])
+    rows = [[d["text"], d["reference"], *(d["predictions"].get(n, "") for n in names)]
+            for d in report.get("disagreements", [])]  # fmt: skip
+    return ["text", "reference", *names], rows
+
+
 def disagreements_csv(report: dict[str, Any]) -> str:
     """The texts where the backends disagree, as CSV with every cell made spreadsheet-safe."""
     import csv
     import io
 
-    names = list(report["backends"])
+    headers, rows = disagreement_rows(report)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["text", "reference", *names])
-    for row in report.get("disagreements", []):
-        cells = [row["text"], row["reference"], *(row["predictions"].get(n, "") for n in names)]
-        writer.writerow([csv_safe(cell) for cell in cells])
+    writer.writerow(headers)
+    writer.writerows([csv_safe(cell) for cell in row] for row in rows)
     return buffer.getvalue()
 
 

@@ -16,7 +16,14 @@ from typing import Any
 import gradio as gr
 
 from compare.decide import HARDWARE, UPDATES, Constraints
-from compare.report import HEADLINE_COLUMNS, REPORT_FILES, escape_markdown, headline_rows, write_report
+from compare.report import (
+    HEADLINE_COLUMNS,
+    REPORT_FILES,
+    disagreement_rows,
+    escape_markdown,
+    headline_rows,
+    write_report,
+)
 from core.limits import MAX_CHARS, MAX_UPLOAD_ROWS
 from serving.access import Refused, client_of
 from serving.service import InputError, Service, hide_paths
@@ -141,14 +148,6 @@ def per_class_rows(report: dict[str, Any]) -> list[list[Any]]:
     ]
 
 
-def disagreement_rows(report: dict[str, Any]) -> list[list[Any]]:
-    """The texts where the backends disagree: text, reference, then each backend's label."""
-    names = list(report["backends"])
-    return [
-        [d["text"], d["reference"], *(d["predictions"].get(n, "") for n in names)] for d in report["disagreements"]
-    ]
-
-
 def scored_line(report: dict[str, Any]) -> str:
     """What a report rests on, in one paragraph: the data, how many texts, how latency was measured."""
     data = report["dataset"]
@@ -214,7 +213,7 @@ def batch_tab(state: App, visitor_report: gr.State, keep: list[Path]) -> None:
         archive = report_zip(report, keep)
         folder = archive.parent / "report"
         table = [list(r.values()) for r in headline_rows(report)]
-        names = ["text", "reference", *report["backends"]]
+        names, disagreeing = disagreement_rows(report)
         images = [
             str(folder / f) for f in ("confusion_matrices.png", "accuracy.png", "latency.png", "reliability.png")
         ]
@@ -223,7 +222,7 @@ def batch_tab(state: App, visitor_report: gr.State, keep: list[Path]) -> None:
             table,
             *images,
             per_class_rows(report),
-            gr.update(value=disagreement_rows(report), headers=names),
+            gr.update(value=disagreeing, headers=names),
             str(archive),
             report,
         )
