@@ -1,7 +1,8 @@
 """Gradio app and JSON API for the fine-tune vs RAG decision service.
 
-``python app.py [--artifacts DIR] [--host H] [--port N]`` loads ``DIR/finetune`` and ``DIR/rag`` (building what is
-missing, with progress in the terminal) and serves the UI at ``/`` and the API at ``/api/...`` (docs at ``/docs``).
+``python app.py [--artifacts DIR] [--host H] [--port N]`` serves the UI at ``/`` and the API at ``/api/...`` (docs at
+``/docs``) at once, while it loads ``DIR/rag``, ``DIR/finetune`` and any extras in the background (building what is
+missing: see `serving.build`), with progress in the page and in the terminal; each backend is served as it comes up.
 This file is wiring only: the page is `serving.ui`, the API `serving.api`, the shared state `serving.state`, and
 every call goes to `serving.service.Service` or compare/ functions.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="first download prebuilt finetune/ and rag/ folders from this Hugging Face Hub repo into --artifacts",
     )
     parser.add_argument(
+        "--scratch-gpt2",
+        action="store_true",
+        help="also serve GPT-2 trained from scratch on the same examples (built when missing), as an extra contender",
+    )
+    parser.add_argument(
+        "--teach-shared",
+        action="store_true",
+        help="let visitors teach the shared index too, not only their own session (never without a token on a Space; "
+        "same as FTRAG_TEACH_SHARED=1)",
+    )
+    parser.add_argument(
         "--no-compare-at-start",
         action="store_true",
         help="do not measure the backends at start-up when no report is saved (Decide then waits for one)",
@@ -93,12 +106,22 @@ def main(argv: list[str] | None = None) -> None:
             fetch_artifacts(args.artifacts_repo, artifacts)
         except ArtifactError as err:
             logger.error("%s; serving what is in %s", err, artifacts)
-    service = Service.start(artifacts, build_missing=not args.no_build, progress=_log_progress())
-    logger.info("Backends ready in %.1f s: %s", service.started_seconds, sorted(service.backends))
+    state: App | None = None
+    state_made = threading.Event()
+
+    def when_ready() -> None:  # in the bring-up thread, once every backend is up
+        logger.info("Backends ready in %.1f s: %s", service.started_seconds, sorted(service.backends))
+        state_made.wait()
+        if state is not None and not args.no_compare_at_start:
+            state.start_comparison(background=False)  # when no report was saved: Decide then answers out of the box
+
+    service = Service.start(artifacts, build_missing=not args.no_build, progress=_log_progress(),
+                            scratch_gpt2=args.scratch_gpt2, background=True, on_ready=when_ready)  # fmt: skip
+    if args.teach_shared:
+        service.teach_policy.shared = True
     service.start_compactor(float(os.environ.get("FTRAG_COMPACT_SECONDS", "600")))
     state = App(service, report_dir=artifacts / "report", curve_dir=artifacts / "curve")
-    if not args.no_compare_at_start:
-        state.start_comparison()  # in the background, when no report was saved: Decide then answers out of the box
+    state_made.set()
     config = uvicorn.Config(
         create_app(state), host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3
     )

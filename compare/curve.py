@@ -43,6 +43,7 @@ from core.data import DataError, label_names, load_tweets, stratified_sample
 from core.files import ArtifactError, atomic_write, dumps_json
 from core.types import check_labels, check_same_labels, normalise_label
 from finetune.config import SCRATCH_PRESETS, FinetuneConfig
+from rag.classifier import choose_vote
 from rag.config import RagConfig
 from rag.tune_embedder import TuneEmbedderConfig
 
@@ -203,30 +204,6 @@ def finetune_budget(cfg: FinetuneConfig, fit_size: int, validation_size: int, se
     )
     record = {"steps": steps, "epochs": epochs, "learning_rate": lr, "batch_size": cfg.batch_size}
     return budgeted, record
-
-
-def choose_vote(clf, fit_labels: Sequence[str], texts: Sequence[str], labels: Sequence[str], seed: int) -> dict:
-    """Set `clf`'s k, weighting and temperature to the best on the validation `texts` (searched against the index,
-    which holds the fitting examples `fit_labels` in order); returns the choice with its validation accuracy."""
-    import numpy as np
-
-    from rag.classifier import vote
-
-    grid = RagConfig(seed=seed)
-    vectors = clf.embedder.encode(list(texts))
-    scores, ids = clf.index.search(vectors, min(max(grid.k_grid), clf.size))
-    example_ids = np.array([clf.labels.index(label) for label in fit_labels])
-    wanted = np.array([clf.labels.index(label) for label in labels])
-    votes = [("uniform", 1.0), ("similarity", 1.0), *(("softmax", t) for t in grid.temperature_grid)]
-    best: dict[str, Any] = {"accuracy": -1.0}
-    for k in sorted({min(k, ids.shape[1]) for k in grid.k_grid}):
-        for weighting, temperature in votes:
-            probs = vote(scores[:, :k], ids[:, :k], example_ids, len(clf.labels), weighting, temperature)
-            acc = float((probs.argmax(axis=1) == wanted).mean())
-            if acc > best["accuracy"]:  # ties keep the smaller k and the simpler vote
-                best = {"k": k, "weighting": weighting, "temperature": temperature, "accuracy": round(acc, 4)}
-    clf.k, clf.weighting, clf.temperature = best["k"], best["weighting"], best["temperature"]
-    return best
 
 
 # --- one run of each contender ---------------------------------------------------------------------------------------
@@ -469,33 +446,31 @@ def describe_crossover(curve: dict[str, Any]) -> str:
 
 def plot_curve(curve: dict[str, Any], path: str | Path) -> Path:
     """curve.png: mean accuracy per contender with a band of one standard deviation, and the crossover."""
-    import matplotlib
+    from compare.report import plotting
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, label in LINE_NAMES.items():
-        points = series(curve, key)
-        if points:
-            sizes, means, stds = (list(column) for column in zip(*points, strict=True))
-            ax.plot(sizes, means, "o-", label=label)
-            ax.fill_between(sizes, [m - s for m, s in zip(means, stds, strict=True)],
-                            [m + s for m, s in zip(means, stds, strict=True)], alpha=0.2)  # fmt: skip
-    span = curve.get("crossover_range")
-    if curve.get("crossover") is not None and span:
-        ax.axvspan(span[0], span[1] or max(curve["sizes"]), color="grey", alpha=0.12, lw=0)
-        ax.axvline(curve["crossover"], color="grey", ls="--", lw=1)
-    seeds = len(curve.get("seeds") or [0])
-    ax.set_xscale("log")
-    ax.set(xlabel="labeled examples", ylabel=f"test accuracy ({curve['test_size']} texts)",
-           title=f"Learning curve (mean ± std over {seeds} seed{'s' if seeds > 1 else ''})")  # fmt: skip
-    ax.grid(alpha=0.3)
-    ax.legend(title=describe_crossover(curve) if curve.get("crossover") else None, title_fontsize=7, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    with plotting() as plt:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for key, label in LINE_NAMES.items():
+            points = series(curve, key)
+            if points:
+                sizes, means, stds = (list(column) for column in zip(*points, strict=True))
+                ax.plot(sizes, means, "o-", label=label)
+                ax.fill_between(sizes, [m - s for m, s in zip(means, stds, strict=True)],
+                                [m + s for m, s in zip(means, stds, strict=True)], alpha=0.2)  # fmt: skip
+        span = curve.get("crossover_range")
+        if curve.get("crossover") is not None and span:
+            ax.axvspan(span[0], span[1] or max(curve["sizes"]), color="grey", alpha=0.12, lw=0)
+            ax.axvline(curve["crossover"], color="grey", ls="--", lw=1)
+        seeds = len(curve.get("seeds") or [0])
+        ax.set_xscale("log")
+        ax.set(xlabel="labeled examples", ylabel=f"test accuracy ({curve['test_size']} texts)",
+               title=f"Learning curve (mean ± std over {seeds} seed{'s' if seeds > 1 else ''})")  # fmt: skip
+        ax.grid(alpha=0.3)
+        ax.legend(title=describe_crossover(curve) if curve.get("crossover") else None, title_fontsize=7, fontsize=8)
+        fig.tight_layout()
+        path = Path(path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        plt.close(fig)
     return path
 
 

@@ -11,6 +11,7 @@ neighbours are kept as evidence whenever the secondary was consulted.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,11 @@ import numpy as np
 
 from core.types import Classifier, Prediction, check_texts
 
+logger = logging.getLogger(__name__)
+
 MODES = ("gate", "mix")
+HYBRID_VALIDATION_MAX = 1000
+"""Texts of the fine-tune's evaluation slice the hybrid is fitted on, at most."""
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.35, 1.0001, 0.05))
 WEIGHTS = tuple(round(w, 2) for w in np.arange(0.0, 1.0001, 0.1))
 
@@ -139,3 +144,43 @@ def fit_hybrid(
         weight=best.get("weight", 0.5),
         meta={"fit": fit, "components": [primary.name, secondary.name]},
     )
+
+
+# --- the hybrid of a fine-tune and an index, fitted where neither learned -------------------------------------------
+
+
+def hybrid_validation(finetune_meta: dict[str, Any], data: str | None) -> tuple[list[str], list[str]] | None:
+    """The fine-tune's evaluation slice (recomputed from its run.json), at most HYBRID_VALIDATION_MAX texts."""
+    from core.data import load_tweets
+    from finetune.train import eval_slice_digest, split_train_eval
+
+    config = finetune_meta.get("config") or {}
+    if finetune_meta.get("data_source") == "in-memory dataset" or "eval_size" not in config:
+        return None
+    train = load_tweets(config.get("data") or data, split="train", labels=config.get("labels"))
+    _, evaluation = split_train_eval(train, config.get("train_size"), config["eval_size"], seed=config.get("seed", 0))
+    texts, labels = list(evaluation["text"]), list(evaluation["label"])
+    recorded = finetune_meta.get("eval_slice_sha256")
+    if recorded is not None and recorded != eval_slice_digest(texts, labels):
+        raise ValueError(
+            "the fine-tune's evaluation slice recomputed from the data is not the one it was trained beside (its "
+            "run.json records another): fitting the hybrid on it could use rows the model trained on. Pass the data "
+            "the model was trained on."
+        )
+    return texts[:HYBRID_VALIDATION_MAX], labels[:HYBRID_VALIDATION_MAX]
+
+
+def default_hybrid(finetune: Classifier, rag: Any, data: str | None = None) -> HybridClassifier | None:
+    """The hybrid of a fine-tune and a retrieval index, fitted on the fine-tune's evaluation slice; None when that
+    slice cannot be recomputed (a model trained on an in-memory dataset).
+
+    The retrieval vote on the slice leaves each text's identical copy out of the index, so an index that holds the
+    slice (built on the whole train split) does not answer from the text's own label.
+    """
+    slice_ = hybrid_validation(getattr(finetune, "meta", {}) or {}, data)
+    if slice_ is None:
+        return None
+    texts, labels = slice_
+    logger.info("Fitting the hybrid on %d texts of the fine-tune's evaluation slice", len(texts))
+    left_out = rag.predict(texts, exclude_identical=True)
+    return fit_hybrid(finetune, rag, texts, labels, left_out)

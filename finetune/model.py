@@ -84,7 +84,7 @@ class TextClassifier:
         else:
             what = str(self.meta.get("base_model", getattr(self.model.config, "_name_or_path", "?")))
         size = self.meta.get("train_size")
-        trained = f", fine-tuned on {size} labeled examples" if size else ""
+        trained = f", fine-tuned on {size:,} labeled examples" if size else ""
         return f"{what}{trained}{', int8' if self.quantized else ''}"
 
     def memory_bytes(self) -> int:

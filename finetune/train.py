@@ -216,7 +216,7 @@ def build_model(cfg: FinetuneConfig, tokenizer, base: Source | None, labels: Seq
         raise FinetuneError(f"base model {base.value!r} cannot be loaded as a sequence classifier: {err}") from err
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return model, base.value
+    return model, base.name
 
 
 # --- progress --------------------------------------------------------------------------------------------------------

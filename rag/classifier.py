@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from core.data import label_names, load_tweets, stratified_indices, stratified_sample
 from core.files import ArtifactError, dir_lock, dumps_json, read_json, recover_dir, staged_dir
-from core.settings import resolve
+from core.settings import resolve, screen_name
 from core.types import LABELS, Prediction, check_labels, check_texts
 from rag.config import WEIGHTINGS, RagConfig
 from rag.embed import Embedder, EmbedderError
@@ -149,6 +149,53 @@ class RagClassifier:
                 return results  # type: ignore[return-value]
             prior = self._prior()  # only blank queries need it: a count over every example
             return [r if r is not None else prior for r in results]
+
+    def predict_with(self, texts: Sequence[str], extra: Sequence[dict[str, Any]]) -> list[Prediction]:
+        """`predict` as if the index also held the `extra` examples (``{"text", "label", "vector"}``, e.g. one
+        visitor's own taught examples, see `embed_example`), without changing the index that everyone else uses.
+
+        The extra examples compete with the indexed ones for the `k` nearest places, exactly as if added.
+        """
+        if not extra:
+            return self.predict(texts)
+        texts = check_texts(texts)
+        own_vectors = np.asarray([e["vector"] for e in extra], dtype=np.float32)
+        own_labels = self._to_ids([e["label"] for e in extra])
+        wanted = [i for i, t in enumerate(texts) if t.strip()]
+        if not wanted:
+            return self.predict(texts)
+        vectors = self.embedder.encode([texts[i] for i in wanted])
+        with self._lock:
+            scores, ids = self.index.search(vectors, self.k)
+            base = len(self._texts)
+            own_scores = vectors @ own_vectors.T  # cosine: every vector is L2-normalised
+            scores = np.concatenate([np.where(ids >= 0, scores, -np.inf), own_scores], axis=1)
+            ids = np.concatenate([ids, np.broadcast_to(base + np.arange(len(extra)), own_scores.shape)], axis=1)
+            order = np.argsort(-scores, axis=1, kind="stable")[:, : self.k]
+            scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+            label_ids = np.concatenate([self._label_ids, own_labels])
+            probs = vote(scores, ids, label_ids, len(self.labels), self.weighting, self.temperature)
+            results: list[Prediction] = [self._prior()] * len(texts)
+            for row, i in enumerate(wanted):
+                evidence = []
+                for score, j in zip(scores[row, :EVIDENCE_SIZE], ids[row, :EVIDENCE_SIZE], strict=True):
+                    if j >= base:
+                        own = extra[j - base]
+                        evidence.append(
+                            {"text": own["text"], "label": own["label"], "score": float(score), "own": True}
+                        )
+                    elif j >= 0:
+                        evidence.extend(self._hits(np.array([score]), np.array([j])))
+                results[i] = Prediction.from_scores(dict(zip(self.labels, probs[row].tolist(), strict=True)), evidence)
+            return results
+
+    def embed_example(self, text: str, label: str) -> dict[str, Any]:
+        """``{"text", "label", "vector"}`` for `predict_with`: the example embedded once, its label checked."""
+        [text] = check_texts([text])
+        if not text.strip():
+            raise ValueError("an example needs some text")
+        self._to_ids([label])  # raises on a label outside the index's label set
+        return {"text": text, "label": label, "vector": self.embedder.encode([text])[0].tolist()}
 
     def _search_excluding(self, queries: list[str], vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         extra = 8  # room for duplicates of the query in the index
@@ -322,8 +369,7 @@ class RagClassifier:
     def describe(self) -> str:
         """One line that says what this classifier is: the vote, the corpus and the embedder."""
         vote_kind = f"{self.weighting}" + (f" T={self.temperature:g}" if self.weighting == "softmax" else "")
-        path = Path(self.embedder.name)
-        embedder = "/".join(path.parts[-2:]) if path.is_absolute() else self.embedder.name
+        embedder = screen_name(self.embedder.name)
         return (
             f"kNN vote (k={self.k}, {vote_kind}) over {self.size:,} labeled examples embedded with {embedder} "
             f"({self.index.kind} index)"
@@ -604,3 +650,23 @@ def _recorded_embedder(run: dict) -> str | None:
     if recorded and (Path(recorded).exists() or not Path(recorded).is_absolute()):
         return recorded
     return None
+
+
+def choose_vote(clf, fit_labels: Sequence[str], texts: Sequence[str], labels: Sequence[str], seed: int) -> dict:
+    """Set `clf`'s k, weighting and temperature to the best on the validation `texts` (searched against the index,
+    which holds the fitting examples `fit_labels` in order); returns the choice with its validation accuracy."""
+    grid = RagConfig(seed=seed)
+    vectors = clf.embedder.encode(list(texts))
+    scores, ids = clf.index.search(vectors, min(max(grid.k_grid), clf.size))
+    example_ids = np.array([clf.labels.index(label) for label in fit_labels])
+    wanted = np.array([clf.labels.index(label) for label in labels])
+    votes = [("uniform", 1.0), ("similarity", 1.0), *(("softmax", t) for t in grid.temperature_grid)]
+    best: dict[str, Any] = {"accuracy": -1.0}
+    for k in sorted({min(k, ids.shape[1]) for k in grid.k_grid}):
+        for weighting, temperature in votes:
+            probs = vote(scores[:, :k], ids[:, :k], example_ids, len(clf.labels), weighting, temperature)
+            acc = float((probs.argmax(axis=1) == wanted).mean())
+            if acc > best["accuracy"]:  # ties keep the smaller k and the simpler vote
+                best = {"k": k, "weighting": weighting, "temperature": temperature, "accuracy": round(acc, 4)}
+    clf.k, clf.weighting, clf.temperature = best["k"], best["weighting"], best["temperature"]
+    return best

@@ -1,9 +1,13 @@
 """Who may teach the shared index, and how fast: a bearer token and a per-client token bucket.
 
-- Locally (no ``SPACE_ID``) and without ``FTRAG_TEACH_TOKEN``: anyone who can reach the app may teach (it binds
-  127.0.0.1).
-- On a Hugging Face Space (``SPACE_ID`` set) without a token: nobody may teach.
-- Whenever ``FTRAG_TEACH_TOKEN`` is set: teaching (API and UI) needs it (``Authorization: Bearer <token>``).
+Teaching *the shared index* (what every visitor's retrieval answers from) is off unless the operator allows it:
+
+- ``FTRAG_TEACH_SHARED=1`` (``python app.py --teach-shared``): anyone who can reach the app may teach it, except on
+  a Hugging Face Space (``SPACE_ID`` set), where that is never on without a token;
+- ``FTRAG_TEACH_TOKEN`` set: teaching it (API and UI) needs the token (``Authorization: Bearer <token>``), anywhere.
+
+Otherwise the page's Teach tab still works for the visitor's own session (see `serving.ui`): examples taught there
+change only that visitor's answers.
 - Every client may teach at most ``FTRAG_TEACH_PER_MINUTE`` examples per minute (default 120), in bursts of up to
   that many.
 """
@@ -15,6 +19,8 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+
+SHARED_ENV_VAR = "FTRAG_TEACH_SHARED"
 
 
 class Refused(ValueError):
@@ -62,6 +68,7 @@ class TeachPolicy:
 
     token: str | None = None
     public: bool = False
+    shared: bool = False
     limiter: RateLimiter = field(default_factory=RateLimiter)
 
     @classmethod
@@ -72,18 +79,24 @@ class TeachPolicy:
         return cls(
             token=os.environ.get("FTRAG_TEACH_TOKEN") or None,
             public=bool(os.environ.get("SPACE_ID")),
+            shared=os.environ.get(SHARED_ENV_VAR, "").strip().lower() in {"1", "true", "yes", "on"},
             limiter=RateLimiter(per_minute=per_minute),
         )
 
     @property
     def open(self) -> bool:
-        """True when teaching is possible at all (a token is set, or the app is not a public Space)."""
-        return self.token is not None or not self.public
+        """True when the shared index may be taught at all (a token is set, or the operator allowed it off a Space)."""
+        return self.token is not None or (self.shared and not self.public)
 
     def require_open(self) -> None:
-        """Raise `Refused` (403) when nobody may teach here: a public app without a token."""
+        """Raise `Refused` (403) when nobody may teach the shared index here."""
         if not self.open:
-            raise Refused("teaching the shared index is off on this public app (the operator can set a token)", 403)
+            how = "set a token" if self.public else f"set {SHARED_ENV_VAR}=1 or a token"
+            raise Refused(
+                f"teaching the shared index is off on this app (the operator can {how}); in the page, Teach still "
+                "works for your own session",
+                403,
+            )
 
     def check(self, given_token: str | None, client: str, examples: int = 1) -> None:
         """Raise `Refused` unless this client may teach `examples` examples now.

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Header, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -101,7 +102,10 @@ def _validation_message(err: RequestValidationError) -> dict[str, Any]:
 
 def create_api(state: App) -> FastAPI:
     """The API routes, with the body limit, and error handlers that answer JSON and never echo the input."""
-    api = FastAPI(title="Fine-tune vs RAG API", description="Classify with both backends, compare, teach, decide.")
+    # FastAPIOffline serves /docs (Swagger UI) and /redoc from files installed with it: no CDN, so they work offline.
+    api = FastAPIOffline(
+        title="Fine-tune vs RAG API", description="Classify with both backends, compare, teach, decide."
+    )
     api.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
 
     @api.exception_handler(InputError)

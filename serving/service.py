@@ -19,16 +19,16 @@ from typing import Any
 
 from core.files import ArtifactError
 from core.limits import MAX_CHARS, MAX_TEXTS, MAX_UPLOAD_BYTES, MAX_UPLOAD_ROWS
+from core.settings import screen_name
 from core.types import Classifier
 from serving.access import Refused, TeachPolicy
 from serving.batching import MicroBatcher, wait_ms_from_env
 
 logger = logging.getLogger(__name__)
 
-DEMO_FINETUNE_SIZE = 3000
-DEMO_SCRATCH_EPOCHS = 3
-
 Progress = Callable[[float, str], None]
+MAX_SESSION_EXAMPLES = 50
+"""Examples one visitor may teach in their own session (each one is a vector held in that session)."""
 
 
 class InputError(ValueError):
@@ -194,6 +194,9 @@ class Service:
         self._stop = threading.Event()
         self._batchers: dict[str, MicroBatcher] = {}
         self._batchers_lock = threading.Lock()
+        self.ready = threading.Event()  # set once every backend of the line-up is up (or known unavailable)
+        self.expected: list[str] = []  # the line-up's names, in the order they come up
+        self.building: dict[str, tuple[float, str]] = {}  # name -> (progress 0..1, what it is doing)
 
     # --- start-up --------------------------------------------------------------------------------------------------
 
@@ -206,45 +209,107 @@ class Service:
         progress: Progress | None = None,
         finetune_dir: str | Path | None = None,
         rag_dir: str | Path | None = None,
+        scratch_gpt2: bool = False,
+        background: bool = False,
+        on_ready: Callable[[], None] | None = None,
     ) -> Service:
-        """Load ``<artifacts>/finetune`` and ``<artifacts>/rag``; build the missing ones when `build_missing`.
+        """Load the line-up of `serving.build.line_up` (retrieval, the fine-tune, extras) and build the missing ones.
 
-        A damaged artifact is never rebuilt over (nothing saved is lost): that backend is reported unavailable, with
-        the reason, and the other one is served.
+        With `background`, this returns at once (the page can be served while the backends build): each backend
+        joins `backends` as soon as it is loaded, `status()` tells how far each one is, and `on_ready` runs once all
+        are up. A damaged artifact is never rebuilt over (nothing saved is lost): that backend is reported
+        unavailable, with the reason, and the others are served.
         """
-        import finetune
-        import rag
+        from serving.build import line_up
+
+        service = cls(artifacts=Path(artifacts))
+        steps = line_up(Path(artifacts), finetune_dir, rag_dir, scratch_gpt2)
+        service.expected = [step.name for step in steps] + ["hybrid"]
+        service.building = {step.name: (0.0, "waiting") for step in steps}
+        args = (steps, build_missing, progress, on_ready)
+        if background:
+            threading.Thread(target=service._bring_up, args=args, name="bring-up", daemon=True).start()
+        else:
+            service._bring_up(*args)
+        return service
+
+    def _bring_up(self, steps, build_missing: bool, progress: Progress | None, on_ready) -> None:
+        from serving.build import DemoData
 
         start = time.perf_counter()
-        report = progress or (lambda fraction, message: None)
-        artifacts = Path(artifacts)
-        paths = {"finetune": Path(finetune_dir or artifacts / "finetune"), "rag": Path(rag_dir or artifacts / "rag")}
-        service = cls(artifacts=artifacts)
-        loaders = {"finetune": finetune.load, "rag": rag.load}
-        builders = {"finetune": build_demo_finetune, "rag": build_demo_index}
-        for i, (name, path) in enumerate(paths.items()):
-            base = 0.5 * i
+        data = DemoData()
+        for i, step in enumerate(steps):
+
+            def report(fraction: float, message: str, step=step, i=i) -> None:
+                self.building[step.name] = (fraction, message)
+                if progress is not None:
+                    progress((i + fraction) / len(steps), f"{step.name}: {message}")
+
             try:
-                if not path.exists() and build_missing:
-                    report(base, f"{name}: nothing at {path}; building it")
-                    builders[name](path, lambda f, m, base=base, name=name: report(base + 0.5 * f, f"{name}: {m}"))
-                if not path.exists():
-                    raise ArtifactError(f"{path}: not built (start with building enabled, or build it from the CLI)")
-                report(base + 0.45, f"{name}: loading {path}")
-                service.backends[name] = loaders[name](path)
-                if name == "rag" and service.backends[name].log is None:
-                    service.backends[name].open_log()  # taught examples go to a log beside the index
-            except (ArtifactError, ValueError, OSError) as err:
-                logger.error("%s is unavailable: %s", name, err)
-                service.unavailable[name] = hide_paths(str(err))
-        service._add_llm_contender()
-        service._refuse_mixed_labels()
-        if service.backends:  # the first real request should not pay for lazy set-up (thread pools, the trace)
-            report(0.98, "warming up")
-            service.classify(["warming up"])
-        service.started_seconds = time.perf_counter() - start
-        report(1.0, "ready")
-        return service
+                if not step.path.exists() and build_missing and step.build is not None:
+                    report(0.0, "building")
+                    step.build(step.path, report, data)
+                if not step.path.exists():
+                    raise ArtifactError(f"{step.path}: not built (start with building on, or build it from the CLI)")
+                report(0.97, "loading")
+                self._add(step.name, step.load(step.path))
+                report(1.0, "ready")
+            except (ArtifactError, ValueError, OSError, ImportError) as err:
+                logger.error("%s is unavailable: %s", step.name, err)
+                self.unavailable[step.name] = hide_paths(str(err))
+                self.building[step.name] = (1.0, "unavailable")
+        self._add_hybrid()
+        self._add_llm_contender()
+        if self.backends:  # the first real request should not pay for lazy set-up (thread pools, the trace)
+            self.classify(["warming up"])
+        self.started_seconds = time.perf_counter() - start
+        self.ready.set()
+        if progress is not None:
+            progress(1.0, "ready")
+        if on_ready is not None:
+            on_ready()
+
+    def _add(self, name: str, clf: Classifier) -> None:
+        """Serve `clf` as `name`, unless its labels are not those of the backends already served."""
+        first = next(iter(self.backends.items()), None)
+        if first is not None and set(clf.labels) != set(first[1].labels):
+            raise ValueError(f"its labels {list(clf.labels)} are not the labels of {first[0]} {list(first[1].labels)}")
+        if name == "rag" and clf.log is None:
+            clf.open_log()  # taught examples go to a log beside the index
+        self.backends = {**self.backends, name: clf}  # a new dict: readers iterate a snapshot, never a changing one
+
+    def _add_hybrid(self) -> None:
+        """The hybrid of the fine-tune and the index, fitted on the fine-tune's validation slice (compare.hybrid)."""
+        from compare.hybrid import default_hybrid
+        from core.data import DataError
+
+        if "finetune" not in self.backends or "rag" not in self.backends:
+            self.expected = [name for name in self.expected if name != "hybrid"]
+            return
+        self.building["hybrid"] = (0.0, "fitting on the fine-tune's validation slice")
+        try:
+            hybrid = default_hybrid(self.backends["finetune"], self.backends["rag"])
+            if hybrid is None:  # a fine-tune trained on an in-memory dataset: nowhere to fit it without leaking
+                why = "not served: the fine-tune's validation slice cannot be recomputed from its run.json"
+                logger.info("No hybrid: %s", why)
+                self.expected = [name for name in self.expected if name != "hybrid"]
+                self.building["hybrid"] = (1.0, why)
+                return
+            self._add("hybrid", hybrid)
+            self.building["hybrid"] = (1.0, "ready")
+        except (DataError, ValueError, OSError) as err:
+            logger.error("hybrid is unavailable: %s", err)
+            self.unavailable["hybrid"] = hide_paths(str(err))
+            self.building["hybrid"] = (1.0, "unavailable")
+
+    def status(self) -> dict[str, Any]:
+        """How far the start-up is: each expected backend's progress (0 to 1) and what it is doing."""
+        backends = {}
+        for name in self.expected:
+            fraction, message = self.building.get(name, (0.0, "waiting"))
+            state = "ready" if name in self.backends else "unavailable" if name in self.unavailable else "building"
+            backends[name] = {"state": state, "progress": round(fraction, 3), "message": hide_paths(message)}
+        return {"ready": self.ready.is_set(), "backends": backends}
 
     def _add_llm_contender(self) -> None:
         """With ``FTRAG_LLM`` set, the retrieval index's neighbours in a few-shot prompt to that LLM: ``rag-llm``."""
@@ -254,21 +319,12 @@ class Service:
 
         if not os.environ.get(LLM_ENV_VAR) or "rag" not in self.backends:
             return
+        self.expected.append("rag-llm")
         try:
-            self.backends["rag-llm"] = llm_classifier(self.backends["rag"])
+            self._add("rag-llm", llm_classifier(self.backends["rag"]))
         except LlmUnavailable as err:
             logger.error("rag-llm is unavailable: %s", err)
             self.unavailable["rag-llm"] = hide_paths(str(err))
-
-    def _refuse_mixed_labels(self) -> None:
-        """Backends trained on another label set than the first one are not served (their answers cannot meet)."""
-        first = next(iter(self.backends.items()), None)
-        for name, clf in list(self.backends.items())[1:]:
-            if set(clf.labels) != set(first[1].labels):
-                why = f"its labels {list(clf.labels)} are not the labels of {first[0]} {list(first[1].labels)}"
-                logger.error("%s is unavailable: %s", name, why)
-                self.unavailable[name] = why
-                del self.backends[name]
 
     # --- calls -----------------------------------------------------------------------------------------------------
 
@@ -376,10 +432,36 @@ class Service:
         self._changes += 1
         return {"removed": teach_id, "index_size": rag.size}
 
-    def _teachable(self):
+    def teach_session(self, text: Any, label: Any, own: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A visitor's own taught examples, `own`, plus this one: embedded once, checked, never in the shared index.
+
+        The page keeps the list in the visitor's session; `compare_session` answers with it. At most
+        MAX_SESSION_EXAMPLES per session.
+        """
+        rag = self._retrieval()
+        [text] = validate_texts([text], "example")
+        [label] = validate_labels([label], 1, rag.labels, "example")
+        if len(own) >= MAX_SESSION_EXAMPLES:
+            raise InputError(f"a session holds at most {MAX_SESSION_EXAMPLES} taught examples; undo some first")
+        return [*own, rag.embed_example(text, label)]
+
+    def compare_session(self, query: Any, own: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """The retrieval answer for `query` before and after the visitor's own examples `own` (see `teach_session`)."""
+        rag = self._retrieval()
+        [query] = validate_texts([query], "query")
+        before = rag.predict([query])[0]
+        after = rag.predict_with([query], list(own))[0]
+        return {"before": before.to_dict(), "after": after.to_dict()}
+
+    def _retrieval(self):
         rag = self.backends.get("rag")
         if rag is None:
-            raise InputError(f"the retrieval backend is not available: {self.unavailable.get('rag', 'not loaded')}")
+            why = self.unavailable.get("rag", "still building")
+            raise InputError(f"the retrieval backend is not available: {why}")
+        return rag
+
+    def _teachable(self):
+        rag = self._retrieval()
         if getattr(rag, "log", None) is None:
             raise InputError("this retrieval index has no teach log (it was loaded without a directory)")
         self.teach_policy.require_open()
@@ -432,21 +514,27 @@ class Service:
         }
 
     def models(self) -> dict[str, Any]:
-        """What is loaded: each backend's description and run.json essentials, and what is unavailable and why."""
-        out: dict[str, Any] = {"backends": {}, "unavailable": dict(self.unavailable)}
+        """What is loaded: each backend's description and run.json essentials (how many labeled examples it learned
+        from, ``train_size``, and chose its settings on, ``validation_size``), what is unavailable and why, and how
+        far the start-up is."""
+        out: dict[str, Any] = {"backends": {}, "unavailable": dict(self.unavailable), "start_up": self.status()}
         for name, clf in self.backends.items():
             meta = dict(getattr(clf, "meta", {}) or {})
             describe = getattr(clf, "describe", None)
             out["backends"][name] = {
                 "description": hide_paths(describe() if callable(describe) else name),
                 "from_scratch": bool(meta.get("from_scratch")),
+                "base_model": hide_paths(meta["base_model"]) if meta.get("base_model") else None,
                 "notice": meta.get("notice"),
                 "data_source": hide_paths(meta.get("data_source") or "") or None,
                 "train_size": meta.get("train_size", meta.get("size")),
+                "validation_size": meta.get(
+                    "eval_size", meta.get("validation_size", (meta.get("fit") or {}).get("validation_size"))
+                ),
                 "seconds": meta.get("train_seconds", meta.get("build_seconds")),
                 "eval_accuracy": meta.get("eval_accuracy"),
                 "eval_macro_f1": meta.get("eval_macro_f1"),
-                "embedder": hide_paths(meta["embedder"]) if meta.get("embedder") else None,
+                "embedder": screen_name(meta["embedder"]) if meta.get("embedder") else None,
                 "k": getattr(clf, "k", None),
                 "size": getattr(clf, "size", None),
                 "labels": list(clf.labels),
@@ -485,34 +573,3 @@ def fetch_artifacts(repo_id: str, dest: str | Path, revision: str | None = None)
     if not any((local / name).is_dir() for name in ("finetune", "rag")):
         raise ArtifactError(f"the Hub repo {repo_id!r} holds neither a finetune/ nor a rag/ folder")
     return local
-
-
-def build_demo_index(out: Path, progress: Progress) -> None:
-    """The full retrieval index (about 90 s on 2 cores)."""
-    from rag.build import build_index
-    from rag.config import RagConfig
-
-    progress(0.0, "embedding the labeled tweets")
-    build_index(RagConfig(out=str(out)))
-
-
-def build_demo_finetune(out: Path, progress: Progress) -> None:
-    """A small fine-tune: pretrained GPT-2 when the Hub answers, else GPT-2 from scratch (said everywhere)."""
-    from core.settings import SourceError, resolve
-    from finetune.config import FinetuneConfig
-    from finetune.train import train
-
-    try:
-        resolve("base_model")
-        cfg = FinetuneConfig(train_size=1500, eval_size=300, epochs=1, out=str(out))
-    except SourceError:
-        logger.warning("No pretrained GPT-2 reachable: the demo fine-tune is GPT-2 trained from scratch")
-        cfg = FinetuneConfig(
-            from_scratch=True,
-            scratch_size="small",
-            train_size=DEMO_FINETUNE_SIZE,
-            eval_size=500,
-            epochs=DEMO_SCRATCH_EPOCHS,
-            out=str(out),
-        )
-    train(cfg, progress=progress, show_progress=False)

@@ -128,6 +128,9 @@ class App:
         """`decide` on `report` (a visitor's own batch evaluation) or, by default, the shared comparison."""
         report = report or self.report
         if report is None:
+            if not self.service.ready.is_set():
+                raise Refused("the backends are still being built (the page shows how far); ask again in a minute",
+                              503, 30)  # fmt: skip
             if self.comparing and not self.comparing.startswith("failed"):
                 raise Refused(f"the start-up comparison is still running ({self.comparing}); ask again soon", 503, 10)
             raise InputError("no comparison report yet: run one in the Batch evaluation tab (or compare.run)")

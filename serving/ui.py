@@ -6,6 +6,7 @@ visitor measures (a batch evaluation) lives in that visitor's session (`gr.State
 
 from __future__ import annotations
 
+import html
 import math
 import shutil
 import tempfile
@@ -59,6 +60,8 @@ GLOSSARY = """\
   90% of the time.
 - **p50 / p95 latency**: the time within which half / 95% of single requests were answered.
 - **evidence**: the labeled examples nearest to the text; retrieval's answer is their similarity-weighted vote."""
+START_UP_POLL_S = 2.0
+"""How often a page asks how far the backends are, while they build."""
 LATENCY_NOTE = (
     "Latency here is one request, timed on a machine other visitors share: treat it as a rough figure. Decide uses "
     "the calm measurement made at start-up."
@@ -79,21 +82,59 @@ def label_value(result: dict[str, Any] | None) -> dict[str, float] | None:
 
 
 def what_is(service: Service, name: str) -> str:
-    """One line under each answer column: what the backend is, in bold when it was trained from scratch."""
+    """One line under each answer column: what the backend is (in bold when trained from scratch) and how many
+    labeled examples it learned from; while it builds, how far it is."""
     clf = service.backends.get(name)
     if clf is None:
-        return f"*unavailable: {escape_markdown(service.unavailable.get(name, 'not loaded'), 300)}*"
+        if name in service.unavailable:
+            return f"*unavailable: {escape_markdown(service.unavailable[name], 300)}*"
+        fraction, message = service.building.get(name, (0.0, "waiting"))
+        if service.ready.is_set():  # the line-up is up without it (the hybrid needs a fine-tune it can fit beside)
+            return f"*{escape_markdown(hide_paths(message), 300)}*"
+        return f"*building: {fraction:.0%} ({escape_markdown(hide_paths(message), 200)})*"
     describe = getattr(clf, "describe", None)
     text = escape_markdown(hide_paths(describe() if callable(describe) else name), 300)
     return f"**{text}**" if getattr(clf, "from_scratch", False) else text
 
 
+def evidence_label(service: Service) -> str:
+    rag = service.backends.get("rag")
+    voters = f": the 10 nearest of the {rag.k} that vote" if rag is not None else ""
+    return f"Labeled tweets the RAG answer rests on{voters}"
+
+
+def column_names(service: Service) -> list[str]:
+    """Every backend of the line-up, in the order they come up, then any other loaded or unavailable one."""
+    return list(dict.fromkeys([*service.expected, *service.backends, *service.unavailable]))
+
+
+def start_up_html(service: Service) -> str:
+    """A progress bar per backend while the line-up builds; afterwards only what is unavailable, and why."""
+    status = service.status()
+    rows = []
+    for name, b in status["backends"].items():
+        title = html.escape(COLUMN_TITLES.get(name, name))
+        if b["state"] == "unavailable":
+            why = html.escape(service.unavailable.get(name, "unavailable"))
+            rows.append(f"<div>⚠️ <b>{title}</b> is unavailable: {why}</div>")
+        elif not status["ready"]:
+            done = "ready" if b["state"] == "ready" else html.escape(b["message"])
+            rows.append(f"<div><b>{title}</b> <progress value='{b['progress']:.3f}' max='1'></progress> "
+                        f"{b['progress']:.0%}: {done}</div>")  # fmt: skip
+    if not rows:
+        return ""
+    head = "" if status["ready"] else "<p>Building the backends: each one is served as soon as it is ready.</p>"
+    return f"<div id='start-up'>{head}{''.join(rows)}</div>"
+
+
 # --- Compare ---------------------------------------------------------------------------------------------------------
 
 
-def compare_tab(state: App) -> None:
+def compare_tab(state: App) -> dict[str, gr.Markdown]:
+    """The Compare tab; returns each column's "what is it" line by backend (they change while the backends build)."""
     service = state.service
-    names = [*service.backends, *(n for n in service.unavailable if n not in service.backends)]
+    names = column_names(service)
+    what_lines: dict[str, gr.Markdown] = {}
     text = gr.Textbox(label="A tweet", lines=2, max_length=MAX_CHARS, placeholder="Type or pick an example")
     gr.Examples(EXAMPLES, inputs=text)
     go = gr.Button("Compare", variant="primary")
@@ -102,15 +143,13 @@ def compare_tab(state: App) -> None:
         for name in names:
             with gr.Column():
                 gr.Markdown(f"### {COLUMN_TITLES.get(name, escape_markdown(name))}")
-                gr.Markdown(what_is(service, name), elem_id=f"what-{name}")
+                what_lines[name] = gr.Markdown(what_is(service, name), elem_id=f"what-{name}")
                 outputs.append(gr.Label(num_top_classes=5, label=f"{name} scores", elem_id=f"label-{name}"))
                 outputs.append(gr.Markdown(elem_id=f"latency-{name}"))
     gr.Markdown(f"*{LATENCY_NOTE}*")
-    rag = service.backends.get("rag")
-    voters = f": the 10 nearest of the {rag.k} that vote" if rag is not None else ""
     evidence = gr.Dataframe(
         headers=["neighbour", "label", "similarity"],
-        label=f"Labeled tweets the RAG answer rests on{voters}",
+        label=evidence_label(service),
         wrap=True,
         column_widths=["70%", "15%", "15%"],
     )
@@ -127,13 +166,16 @@ def compare_tab(state: App) -> None:
             out.append(
                 f"**{escape_markdown(result['label'])}** in {result['latency_ms']:.1f} ms"
                 if result
-                else f"unavailable: {escape_markdown(service.unavailable.get(name, 'not loaded'), 300)}"
+                else f"unavailable: {escape_markdown(service.unavailable[name], 300)}"
+                if name in service.unavailable
+                else "still building: ask again when its column says what it is"
             )
         rag_result = row["results"].get("rag")
-        return [*out, neighbours(rag_result) if rag_result else []]
+        return [*out, gr.update(value=neighbours(rag_result) if rag_result else [], label=evidence_label(service))]
 
     go.click(on_compare, text, [*outputs, evidence], api_name="classify")
     text.submit(on_compare, text, [*outputs, evidence], api_visibility="private")
+    return what_lines
 
 
 # --- Batch evaluation ------------------------------------------------------------------------------------------------
@@ -323,42 +365,97 @@ def decide_tab(state: App, visitor_report: gr.State) -> None:
 # --- Teach -----------------------------------------------------------------------------------------------------------
 
 
-def teach_tab(state: App) -> None:
+def teach_tab(state: App) -> gr.Radio:
+    """Teach retrieval an example and see a query before and after. What a visitor teaches stays in their session
+    (`gr.State`) unless the operator allows the shared index to be taught and the visitor asks for it."""
     service = state.service
-    gr.Markdown(
-        "Add a labeled example to the shared retrieval index: it counts at once (and can be removed by its id). The "
-        "fine-tuned model would need retraining to learn it."
+    policy = service.teach_policy
+    shared_note = (
+        " The operator also lets you add an example to the **shared** index, where every visitor's answers use it."
+        if policy.open
+        else ""
     )
+    gr.Markdown(
+        "Teach retrieval a labeled example and see a query's answer before and after, at once; the fine-tuned model "
+        "would need retraining to learn it. What you teach here stays **in your session**: nobody else's answers "
+        f"change, and *Undo* takes it back.{shared_note}"
+    )
+    own = gr.State([])  # this visitor's taught examples: {"text", "label", "vector", "shared_id"}
+    labels = service.labels()
     teach_text = gr.Textbox(label="Example", max_length=MAX_CHARS)
-    teach_label = gr.Radio(service.labels(), value=service.labels()[-1], label="Its label")
-    teach_query = gr.Textbox(label="Then classify this with RAG", value=EXAMPLES[3])
-    teach_token = gr.Textbox(label="Operator token", type="password", visible=service.teach_policy.token is not None)
-    teach_btn = gr.Button("Teach", variant="primary", interactive=service.teach_policy.open)
-    if not service.teach_policy.open:
-        gr.Markdown("*Teaching the shared index is off on this public app.*")
+    teach_label = gr.Radio(labels, value=labels[-1], label="Its label")
+    teach_query = gr.Textbox(label="Then classify this with retrieval", value=EXAMPLES[3], max_length=MAX_CHARS)
+    shared = gr.Checkbox(label="Also add it to the shared index (every visitor)", value=False, visible=policy.open)
+    teach_token = gr.Textbox(label="Operator token", type="password", visible=policy.open and policy.token is not None)
+    with gr.Row():
+        teach_btn = gr.Button("Teach", variant="primary")
+        undo_btn = gr.Button("Undo the last one")
     teach_msg = gr.Markdown()
-    teach_scores = gr.Label(label="RAG now says")
-    teach_neighbours = gr.Dataframe(headers=["neighbour", "label", "similarity"], wrap=True)
+    with gr.Row():
+        before = gr.Label(label="Before: retrieval said", num_top_classes=5)
+        after = gr.Label(label="After: retrieval says", num_top_classes=5)
+    teach_neighbours = gr.Dataframe(headers=["neighbour", "label", "similarity", "taught by you"], wrap=True,
+                                    label="What the answer rests on now: the 10 nearest labeled examples")  # fmt: skip
+    yours = gr.Dataframe(headers=["your example", "label", "where"], wrap=True, label="What you taught")
 
-    def on_teach(text: str, label: str, query: str, token: str, request: gr.Request):
+    def shown(query: str, examples: list[dict[str, Any]]) -> list[Any]:
+        mine = [e for e in examples if e.get("vector") is not None]  # shared ones are in the index already
+        answer = service.compare_session(query, mine) if query and query.strip() else None
+        rows = [[e["text"], e["label"], round(e["score"], 3), "yes" if e.get("own") else ""]
+                for e in answer["after"]["evidence"]] if answer else []  # fmt: skip
+        table = [[e["text"], e["label"], f"shared index (id {e['shared_id']})" if e.get("shared_id") else
+                  "your session"] for e in examples]  # fmt: skip
+        if answer is None:
+            return [None, None, rows, table]
+        return [label_value(answer["before"]), label_value(answer["after"]), rows, table]
+
+    def on_teach(text, label, query, to_shared, token, examples, request: gr.Request):
         try:
-            result = service.teach([text], [label], token=token or None, client=client_of(request))
-            after = service.classify([query])[0]["results"].get("rag") if query.strip() else None
+            examples = service.teach_session(text, label, examples or [])
+            where = "your session"
+            if to_shared:
+                result = service.teach([text], [label], token=token or None, client=client_of(request))
+                examples[-1] = {**examples[-1], "vector": None, "shared_id": result["ids"][0]}
+                where = f"the shared index (id {result['ids'][0]}, now {result['index_size']:,} examples)"
+            out = shown(query, examples)
         except (InputError, Refused, ValueError) as err:
             raise ui_error(err) from err
-        what = "was already taught: merged" if result["merged"] else "added"
-        message = (
-            f"“{escape_markdown(text, 200)}” as **{escape_markdown(label)}** {what} (id {result['ids'][0]}; "
-            f"`DELETE /api/teach/{result['ids'][0]}` removes it): the index now holds {result['index_size']:,} "
-            f"examples ({result['seconds'] * 1000:.0f} ms). {escape_markdown(result['finetune_note'], 400)}."
-        )
-        return message, label_value(after), neighbours(after) if after else []
+        message = (f"“{escape_markdown(text, 200)}” as **{escape_markdown(label)}** was added to {where}. "
+                   f"{escape_markdown(service.retrain_cost()['finetune_note'], 400)}.")  # fmt: skip
+        return [message, *out, examples]
 
-    teach_btn.click(on_teach, [teach_text, teach_label, teach_query, teach_token],
-                    [teach_msg, teach_scores, teach_neighbours], api_name="teach")  # fmt: skip
+    def on_undo(query, token, examples, request: gr.Request):
+        if not examples:
+            raise ui_error(InputError("nothing to undo: you have not taught anything in this session"))
+        last = examples[-1]
+        try:
+            if last.get("shared_id"):
+                service.forget(last["shared_id"], token=token or None, client=client_of(request))
+            examples = examples[:-1]
+            out = shown(query, examples)
+        except (InputError, Refused, ValueError) as err:
+            raise ui_error(err) from err
+        return [f"Took back “{escape_markdown(last['text'], 200)}”.", *out, examples]
+
+    outputs = [teach_msg, before, after, teach_neighbours, yours, own]
+    teach_btn.click(on_teach, [teach_text, teach_label, teach_query, shared, teach_token, own], outputs,
+                    api_name="teach")  # fmt: skip
+    undo_btn.click(on_undo, [teach_query, teach_token, own], outputs, api_name="undo")
+    return teach_label
 
 
 # --- Models ----------------------------------------------------------------------------------------------------------
+
+
+def examples_line(b: dict[str, Any]) -> str:
+    """How many labeled examples a backend learned from and chose its settings on, and from where."""
+    seen = []
+    if b["train_size"] is not None:
+        seen.append(f"learned from **{b['train_size']:,}**")
+    if b["validation_size"] is not None:
+        seen.append(f"chose its settings on **{b['validation_size']:,}**")
+    where = f" ({escape_markdown(str(b['data_source']), 300)})" if b["data_source"] else ""
+    return f"- labeled examples: {', '.join(seen)}{where}" if seen else "- labeled examples: not recorded"
 
 
 def models_markdown(service: Service) -> str:
@@ -370,8 +467,7 @@ def models_markdown(service: Service) -> str:
         lines.append(f"- {escape_markdown(b['description'], 400)}")
         if b["from_scratch"]:
             lines.append(f"- **{escape_markdown(b['notice'] or 'trained from scratch', 400)}**")
-        lines.append(f"- labeled examples: **{b['train_size']:,}** ({escape_markdown(str(b['data_source']), 300)})"
-                     if b["train_size"] is not None else "- labeled examples: not recorded")  # fmt: skip
+        lines.append(examples_line(b))
         lines.append(f"- labels: {escape_markdown(', '.join(b['labels']), 300)}")
         seconds = b["seconds"]
         lines.append(f"- training / build time: {seconds:,.0f} s" if seconds is not None else "- time: n/a")
@@ -394,22 +490,35 @@ def build_demo(state: App) -> gr.Blocks:
         gr.Markdown(f"# {TITLE}\n\n{INTRO}")
         with gr.Accordion("How to read the numbers", open=False):
             gr.Markdown(GLOSSARY)
-        if service.unavailable:
-            missing = [f"**{escape_markdown(k)}** unavailable: {escape_markdown(v, 300)}" for k, v in
-                       service.unavailable.items()]  # fmt: skip
-            gr.Markdown("⚠️ " + "; ".join(missing))
+        start_up = gr.HTML(start_up_html(service))
         visitor_report = gr.State(None)  # this visitor's latest batch evaluation: theirs alone
         with gr.Tab("Compare"):
-            compare_tab(state)
+            what_lines = compare_tab(state)
         with gr.Tab("Batch evaluation"):
             batch_tab(state, visitor_report, keep)
         with gr.Tab("Decide"):
             decide_tab(state, visitor_report)
         with gr.Tab("Teach"):
-            teach_tab(state)
+            label_choice = teach_tab(state)
         with gr.Tab("Models"):
             shown = gr.Markdown(models_markdown(service))  # at build time: a load event would hold a stream open
             gr.Button("Refresh", size="sm").click(lambda: models_markdown(service), None, shown, api_name=False)
+        # While the line-up builds, each visitor's page polls its progress; the timer stops once all are up.
+        timer = gr.Timer(START_UP_POLL_S, active=not service.ready.is_set())
+
+        def on_tick():
+            done = service.ready.is_set()
+            labels = service.labels()
+            return [
+                start_up_html(service),
+                *(what_is(service, name) for name in what_lines),
+                models_markdown(service),
+                gr.update(choices=labels, value=labels[-1]),
+                gr.Timer(active=not done),
+            ]
+
+        outputs = [start_up, *what_lines.values(), shown, label_choice, timer]
+        timer.tick(on_tick, None, outputs, api_visibility="private")
     return demo
 
 

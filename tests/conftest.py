@@ -24,6 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FTRAG_SHARED", REPO.parent / "shared")).resolve()
 
 
+@pytest.fixture(autouse=True)
+def operator_allows_shared_teaching(monkeypatch):
+    """The tests run as an operator who allowed teaching the shared index (``FTRAG_TEACH_SHARED=1``; off by
+    default); the tests of that default unset it."""
+    monkeypatch.setenv("FTRAG_TEACH_SHARED", "1")
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The offline data and model files that sit beside the checkout."""

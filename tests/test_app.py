@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import app
+import serving.ui as serving_ui
 from serving.service import MAX_CHARS, InputError, Service, validate_texts
 
 
@@ -151,6 +153,19 @@ def test_ui_page_is_served(client):
     assert page.status_code == 200 and "<html" in page.text.lower()
 
 
+def test_api_docs_work_offline(client):
+    """/docs and /redoc load their scripts from this server, never from a CDN (a Space may have no CDN either)."""
+    for page, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        html = client.get(page).text
+        scripts = re.findall(r"<script src=\"([^\"]+)\"", html)
+        assert scripts and all(src.startswith("/") for src in scripts), scripts
+        assert any(src.endswith(asset) for src in scripts)
+        assert "cdn.jsdelivr" not in html and "unpkg" not in html
+        for src in scripts:
+            served = client.get(src)
+            assert served.status_code == 200 and len(served.content) > 100_000
+
+
 def test_ui_handlers_escape_and_refuse(service, artifacts):
     state = app.App(service)
     demo = app.build_demo(state)
@@ -163,8 +178,45 @@ def test_ui_handlers_escape_and_refuse(service, artifacts):
         fns["classify"]("")
     with pytest.raises(gr.Error, match="limit is"):
         fns["classify"]("x" * (MAX_CHARS + 1))
-    message, _scores, neighbours = fns["teach"]("<b>bold</b> claim", "neutral", "bold claim", "", None)
+    message, _before, _after, neighbours, _yours, _own = fns["teach"](
+        "<b>bold</b> claim", "neutral", "bold claim", False, "", [], None
+    )
     assert "\\<b\\>" in message and neighbours[0][0] == "<b>bold</b> claim"  # escaped in Markdown, plain in tables
+
+
+def test_taught_examples_stay_in_the_visitors_session_with_undo(service):
+    """Teach changes one visitor's answers (before/after shown), never the shared index or another visitor's."""
+    fns = {dep.api_name: dep.fn for dep in app.build_demo(app.App(service)).fns.values() if dep.api_name}
+    rag = service.backends["rag"]
+    size = rag.size
+    query = "the zorblax update made everything glorp"
+    own: list = []
+    for i in range(3):  # three near copies of the query, all labeled negative: retrieval now leans negative
+        message, before, after, evidence, yours, own = fns["teach"](
+            f"the zorblax update made everything glorp {i}", "negative", query, False, "", own, None
+        )
+    assert "your session" in message and len(own) == 3 and rag.size == size  # the shared index is untouched
+    assert after["negative"] > before["negative"] + 0.2
+    assert [row[3] for row in evidence[:3]] == ["yes"] * 3 and [row[2] for row in yours] == ["your session"] * 3
+    assert rag.predict([query])[0].scores["negative"] == pytest.approx(before["negative"])  # another visitor's view
+    message, _before, undone, *_, own = fns["undo"](query, "", own, None)
+    assert len(own) == 2 and "Took back" in message and undone["negative"] < after["negative"]
+    for _ in range(2):
+        *_, own = fns["undo"](query, "", own, None)
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="nothing to undo"):
+        fns["undo"](query, "", own, None)
+
+
+def test_the_operator_may_let_visitors_teach_the_shared_index(service):
+    fns = {dep.api_name: dep.fn for dep in app.build_demo(app.App(service)).fns.values() if dep.api_name}
+    rag = service.backends["rag"]
+    size = rag.size
+    message, *_, own = fns["teach"]("llamas are the best", "positive", "llamas", True, "", [], None)
+    assert "the shared index (id" in message and rag.size == size + 1 and own[0]["vector"] is None
+    *_, own = fns["undo"]("llamas", "", own, None)
+    assert own == [] and rag.size == size
 
 
 def test_batch_evaluation_then_recommendation(service, tmp_path):
@@ -189,10 +241,10 @@ def test_batch_evaluation_then_recommendation(service, tmp_path):
     good.write_text("text,label\nI love it,positive\nawful,negative\nthe bus is at 5,neutral\nyay,positive\n")
     scored, table, *images, per_class, disagreements, archive, report = fns["evaluate"](str(good), False, 100)
     assert "all 4 rows of the uploaded file" in scored and "95% bootstrap interval over these 4 texts" in scored
-    assert [row[0] for row in table] == ["finetune", "rag"]
+    assert sorted(row[0] for row in table) == ["finetune", "rag"]
     assert len(images) == 4 and all(Path(i).read_bytes()[:4] == b"\x89PNG" for i in images)
     assert {row[0] for row in per_class} == {"finetune", "rag"} and len(per_class) == 6  # 2 backends x 3 labels
-    assert disagreements["headers"] == ["text", "reference", "finetune", "rag"]
+    assert disagreements["headers"] == ["text", "reference", "rag", "finetune"]  # the line-up order: retrieval first
     import zipfile
 
     names = set(zipfile.ZipFile(archive).namelist())
@@ -225,30 +277,44 @@ def test_binds_locally_unless_on_spaces(monkeypatch):
     assert app.parse_args(["--port", "9000", "--artifacts", "x"]).artifacts == "x"
 
 
-def test_missing_backends_are_built_with_progress(shared_dir, data_dir, tmp_path, monkeypatch):
-    import serving.service as service_module
-    from finetune.config import FinetuneConfig
-    from finetune.train import train
-    from rag.build import build_index
-    from rag.config import RagConfig
+def test_the_line_up_builds_in_the_background_on_the_same_examples(data_dir, tmp_path, monkeypatch):
+    """The default line-up offline: the pretrained MiniLM fine-tuned, and an index, on one labeled sample."""
+    import threading
 
-    def small_index(out, progress):
-        progress(0.5, "embedding")
-        build_index(RagConfig(train_size=120, val_size=40, k_grid=(5, 10), out=str(out)))
-
-    def small_finetune(out, progress):
-        tiny = str(shared_dir / "models" / "tiny-random-gpt2")
-        train(FinetuneConfig(base_model=tiny, train_size=60, eval_size=20, epochs=1, out=str(out)), progress=progress,
-              show_progress=False)  # fmt: skip
+    import serving.build as build
+    from core.data import load_tweets
+    from finetune.train import eval_slice_digest, split_train_eval
 
     monkeypatch.setenv("FTRAG_DATA", str(data_dir))
-    monkeypatch.setattr(service_module, "build_demo_index", small_index)
-    monkeypatch.setattr(service_module, "build_demo_finetune", small_finetune)
+    monkeypatch.delenv("FTRAG_BASE_MODEL", raising=False)
+    monkeypatch.setattr(build, "demo_sizes", lambda base: build.DemoSizes(fit=150, validation=60, epochs=1.0))
     seen: list[tuple[float, str]] = []
-    service = Service.start(tmp_path / "artifacts", progress=lambda f, m: seen.append((f, m)))
-    assert sorted(service.backends) == ["finetune", "rag"] and not service.unavailable
-    assert (tmp_path / "artifacts" / "rag" / "index.faiss").exists()
-    assert any(m.startswith("finetune: nothing at") for _, m in seen) and seen[-1] == (1.0, "ready")
+    ready = threading.Event()
+    service = Service.start(tmp_path / "artifacts", progress=lambda f, m: seen.append((f, m)), background=True,
+                            on_ready=ready.set)  # fmt: skip
+    first = service.status()  # at once: nothing is served yet, every backend of the line-up is listed
+    assert not first["ready"] and list(first["backends"]) == ["rag", "finetune", "hybrid"]
+    assert "building" in app.what_is(service, "finetune") and "progress" in serving_ui.start_up_html(service)
+    assert ready.wait(300)
+    assert sorted(service.backends) == ["finetune", "hybrid", "rag"] and not service.unavailable
+
+    finetuned, rag = service.backends["finetune"], service.backends["rag"]
+    assert not finetuned.from_scratch and finetuned.meta["base_model"].startswith(
+        "sentence-transformers/all-MiniLM-L6-v2 (pretrained"
+    )
+    # The same examples: the index holds exactly the rows the fine-tune learned from, and both chose their settings
+    # (the best checkpoint, the vote) on the same validation slice, which the hybrid is fitted on too.
+    fit, validation = split_train_eval(load_tweets(str(data_dir), split="train"), 150, 60, seed=0)
+    assert sorted(rag._texts) == sorted(fit["text"]) and finetuned.meta["train_size"] == 150
+    assert finetuned.meta["eval_slice_sha256"] == eval_slice_digest(validation["text"], validation["label"])
+    assert rag.meta["validation_size"] == 60 and rag.k == rag.meta["vote"]["k"]
+    assert service.backends["hybrid"].meta["fit"]["validation_size"] == 60
+    models = service.models()["backends"]
+    assert (models["rag"]["train_size"], models["rag"]["validation_size"]) == (150, 60)
+    assert (models["finetune"]["train_size"], models["finetune"]["validation_size"]) == (150, 60)
+    stages = [m.split(":")[0] for _, m in seen]
+    assert stages.index("rag") < stages.index("finetune") and seen[-1] == (1.0, "ready")  # retrieval comes up first
+    assert service.status()["ready"] and serving_ui.start_up_html(service) == ""
     assert Service.start(tmp_path / "none", build_missing=False).unavailable.keys() == {"finetune", "rag"}
 
 

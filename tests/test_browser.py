@@ -139,3 +139,47 @@ def test_two_visitors_decide_from_their_own_runs(served_app, tmp_path):
             _shot(b, "decide-second-visitor")
         finally:
             browser.close()
+
+
+def test_the_page_is_served_while_the_backends_build(app_artifacts, ft_dir, serve, data_dir, monkeypatch, tmp_path):
+    """The page comes up before the fine-tune exists: a progress bar per backend, retrieval already answering; the
+    fine-tune's column fills in by itself once it is ready."""
+    import shutil
+    import threading
+
+    import serving.build
+
+    sync_playwright = _require_browser()
+    monkeypatch.setenv("FTRAG_DATA", str(data_dir))
+    shutil.rmtree(app_artifacts / "finetune")
+    release = threading.Event()
+
+    def slow_finetune(out, progress, data):  # a fine-tune that takes as long as the test wants
+        progress(0.4, "step 40/100, epoch 0.40")
+        release.wait(120)
+        shutil.copytree(ft_dir, out)
+
+    monkeypatch.setattr(serving.build, "build_demo_finetune", slow_finetune)
+    service = Service.start(app_artifacts, background=True)
+    url = serve(app.create_app(app.App(service, report_dir=tmp_path / "report")))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = _open(browser, url)
+            page.locator("#start-up").get_by_text("step 40/100").wait_for(timeout=30_000)
+            assert page.locator("#start-up progress").count() == 3  # rag, finetune, hybrid: one bar each
+            assert "building: 40%" in page.locator("#what-finetune").inner_text()
+            page.get_by_label("A tweet").fill("the bus is late again")
+            page.get_by_role("button", name="Compare", exact=True).click()
+            page.locator("#latency-rag").get_by_text(" ms").wait_for(timeout=30_000)  # retrieval answers already
+            assert "still building" in page.locator("#latency-finetune").inner_text()
+            _shot(page, "starting")
+            release.set()
+            expect(page.locator("#what-finetune")).to_contain_text("fine-tuned on", timeout=60_000)
+            expect(page.locator("#start-up")).to_have_count(0, timeout=30_000)  # the bars go once all are up
+            page.get_by_role("button", name="Compare", exact=True).click()
+            page.locator("#latency-finetune").get_by_text(" ms").wait_for(timeout=30_000)
+            _shot(page, "started")
+        finally:
+            release.set()
+            browser.close()

@@ -248,6 +248,27 @@ def test_markdown_report_escapes_tweets_and_plots_are_pngs(report, tmp_path):
     assert escape_markdown("a\nb  c") == "a b c"
 
 
+def test_plots_read_on_light_and_dark_pages(report, tmp_path):
+    """No white block on a dark page: the background is transparent, and the text is a grey that reads on both."""
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    from compare.curve import plot_curve
+
+    curve = {"sizes": [100, 300], "test_size": 50, "seeds": [0, 1],
+             "backends": {"finetune": {"mean": [0.5, 0.7], "std": [0.02, 0.01]},
+                          "rag": {"mean": [0.6, 0.65], "std": [0.01, 0.01]}}}  # fmt: skip
+    for path in [*plot(report, tmp_path), plot_curve(curve, tmp_path / "curve.png")]:
+        pixels = mpimg.imread(path)
+        assert pixels.shape[2] == 4, path.name  # RGBA
+        alpha = pixels[..., 3]
+        assert alpha[0, 0] == 0 and (alpha == 0).mean() > 0.3, path.name  # the page shows through around the axes
+        opaque = pixels[alpha > 0.9][:, :3]
+        assert not np.all(opaque.min(axis=1) > 0.95), path.name  # something is drawn
+        darkest = opaque.min(axis=1)
+        assert not np.any(darkest < 0.05) or "confusion" in path.name, path.name  # no black ink (dark-page blind)
+
+
 # --- the CLIs end to end ---------------------------------------------------------------------------------------------
 
 
@@ -363,7 +384,7 @@ def test_a_model_is_never_scored_against_data_of_other_labels(ft_dir, emotion_di
 
 
 def test_the_hybrid_slice_is_recomputed_with_the_fine_tunes_own_label_names(shared_dir):
-    from compare.run import hybrid_validation
+    from compare.hybrid import hybrid_validation
 
     config = {"data": str(shared_dir / "data" / "tweeteval_irony"), "labels": ["plain", "ironic"], "eval_size": 20}
     texts, labels = hybrid_validation({"config": {**config, "train_size": 60, "seed": 0}}, None)

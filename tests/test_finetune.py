@@ -553,7 +553,7 @@ def test_the_hybrid_refuses_an_evaluation_slice_other_than_the_one_recorded(tmp_
     """run.json fingerprints the evaluation slice; recomputing it from other data is refused, not fitted on."""
     import csv
 
-    from compare.run import hybrid_validation
+    from compare.hybrid import hybrid_validation
     from core.data import load_tweets
     from finetune.train import eval_slice_digest, split_train_eval
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -64,8 +65,15 @@ def test_offline_embedder_flag_is_never_replaced(clean_env):
 def test_offline_hub_id_names_the_variable_to_set(clean_env, kind, env_var):
     start = time.perf_counter()
     with pytest.raises(SourceError, match=rf"HF_HUB_OFFLINE is set\). Set {env_var}"):
-        resolve(kind)
+        resolve(kind, "gpt2" if kind == "base_model" else None)  # a GPT-2 asked for by name is never replaced
     assert time.perf_counter() - start < 1.0  # no retry loop: offline mode answers at once
+
+
+def test_offline_default_base_model_is_the_pretrained_minilm(clean_env):
+    source = resolve("base_model")
+    assert source.origin == "offline default" and source.is_local
+    assert source.value == settings.packaged_embedder_path()
+    assert (Path(source.value) / "model.safetensors").is_file()  # pretrained weights, not a random init
 
 
 def test_unreachable_hub_is_detected_quickly(clean_env):
@@ -76,9 +84,10 @@ def test_unreachable_hub_is_detected_quickly(clean_env):
     clean_env.delenv("HF_HUB_OFFLINE")
     clean_env.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     start = time.perf_counter()
-    with pytest.raises(SourceError, match=r"no answer within 2.0 s\). Set FTRAG_BASE_MODEL"):
-        resolve("base_model")
+    with pytest.raises(SourceError, match=r"no answer within 2.0 s\). Set FTRAG_TOKENIZER"):
+        resolve("tokenizer")
     assert resolve("embedder").origin == "offline default"
+    assert resolve("base_model").origin == "offline default"
     assert time.perf_counter() - start < 3.0
 
 

@@ -98,14 +98,29 @@ def test_with_a_token_teaching_needs_it(service):
 def test_on_a_public_space_without_a_token_nobody_teaches(service, monkeypatch):
     monkeypatch.setenv("SPACE_ID", "org/space")
     monkeypatch.delenv("FTRAG_TEACH_TOKEN", raising=False)
+    monkeypatch.setenv("FTRAG_TEACH_SHARED", "1")  # even when the operator allowed it: never tokenless on a Space
     service.teach_policy = TeachPolicy.from_env()
     response = _client(service).post("/api/teach", json={"texts": [EXAMPLE], "labels": ["positive"]})
-    assert response.status_code == 403 and "off on this public app" in response.json()["error"]
+    assert response.status_code == 403 and "off on this app (the operator can set a token)" in response.json()["error"]
     assert service.backends["rag"].size == 300
 
 
+def test_the_shared_index_is_taught_only_when_the_operator_allows_it(service, monkeypatch):
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.delenv("FTRAG_TEACH_TOKEN", raising=False)
+    monkeypatch.delenv("FTRAG_TEACH_SHARED", raising=False)
+    service.teach_policy = TeachPolicy.from_env()  # the default: off
+    response = _client(service).post("/api/teach", json={"texts": [EXAMPLE], "labels": ["positive"]})
+    assert response.status_code == 403 and "FTRAG_TEACH_SHARED=1" in response.json()["error"]
+    assert service.backends["rag"].size == 300
+    monkeypatch.setenv("FTRAG_TEACH_SHARED", "1")
+    service.teach_policy = TeachPolicy.from_env()
+    assert _client(service).post("/api/teach", json={"texts": [EXAMPLE], "labels": ["positive"]}).status_code == 200
+    assert service.backends["rag"].size == 301
+
+
 def test_each_client_is_rate_limited(service):
-    service.teach_policy = TeachPolicy(limiter=RateLimiter(per_minute=3))
+    service.teach_policy = TeachPolicy(shared=True, limiter=RateLimiter(per_minute=3))
     client = _client(service)
     statuses = [
         client.post("/api/teach", json={"texts": [f"example number {i}"], "labels": ["neutral"]}).status_code
@@ -123,9 +138,11 @@ def test_the_teach_tab_takes_the_token_too(service):
     import gradio as gr
 
     with pytest.raises(gr.Error, match="token"):
-        teach(EXAMPLE, "positive", "zorblax", "", None)
-    message, *_ = teach(EXAMPLE, "positive", "zorblax", "s3cret", None)
-    assert "added" in message and "id " in message
+        teach(EXAMPLE, "positive", "zorblax", True, "", [], None)
+    message, *_ = teach(EXAMPLE, "positive", "zorblax", True, "s3cret", [], None)
+    assert "added to the shared index (id " in message and service.backends["rag"].size == 301
+    message, *_ = teach(EXAMPLE, "positive", "zorblax", False, "", [], None)  # one's own session needs no token
+    assert "added to your session" in message and service.backends["rag"].size == 301
 
 
 # --- kill -9 ---------------------------------------------------------------------------------------------------------
