@@ -91,6 +91,8 @@ class StudyConfig:
 
     Args:
         data: labeled data source (Hub id, directory or file); None = ``FTRAG_DATA`` or the default dataset.
+        data_name: what the reports call the data; None = its source as resolved (e.g. the app names a visitor's
+            upload "your uploaded file", not its server path).
         out: directory for every output; a re-run with the same flags resumes there.
         budget_minutes: wall-clock minutes the whole study may take, resumed runs included.
         base_model: checkpoint to fine-tune (Hub id or local dir); None = ``FTRAG_BASE_MODEL`` or ``gpt2``.
@@ -113,6 +115,7 @@ class StudyConfig:
     """
 
     data: str | None = None
+    data_name: str | None = None
     out: str = "artifacts/study"
     budget_minutes: float = 30.0
     base_model: str | None = _default(FinetuneConfig, "base_model")
@@ -149,7 +152,7 @@ class StudyConfig:
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed study must share with the run it continues."""
-        return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k != "overwrite"}))
+        return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k not in {"overwrite", "data_name"}}))
 
 
 # --- the split -------------------------------------------------------------------------------------------------------
@@ -165,7 +168,8 @@ def split_data(cfg: StudyConfig):
     splits = load_tweets(cfg.data, labels=cfg.labels)
     if "train" not in splits:
         raise DataError(f"the data has no train split (it has {sorted(splits)})")
-    train, info = splits["train"], {"source": _describe_source(cfg.data), "splits": sorted(splits)}
+    source = cfg.data_name or _describe_source(cfg.data)
+    train, info = splits["train"], {"source": source, "splits": sorted(splits)}
     if "test" in splits:
         test, info["test_from"] = splits["test"], "the data's own test split"
     else:

@@ -92,6 +92,15 @@ def load_tweets(
     return out[split] if split is not None else DatasetDict(out)
 
 
+def detected_columns(source: str | Path, cache_dir: str | None = None) -> dict[str, str | None]:
+    """Which of a local file's (or dataset's) columns `load_tweets` takes as the text and the label, and the
+    column of integer ids beside label names, if any: ``{"text", "label", "label_ids"}``. A `DataError` when
+    there is none."""
+    splits = _read(str(source), is_local=Path(source).exists(), cache_dir=cache_dir)
+    text, label, ids = _columns(next(iter(splits.values())), str(source))
+    return {"text": text, "label": label, "label_ids": ids}
+
+
 def label_names(dataset: Dataset | DatasetDict) -> list[str]:
     """The ordered label set of `dataset`: as `load_tweets` recorded it, else its labels sorted.
 

@@ -52,6 +52,7 @@ class App:
         self.report_dir = report_dir
         self.curve_dir = curve_dir
         self.report: dict[str, Any] | None = None
+        self._studies = None  # the queue of visitors' studies on their own data, made on first use
         self.comparing: str | None = None  # what the start-up comparison is doing, while it runs
         if report_dir is not None and (report_dir / "report.json").exists():
             try:
@@ -100,6 +101,15 @@ class App:
             self.comparing = f"failed: {err}"
             return
         self.comparing = None
+
+    @property
+    def studies(self):
+        """The queue that runs visitors' studies of their own data (see serving.studies)."""
+        from serving.studies import StudyQueue
+
+        if self._studies is None:
+            self._studies = StudyQueue()
+        return self._studies
 
     @property
     def curve(self) -> dict[str, Any] | None:

@@ -25,9 +25,10 @@ from compare.report import (
     headline_rows,
     write_report,
 )
+from core.files import read_json
 from core.limits import MAX_CHARS, MAX_UPLOAD_ROWS
 from serving.access import Refused, client_of
-from serving.service import InputError, Service, hide_paths
+from serving.service import InputError, Service, hide_paths, uploaded_file, validate_texts
 from serving.state import LATENCY_QUERIES, App
 
 TITLE = "Fine-tune vs RAG: which classifier should you build?"
@@ -444,6 +445,134 @@ def teach_tab(state: App) -> gr.Radio:
     return teach_label
 
 
+# --- Your data ------------------------------------------------------------------------------------------------------
+
+
+STUDY_INTRO = """\
+Decide on **your own task**. Upload labeled text (CSV or JSONL with a text column and a label column; any labels,
+{min_rows:,} to {max_rows:,} rows). The study holds out a test set (your file's own `split` column is not needed: a
+stratified 20% is held out, with no text on both sides), fine-tunes the pretrained model, builds the retrieval index
+(and one over an embedder tuned on your examples), compares them on the test set with 95% intervals, draws a learning
+curve with the time left, and recommends, all within the budget you pick. One study runs at a time on this machine;
+yours waits its turn, with its place shown. What you train here is yours alone: nobody else sees it, and it is
+deleted after a few hours."""
+
+
+def study_status_markdown(state: App, job) -> str:
+    if job.state == "queued":
+        ahead = state.studies.position(job)
+        head = f"**Waiting**: {ahead} {'study runs' if ahead == 1 else 'studies run or wait'} before yours."
+    elif job.state == "running":
+        head = f"**Running** (budget {job.budget_minutes:g} minutes)."
+    elif job.state == "failed":
+        head = f"**Failed**: {escape_markdown(job.error or 'unknown error', 500)}"
+    else:
+        head = "**Done.**"
+    recent = "\n".join(line.replace("`", "'") for line in job.lines[-8:])
+    return f"{head}\n\n```text\n{recent}\n```" if recent else head
+
+
+def study_zip(job) -> Path:
+    """One zip of what the study wrote that a person reads: the report, the decision, the plots, the curve."""
+    archive = job.folder / "study.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(job.out.iterdir()):
+            if path.is_file() and path.suffix in {".json", ".md", ".png", ".csv"}:
+                zf.write(path, path.name)
+    return archive
+
+
+def your_data_tab(state: App) -> None:
+    from serving.studies import BUDGETS, MAX_STUDY_ROWS, MIN_STUDY_ROWS, max_minutes, preview
+
+    gr.Markdown(STUDY_INTRO.format(min_rows=MIN_STUDY_ROWS, max_rows=MAX_STUDY_ROWS))
+    job_id = gr.State(None)  # this visitor's study: its id is theirs alone
+    upload = gr.File(label="Your labeled data (CSV or JSONL)", file_types=[".csv", ".jsonl", ".json"],
+                     elem_id="study-upload")  # fmt: skip
+    found = gr.Markdown(elem_id="study-preview")
+    first_rows = gr.Dataframe(headers=["text", "label"], wrap=True, label="First rows, as the study reads them")
+    budgets = [b for b in BUDGETS if b <= max_minutes()] or [max_minutes()]
+    budget = gr.Radio([str(b) for b in budgets], value=str(budgets[min(1, len(budgets) - 1)]),
+                      label="Budget (minutes of this machine)")  # fmt: skip
+    run = gr.Button("Run the study", variant="primary")
+    status = gr.Markdown(elem_id="study-status")
+    verdict = gr.Markdown(elem_id="study-verdict")
+    table = gr.Dataframe(headers=list(HEADLINE_COLUMNS), label="Each contender on your test set", wrap=True)
+    curve = gr.Image(label="Learning curve on your data", type="filepath", visible=False)
+    download = gr.File(label="Download the study (report, decision, plots)")
+    with gr.Row():
+        query = gr.Textbox(label="Then try your own models on a text", max_length=MAX_CHARS, scale=4)
+        ask = gr.Button("Classify", scale=1)
+    with gr.Row():
+        yours_ft = gr.Label(label="Your fine-tuned model", num_top_classes=5)
+        yours_rag = gr.Label(label="Your retrieval index", num_top_classes=5)
+    timer = gr.Timer(2.0, active=False)
+
+    def on_upload(file):
+        if not file:
+            return "", []
+        try:
+            seen = preview(uploaded_file(file, state.upload_root))
+        except ValueError as err:
+            raise ui_error(err) from err
+        cols = seen["columns"]
+        counts = ", ".join(f"{escape_markdown(k)} {v:,}" for k, v in seen["labels"].items())
+        text = (f"**{seen['rows']:,} rows**; text from column `{escape_markdown(cols['text'])}`, labels from "
+                f"`{escape_markdown(cols['label'])}`; {len(seen['labels'])} labels: {counts}.")  # fmt: skip
+        return text, seen["first_rows"]
+
+    def on_run(file, minutes, current):
+        if current:
+            job = state.studies.job(current)
+            if job.state in {"queued", "running"}:
+                raise ui_error(InputError("your study is still running; wait for it to finish"))
+        if not file:
+            raise ui_error(InputError("upload a labeled file first"))
+        try:
+            path = uploaded_file(file, state.upload_root)
+            job = state.studies.submit(path, float(minutes), preview(path)["rows"])
+        except (ValueError, Refused) as err:
+            raise ui_error(err) from err
+        return job.id, study_status_markdown(state, job), gr.Timer(active=True)
+
+    def on_tick(current):
+        if not current:
+            return ["", "", None, gr.update(visible=False), None, gr.Timer(active=False)]
+        job = state.studies.job(current)
+        busy = job.state in {"queued", "running"}
+        if busy or job.state == "failed":
+            return [study_status_markdown(state, job), "", None, gr.update(visible=False), None,
+                    gr.Timer(active=busy)]  # fmt: skip
+        report = read_json(job.out / "report.json", "report")
+        curve_png = job.out / "curve.png"
+        return [
+            study_status_markdown(state, job),
+            recommendation_markdown(job.decision, report),
+            [list(r.values()) for r in headline_rows(report)],
+            gr.update(value=str(curve_png) if curve_png.exists() else None, visible=curve_png.exists()),
+            str(study_zip(job)),
+            gr.Timer(active=False),
+        ]
+
+    def on_ask(text, current):
+        if not current:
+            raise ui_error(InputError("run a study first: its models answer here"))
+        try:
+            [text] = validate_texts([text])
+            models = state.studies.models(state.studies.job(current))
+            answers = {name: clf.predict([text])[0] for name, clf in models.items()}
+        except (ValueError, Refused) as err:
+            raise ui_error(err) from err
+        return [label_value(answers[n].to_dict()) if n in answers else None for n in ("finetune", "rag")]
+
+    upload.change(on_upload, upload, [found, first_rows], api_name="study_preview")
+    run.click(on_run, [upload, budget, job_id], [job_id, status, timer], api_name="study")
+    outputs = [status, verdict, table, curve, download, timer]
+    timer.tick(on_tick, job_id, outputs, api_visibility="private")
+    gr.Button("Refresh", size="sm").click(on_tick, job_id, outputs, api_name="study_status")
+    ask.click(on_ask, [query, job_id], [yours_ft, yours_rag], api_name="study_classify")
+
+
 # --- Models ----------------------------------------------------------------------------------------------------------
 
 
@@ -498,6 +627,8 @@ def build_demo(state: App) -> gr.Blocks:
             batch_tab(state, visitor_report, keep)
         with gr.Tab("Decide"):
             decide_tab(state, visitor_report)
+        with gr.Tab("Your data"):
+            your_data_tab(state)
         with gr.Tab("Teach"):
             label_choice = teach_tab(state)
         with gr.Tab("Models"):

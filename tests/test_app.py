@@ -415,3 +415,63 @@ def test_decide_takes_percentages_and_empty_fields(service, tmp_path):
     *_, report = fns["evaluate"](str(good), False, 100)
     text = fns["recommend"]("", "99%", "", "rarely", "cpu", False, True, report)
     assert "0.99" in text  # read as 99%, not refused as an impossible 99.0
+
+
+def test_your_data_runs_a_study_for_one_visitor_through_gradio_client(service, serve, shared_dir, tmp_path,
+                                                                       monkeypatch):  # fmt: skip
+    """A visitor's own 4-label data: preview, a study in the background, its verdict, then their models answer."""
+    import time
+
+    from gradio_client import Client, handle_file
+
+    from core.data import load_tweets
+    from serving.studies import StudyQueue
+
+    monkeypatch.setenv("FTRAG_BASE_MODEL", str(shared_dir / "models" / "tiny-random-gpt2"))
+    emotion = load_tweets(str(shared_dir / "data" / "tweeteval_emotion"), split="train", limit=120, seed=0)
+    upload = tmp_path / "my-emotions.csv"
+    emotion.rename_column("label", "category").to_pandas().to_csv(upload, index=False)
+    state = app.App(service)
+    state._studies = StudyQueue(tmp_path / "studies", tune_steps=2, curve=False, latency_queries=5)  # small, fast
+    client = Client(serve(app.create_app(state)), verbose=False)
+
+    found, first = client.predict(handle_file(str(upload)), api_name="/study_preview")
+    assert "**120 rows**" in found and "labels from `category`" in found and "4 labels" in found
+    assert len(first["data"]) == 5
+    client.predict(handle_file(str(upload)), "2", api_name="/study")
+    deadline = time.monotonic() + 240
+    while True:
+        status, verdict, table, *_ = client.predict(api_name="/study_status")
+        if "Done" in status or "Failed" in status or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert "Done" in status, status
+    assert "## Recommendation:" in verdict and {"finetune", "rag"} <= {row[0] for row in table["data"]}
+    assert "your uploaded file" in verdict and str(tmp_path) not in verdict + status  # no server path, no job id
+    fine_tuned, retrieved = client.predict("so happy today!", api_name="/study_classify")
+    assert set(label["label"] for label in (fine_tuned, retrieved)) <= {"anger", "joy", "optimism", "sadness"}
+    assert service.labels() == ["negative", "neutral", "positive"]  # the app's own backends are untouched
+    other = Client(client.src, verbose=False)  # another visitor has no study
+    with pytest.raises(Exception, match="run a study first"):
+        other.predict("so happy", api_name="/study_classify")
+
+
+def test_a_study_refuses_files_it_cannot_use_before_any_model_runs(tmp_path, monkeypatch):
+    import serving.studies as studies
+
+    small = tmp_path / "small.csv"
+    small.write_text("text,label\n" + "".join(f"tweet {i},{'ab'[i % 2]}\n" for i in range(10)))
+    with pytest.raises(InputError, match="at least 60"):
+        studies.preview(small)
+    one_label = tmp_path / "one.csv"
+    one_label.write_text("text,label\n" + "".join(f"tweet {i},same\n" for i in range(80)))
+    with pytest.raises(InputError, match="label"):
+        studies.preview(one_label)
+    monkeypatch.setattr(studies, "MAX_STUDY_ROWS", 50)
+    big = tmp_path / "big.csv"
+    big.write_text("text,label\n" + "".join(f"tweet {i},{'ab'[i % 2]}\n" for i in range(80)))
+    with pytest.raises(InputError, match="at most 50"):
+        studies.preview(big)
+    monkeypatch.setenv("FTRAG_STUDY_MAX_MINUTES", "3")
+    with pytest.raises(InputError, match="at most 3 minutes"):
+        studies.StudyQueue(tmp_path / "q").submit(big, 5, 80)

@@ -183,3 +183,34 @@ def test_the_page_is_served_while_the_backends_build(app_artifacts, ft_dir, serv
         finally:
             release.set()
             browser.close()
+
+
+def test_your_data_in_the_browser(app_artifacts, serve, shared_dir, monkeypatch, tmp_path):
+    """A visitor uploads their own 4-label data, sees the preview, runs a study and reads its verdict."""
+    from core.data import load_tweets
+    from serving.studies import StudyQueue
+
+    sync_playwright = _require_browser()
+    monkeypatch.setenv("FTRAG_BASE_MODEL", str(shared_dir / "models" / "tiny-random-gpt2"))
+    emotion = load_tweets(str(shared_dir / "data" / "tweeteval_emotion"), split="train", limit=120, seed=1)
+    upload = tmp_path / "my-emotions.csv"
+    emotion.to_pandas().to_csv(upload, index=False)
+    state = app.App(Service.start(app_artifacts, build_missing=False), report_dir=tmp_path / "report")
+    state._studies = StudyQueue(tmp_path / "studies", tune_steps=2, curve=False, latency_queries=5)
+    url = serve(app.create_app(state))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = _open(browser, url)
+            page.get_by_role("tab", name="Your data").click()
+            page.locator("#study-upload input[type=file]").set_input_files(str(upload))
+            page.locator("#study-preview").get_by_text("120 rows").wait_for(timeout=60_000)
+            assert "4 labels" in page.locator("#study-preview").inner_text()
+            page.get_by_role("button", name="Run the study").click()
+            try:
+                page.locator("#study-verdict").get_by_text("Recommendation:").wait_for(timeout=240_000)
+            finally:
+                _shot(page, "your-data")
+            assert "Done" in page.locator("#study-status").inner_text()
+        finally:
+            browser.close()

@@ -1,0 +1,205 @@
+"""Studies on a visitor's own labeled data, run by the app as background jobs ("Your data" in the page).
+
+A visitor uploads a labeled file; `preview` says what was found (the text and label columns, the label counts). A
+study (`compare.study`: split, fine-tune, retrieval, comparison, curve, decision, within a time budget) then runs as
+a job of that visitor's session: one at a time on the machine, the others queued with their position shown. Every
+job works in its own folder under the queue's root, named by an unguessable id that only the visitor's session
+holds, so nothing a visitor trains changes what anyone else sees; finished jobs are deleted after `KEEP_HOURS`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.limits import MAX_CHARS
+from serving.access import Refused
+from serving.service import InputError, hide_paths
+
+logger = logging.getLogger(__name__)
+
+MAX_STUDY_ROWS = 20_000
+"""Rows of an uploaded file a study may use: a file with more is refused (the study would not fit a budget)."""
+MIN_STUDY_ROWS = 60
+BUDGETS = (2, 5, 10)
+"""Minutes a visitor may give a study (the operator's `FTRAG_STUDY_MAX_MINUTES` caps them, default 10)."""
+MAX_WAITING = 8
+"""Studies waiting behind the running one; past that, a new one is refused (try again later)."""
+KEEP_HOURS = 6.0
+TEST_LIMIT = 1_000
+"""Test texts a study scores at most (its intervals say how many)."""
+LINES_KEPT = 30
+UPLOAD_NAME = "your uploaded file"
+"""What a study's reports call the visitor's data (never its path on this server)."""
+
+
+def max_minutes() -> float:
+    value = float(os.environ.get("FTRAG_STUDY_MAX_MINUTES", "10"))
+    if value <= 0:
+        raise ValueError(f"FTRAG_STUDY_MAX_MINUTES must be positive, got {value}")
+    return value
+
+
+def preview(file: Path) -> dict[str, Any]:
+    """What a study would see in `file` (uploaded, its path checked by the caller): the rows, the detected columns,
+    the label counts and the first rows. An `InputError` for a file no study can use, before any model runs."""
+    from core.data import DataError, detected_columns, load_tweets
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="ftrag-study-") as cache:  # nothing of it stays in any cache
+            columns = detected_columns(str(file), cache_dir=cache)
+            dataset = load_tweets(str(file), split="train", cache_dir=cache)
+    except DataError as err:
+        raise InputError(str(err).replace(str(file), "the uploaded file")) from None
+    rows = dataset.num_rows
+    if rows > MAX_STUDY_ROWS:
+        raise InputError(f"the uploaded file has {rows:,} rows; a study takes at most {MAX_STUDY_ROWS:,}")
+    if rows < MIN_STUDY_ROWS:
+        raise InputError(f"the uploaded file has {rows:,} rows; a study needs at least {MIN_STUDY_ROWS}")
+    texts = dataset["text"]
+    long_rows = [i + 1 for i, text in enumerate(texts) if len(text) > MAX_CHARS]
+    if long_rows:
+        raise InputError(
+            f"{len(long_rows)} row(s) have more than {MAX_CHARS:,} characters (first: row {long_rows[0]})"
+        )
+    counts = collections.Counter(dataset["label"])
+    return {
+        "rows": rows,
+        "columns": columns,
+        "labels": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
+        "first_rows": [[t[:200], label] for t, label in zip(texts[:5], dataset["label"][:5], strict=True)],
+    }
+
+
+@dataclass
+class Job:
+    """One visitor's study: where it stands and what it has said."""
+
+    id: str
+    folder: Path
+    budget_minutes: float
+    rows: int
+    state: str = "queued"  # queued, running, done, failed
+    lines: list[str] = field(default_factory=list)
+    decision: dict[str, Any] | None = None
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+
+    @property
+    def out(self) -> Path:
+        return self.folder / "study"
+
+    def say(self, message: str) -> None:
+        self.lines = [*self.lines[-(LINES_KEPT - 1) :], hide_paths(message)]
+
+
+class StudyQueue:
+    """Runs studies one at a time in a worker thread, in the order they were submitted."""
+
+    def __init__(self, root: str | Path | None = None, **settings: Any) -> None:
+        """`settings`: `compare.study.StudyConfig` fields every study here gets (e.g. a smaller one for tests)."""
+        self.settings = settings
+        self.root = Path(root or tempfile.mkdtemp(prefix="ftrag-studies-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._jobs: dict[str, Job] = {}
+        self._waiting: collections.deque[str] = collections.deque()
+        self._cv = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self._models: dict[str, dict[str, Any]] = {}  # the latest finished jobs' models, for Compare
+
+    def submit(self, file: Path, budget_minutes: float, rows: int) -> Job:
+        """Queue a study of `file` (copied into the job's folder) with `budget_minutes`."""
+        if budget_minutes > max_minutes():
+            raise InputError(f"a study here may take at most {max_minutes():g} minutes")
+        self.clean()
+        with self._cv:
+            if len(self._waiting) >= MAX_WAITING:
+                raise Refused(f"{len(self._waiting)} studies are waiting already; try again in a few minutes", 503, 60)
+            job = Job(id=secrets.token_urlsafe(16), folder=Path(), budget_minutes=budget_minutes, rows=rows)
+            job.folder = self.root / job.id
+            job.folder.mkdir()
+            shutil.copyfile(file, job.folder / f"data{file.suffix.lower()}")
+            self._jobs[job.id] = job
+            self._waiting.append(job.id)
+            job.say(f"queued: {rows:,} labeled rows, a budget of {budget_minutes:g} minutes")
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._work, name="studies", daemon=True)
+                self._worker.start()
+            self._cv.notify()
+        return job
+
+    def job(self, job_id: Any) -> Job:
+        job = self._jobs.get(job_id) if isinstance(job_id, str) else None
+        if job is None:
+            raise InputError("no such study (it finished more than a few hours ago, or was never started here)")
+        return job
+
+    def position(self, job: Job) -> int:
+        """0 while it runs (or is over), else how many studies run or wait before it."""
+        with self._cv:
+            if job.id not in self._waiting:
+                return 0
+            running = any(j.state == "running" for j in self._jobs.values())
+            return list(self._waiting).index(job.id) + int(running)
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._waiting:
+                    self._cv.wait()
+                job = self._jobs[self._waiting[0]]
+                self._waiting.popleft()
+                job.state = "running"
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        from compare.study import Study, StudyConfig
+
+        data = next(job.folder.glob("data.*"))
+        settings = {"test_limit": TEST_LIMIT, "latency_queries": 30, "data_name": UPLOAD_NAME, **self.settings}
+        cfg = StudyConfig(data=str(data), out=str(job.out), budget_minutes=job.budget_minutes, **settings)
+        try:
+            job.decision = Study(cfg, say=job.say).run()
+            job.state = "done"
+        except Exception as err:  # a study that fails must end the job with its reason, never the worker
+            logger.warning("A study failed: %s: %s", type(err).__name__, err)
+            job.error = hide_paths(str(err)).replace(str(data), "the uploaded file")
+            job.say(f"failed: {job.error}")
+            job.state = "failed"
+        job.finished = time.time()
+
+    def models(self, job: Job) -> dict[str, Any]:
+        """The finished job's fine-tune and index, loaded once (the two latest jobs' stay in memory)."""
+        import finetune
+        import rag
+
+        if job.state != "done":
+            raise InputError("the study has not finished yet")
+        if job.id not in self._models:
+            loaded = {}
+            for name, load in (("finetune", finetune.load), ("rag", rag.load)):
+                if (job.out / name).is_dir():
+                    loaded[name] = load(job.out / name)
+            while len(self._models) >= 2:
+                self._models.pop(next(iter(self._models)))
+            self._models[job.id] = loaded
+        return self._models[job.id]
+
+    def clean(self) -> None:
+        """Delete the folders of jobs finished more than KEEP_HOURS ago."""
+        cutoff = time.time() - 3600 * KEEP_HOURS
+        with self._cv:
+            for job in [j for j in self._jobs.values() if j.finished and j.finished < cutoff]:
+                shutil.rmtree(job.folder, ignore_errors=True)
+                self._models.pop(job.id, None)
+                del self._jobs[job.id]
