@@ -300,7 +300,7 @@ def plot(report: dict[str, Any], out: str | Path) -> list[Path]:
             ax.set_xticklabels(labels, rotation=30)
             ax.set_yticklabels(labels)
             ax.set_title(f"{name}: accuracy {_plus_minus(report['backends'][name])}")
-        written.append(_save(fig, out / "confusion_matrices.png"))
+        written.append(save_figure(fig, out / "confusion_matrices.png"))
 
         fig, ax = plt.subplots(figsize=(7, 4))
         samples = [report["backends"][n].get("latency_samples_ms") or [0.0] for n in names]
@@ -308,7 +308,7 @@ def plot(report: dict[str, Any], out: str | Path) -> list[Path]:
         ax.set_xticks(range(1, len(names) + 1), names)
         ax.set(ylabel="single-query latency (ms)", title="Latency per query (warm, interleaved)")
         ax.set_yscale("log")
-        written.append(_save(fig, out / "latency.png"))
+        written.append(save_figure(fig, out / "latency.png"))
 
         fig, ax = plt.subplots(figsize=(5.5, 5))
         ax.plot([0, 1], [0, 1], "--", color=INK, lw=1, label="perfectly calibrated")
@@ -320,7 +320,7 @@ def plot(report: dict[str, Any], out: str | Path) -> list[Path]:
                 ax.plot(xs, ys, "o-", label=f"{name} (ECE {ece:.3f})")
         ax.set(xlabel="confidence (top score)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="Reliability")
         ax.legend(loc="upper left")
-        written.append(_save(fig, out / "reliability.png"))
+        written.append(save_figure(fig, out / "reliability.png"))
         written.append(_accuracy_bars(report, out / "accuracy.png"))
     return written
 
@@ -350,10 +350,10 @@ def _accuracy_bars(report: dict[str, Any], path: Path) -> Path:
     how = report.get("intervals")
     caption = f"{100 * how['confidence']:g}% bootstrap intervals" if how else "no intervals in this report"
     ax.set(ylabel="accuracy", ylim=(0, 1.08), title=f"Accuracy ({caption})")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     # A band left empty above the titles: the app lays its label and buttons over the top of each image.
