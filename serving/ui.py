@@ -587,6 +587,27 @@ def examples_line(b: dict[str, Any]) -> str:
     return f"- labeled examples: {', '.join(seen)}{where}" if seen else "- labeled examples: not recorded"
 
 
+_CURVES_DIR = Path(tempfile.mkdtemp(prefix="ftrag-curves-"))
+
+
+def training_curves(service: Service) -> list[tuple[str, str]]:
+    """``(png, caption)`` of each loaded fine-tune's training curve (losses, evaluation accuracy, the kept checkpoint),
+    with the overfitting note in the caption when there is one."""
+    from finetune.history import overfitting_note, plot
+
+    shown = []
+    for name, clf in service.backends.items():
+        meta = getattr(clf, "meta", None) or {}
+        if not meta.get("history"):
+            continue
+        path = _CURVES_DIR / f"{name}-{id(clf)}.png"
+        if not path.exists() and plot(meta, path, title=f"{COLUMN_TITLES.get(name, name)} ({name})") is None:
+            continue
+        note = overfitting_note(meta)
+        shown.append((str(path), f"{name}: {note}" if note else f"{name}: no sign of overfitting"))
+    return shown
+
+
 def models_markdown(service: Service) -> str:
     """What is loaded: names, what each is, its labels, the data and how much of it, sizes. No server paths."""
     info = service.models()
@@ -633,7 +654,10 @@ def build_demo(state: App) -> gr.Blocks:
             label_choice = teach_tab(state)
         with gr.Tab("Models"):
             shown = gr.Markdown(models_markdown(service))  # at build time: a load event would hold a stream open
-            gr.Button("Refresh", size="sm").click(lambda: models_markdown(service), None, shown, api_name=False)
+            curves = gr.Gallery(training_curves(service), label="Training curves of the fine-tuned models", columns=1,
+                                height="auto", elem_id="training-curves")  # fmt: skip
+            gr.Button("Refresh", size="sm").click(lambda: (models_markdown(service), training_curves(service)), None,
+                                                  [shown, curves], api_name=False)  # fmt: skip
         # While the line-up builds, each visitor's page polls its progress; the timer stops once all are up.
         timer = gr.Timer(START_UP_POLL_S, active=not service.ready.is_set())
 
@@ -644,11 +668,12 @@ def build_demo(state: App) -> gr.Blocks:
                 start_up_html(service),
                 *(what_is(service, name) for name in what_lines),
                 models_markdown(service),
+                training_curves(service),
                 gr.update(choices=labels, value=labels[-1]),
                 gr.Timer(active=not done),
             ]
 
-        outputs = [start_up, *what_lines.values(), shown, label_choice, timer]
+        outputs = [start_up, *what_lines.values(), shown, curves, label_choice, timer]
         timer.tick(on_tick, None, outputs, api_visibility="private")
     return demo
 

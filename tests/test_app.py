@@ -475,3 +475,17 @@ def test_a_study_refuses_files_it_cannot_use_before_any_model_runs(tmp_path, mon
     monkeypatch.setenv("FTRAG_STUDY_MAX_MINUTES", "3")
     with pytest.raises(InputError, match="at most 3 minutes"):
         studies.StudyQueue(tmp_path / "q").submit(big, 5, 80)
+
+
+def test_the_models_tab_shows_each_fine_tunes_training_curve(service):
+    meta = service.backends["finetune"].meta
+    assert meta["history"]  # the fixture's fine-tune evaluated during training
+    [(path, caption)] = serving_ui.training_curves(service)
+    assert Path(path).read_bytes()[:4] == b"\x89PNG" and caption.startswith("finetune: ")
+    meta["history"] = [{"step": s, "eval_loss": loss, "eval_accuracy": 0.6} for s, loss in [(10, 0.6), (20, 0.7),
+                                                                                          (30, 0.9)]]  # fmt: skip
+    meta["train_history"] = [{"step": s, "loss": loss} for s, loss in [(5, 1.0), (15, 0.6), (25, 0.3)]]
+    meta["best_checkpoint_step"] = 10
+    [(path, caption)] = serving_ui.training_curves(service)
+    assert "overfitting: the evaluation loss rose from 0.600 (step 10) to 0.900 (step 30)" in caption
+    assert "kept checkpoint is step 10" in caption
