@@ -75,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="do not measure the backends at start-up when no report is saved (Decide then waits for one)",
     )
+    parser.add_argument(
+        "--no-curve-at-start",
+        action="store_true",
+        help="do not measure a small learning curve at start-up when the artifacts hold none",
+    )
     parser.add_argument("--host", default="0.0.0.0" if on_spaces else "127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     return parser.parse_args(argv)
@@ -114,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
         state_made.wait()
         if state is not None and not args.no_compare_at_start:
             state.start_comparison(background=False)  # when no report was saved: Decide then answers out of the box
+        if state is not None and not args.no_curve_at_start:
+            state.start_curve()  # when the artifacts hold no learning curve: a small one
 
     service = Service.start(artifacts, build_missing=not args.no_build, progress=_log_progress(),
                             scratch_gpt2=args.scratch_gpt2, background=True, on_ready=when_ready)  # fmt: skip

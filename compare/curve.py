@@ -474,6 +474,14 @@ def plot_curve(curve: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def save_curve(curve: dict[str, Any], out: str | Path) -> Path:
+    """curve.json (written atomically) and curve.png in `out`; returns the JSON's path."""
+    out = Path(out)
+    atomic_write(out / "curve.json", lambda tmp: tmp.write_text(dumps_json(curve), encoding="utf-8"))
+    plot_curve(curve, out / "curve.png")
+    return out / "curve.json"
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_config(CurveConfig, argv, __doc__.splitlines()[0])
     setup_logging()
@@ -498,9 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     curve["config"] = asdict(cfg)
-    out = Path(cfg.out)
-    atomic_write(out / "curve.json", lambda tmp: tmp.write_text(dumps_json(curve), encoding="utf-8"))
-    plot_curve(curve, out / "curve.png")
+    save_curve(curve, cfg.out)
     summary = {k: curve[k] for k in ("sizes", "crossover", "crossover_range", "test_size")}
     summary["mean"] = {name: b["mean"] for name, b in curve["backends"].items()}
     print(json.dumps(summary, indent=2))

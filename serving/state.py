@@ -27,6 +27,10 @@ LATENCY_QUERIES = 30
 STARTUP_TEXTS = 500
 """Test texts of the start-up comparison, the calm measurement Decide uses out of the box."""
 STARTUP_LATENCY_QUERIES = 100
+STARTUP_CURVE_SIZES = (100, 300, 1000)
+"""The small learning curve measured after the start-up comparison when the artifacts hold none (one seed, no
+tuned embedder, 300 test texts: a few minutes on 2 cores); `python -m compare.curve` measures a full one."""
+STARTUP_CURVE_TEST = 300
 
 
 class App:
@@ -54,6 +58,7 @@ class App:
         self.report: dict[str, Any] | None = None
         self._studies = None  # the queue of visitors' studies on their own data, made on first use
         self.comparing: str | None = None  # what the start-up comparison is doing, while it runs
+        self.curving: str | None = None  # what the start-up learning curve is doing, while it runs
         if report_dir is not None and (report_dir / "report.json").exists():
             try:
                 self.report = check_report(read_json(report_dir / "report.json", "report"))
@@ -101,6 +106,38 @@ class App:
             self.comparing = f"failed: {err}"
             return
         self.comparing = None
+
+    def start_curve(self, sizes=STARTUP_CURVE_SIZES, test_limit: int = STARTUP_CURVE_TEST) -> None:
+        """When the artifacts hold no learning curve, measure a small one (see STARTUP_CURVE_SIZES) into
+        `curve_dir`, so that Decide can answer for fewer labeled examples than the backends were given. Runs in the
+        caller's thread (the start-up thread, after the comparison)."""
+        from compare.curve import MIN_STEPS, learning_curve, save_curve
+        from finetune.config import FinetuneConfig
+
+        if self.curve_dir is None or (self.curve_dir / "curve.json").exists():
+            return
+        self.curving = "starting"
+        try:
+            train = load_tweets(None, split="train")
+            test = load_tweets(None, split="test", limit=test_limit, seed=0)
+            rag = self.service.backends.get("rag")
+            curve = learning_curve(
+                [n for n in sizes if n < train.num_rows],
+                train,
+                test,
+                finetune_config=lambda size, out: FinetuneConfig(out=out),
+                embedder=rag.embedder if rag is not None else None,
+                min_steps=MIN_STEPS,
+                progress=lambda fraction, message: setattr(self, "curving", f"{fraction:.0%}: {message}"),
+            )
+            curve["config"] = {"measured": "at start-up, small: one seed, no tuned embedder", "sizes": list(sizes),
+                               "test_limit": test_limit}  # fmt: skip
+            save_curve(curve, self.curve_dir)
+        except Exception as err:  # no test split, other labels, a full disk: Decide answers from the report alone
+            logger.warning("No start-up learning curve: %s: %s", type(err).__name__, err)
+            self.curving = f"failed: {err}"
+            return
+        self.curving = None
 
     @property
     def studies(self):

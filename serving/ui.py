@@ -321,6 +321,24 @@ def recommendation_markdown(rec: dict[str, Any], report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def curve_png(state: App) -> str | None:
+    path = (state.curve_dir or Path("/nonexistent")) / "curve.png"
+    return str(path) if path.exists() else None
+
+
+def curve_markdown(state: App) -> str:
+    """What the learning curve below is, or why there is none yet."""
+    curve = state.curve
+    if curve is not None:
+        seeds = len(curve.get("seeds") or [0])
+        return (f"*Learning curve: accuracy at {', '.join(f'{n:,}' for n in curve['sizes'])} labeled examples, "
+                f"{seeds} seed{'s' if seeds > 1 else ''}, on {curve['test_size']:,} test texts. Decide reads it for "
+                "fewer labeled examples than the backends were given.*")  # fmt: skip
+    if state.curving and not state.curving.startswith("failed"):
+        return f"*A small learning curve is being measured in the background ({escape_markdown(state.curving)}).*"
+    return "*No learning curve in the artifacts: `python -m compare.curve` makes one (curve.json / .png).*"
+
+
 def decide_tab(state: App, visitor_report: gr.State) -> None:
     gr.Markdown("Leave a field empty for *no constraint*.")
     with gr.Row():
@@ -356,11 +374,14 @@ def decide_tab(state: App, visitor_report: gr.State) -> None:
 
     inputs = [examples_in, target_in, budget_in, updates_in, hardware_in, evidence_in, use_mine, visitor_report]
     decide_btn.click(on_decide, inputs, recommendation, api_name="recommend")
-    curve_png = (state.curve_dir or Path("/nonexistent")) / "curve.png"
-    if curve_png.exists():
-        gr.Image(str(curve_png), label="Learning curve", type="filepath")
-    else:
-        gr.Markdown("*No learning curve in the artifacts: `python -m compare.curve` makes one (curve.json / .png).*")
+    curve_note = gr.Markdown(curve_markdown(state))
+    curve_image = gr.Image(curve_png(state), label="Learning curve", type="filepath", visible=bool(curve_png(state)))
+
+    # The start-up curve may finish after the page was built: each Recommend also shows the latest.
+    def latest_curve():
+        return curve_markdown(state), gr.update(value=curve_png(state), visible=bool(curve_png(state)))
+
+    decide_btn.click(latest_curve, None, [curve_note, curve_image], api_visibility="private")
 
 
 # --- Teach -----------------------------------------------------------------------------------------------------------

@@ -489,3 +489,18 @@ def test_the_models_tab_shows_each_fine_tunes_training_curve(service):
     [(path, caption)] = serving_ui.training_curves(service)
     assert "overfitting: the evaluation loss rose from 0.600 (step 10) to 0.900 (step 30)" in caption
     assert "kept checkpoint is step 10" in caption
+
+
+def test_a_small_learning_curve_is_measured_at_start_up_when_none_exists(service, shared_dir, data_dir, tmp_path,
+                                                                          monkeypatch):  # fmt: skip
+    monkeypatch.setenv("FTRAG_DATA", str(data_dir))
+    monkeypatch.setenv("FTRAG_BASE_MODEL", str(shared_dir / "models" / "tiny-random-gpt2"))
+    state = app.App(service, report_dir=tmp_path / "report", curve_dir=tmp_path / "curve")
+    assert state.curve is None and "No learning curve" in serving_ui.curve_markdown(state)
+    state.start_curve(sizes=(30, 60), test_limit=40)
+    curve = state.curve
+    assert curve["sizes"] == [30, 60] and curve["test_size"] == 40 and set(curve["backends"]) == {"finetune", "rag"}
+    assert (tmp_path / "curve" / "curve.png").exists() and state.curving is None
+    assert "30, 60 labeled examples, 1 seed, on 40 test texts" in serving_ui.curve_markdown(state)
+    state.start_curve(sizes=(30,), test_limit=40)  # one exists now: it is kept, not measured again
+    assert state.curve["sizes"] == [30, 60]
