@@ -346,6 +346,9 @@ class Service:
                 raise InputError(f"backend(s) not available ({why}); available: {sorted(self.backends)}")
             chosen = {b: self.backends[b] for b in backends}
         if not chosen:
+            if not self.ready.is_set() and self.expected:
+                raise Refused("the backends are still being built (the page shows how far); ask again in a minute",
+                              503, 30)  # fmt: skip
             raise InputError(f"no backend is available: {self.unavailable or 'none loaded'}")
         return chosen
 

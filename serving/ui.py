@@ -158,7 +158,7 @@ def compare_tab(state: App) -> dict[str, gr.Markdown]:
     def on_compare(query: str):
         try:
             [row] = service.classify([query])
-        except InputError as err:
+        except (InputError, Refused) as err:
             raise ui_error(err) from err
         out: list[Any] = []
         for name in names:

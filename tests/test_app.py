@@ -504,3 +504,20 @@ def test_a_small_learning_curve_is_measured_at_start_up_when_none_exists(service
     assert "30, 60 labeled examples, 1 seed, on 40 test texts" in serving_ui.curve_markdown(state)
     state.start_curve(sizes=(30,), test_limit=40)  # one exists now: it is kept, not measured again
     assert state.curve["sizes"] == [30, 60]
+
+
+def test_before_any_backend_is_up_requests_are_told_to_come_back(tmp_path, monkeypatch):
+    import threading
+
+    import serving.build
+
+    release = threading.Event()
+    monkeypatch.setattr(serving.build, "build_demo_index", lambda out, progress, data: release.wait(30))
+    monkeypatch.setattr(serving.build, "build_demo_finetune", lambda out, progress, data: None)  # builds nothing
+    service = Service.start(tmp_path / "artifacts", background=True)
+    try:
+        response = TestClient(app.create_app(app.App(service))).post("/api/classify", json={"texts": ["hello"]})
+        assert response.status_code == 503 and "still being built" in response.json()["error"]
+        assert response.headers["Retry-After"] == "30"
+    finally:
+        release.set()
