@@ -43,9 +43,9 @@ from core.data import DataError, label_names, load_tweets, stratified_sample
 from core.files import ArtifactError, atomic_write, dumps_json
 from core.types import check_labels, check_same_labels, normalise_label
 from finetune.config import SCRATCH_PRESETS, FinetuneConfig
-from rag.classifier import choose_vote
 from rag.config import RagConfig
 from rag.tune_embedder import TuneEmbedderConfig
+from rag.tuning import choose_vote
 
 logger = logging.getLogger(__name__)
 

@@ -202,37 +202,58 @@ def evaluate(
     report_progress = progress or (lambda fraction, message: None)
     backends, predictions = _score(classifiers, texts, references, labels, report_progress)
     report_progress(0.6, "timing single queries and batches")
-    timed = measure(
-        classifiers,
-        texts[:latency_queries],
-        batch_size=batch_size,
-        batch_rounds=batch_rounds,
-        progress=lambda f, m: report_progress(0.6 + 0.35 * f, m),
-    )
-    for name, t in timed.items():
-        backends[name].update(_timings(t, backends[name]["one_off_seconds"], hourly_price))
-    pairs = {
-        f"{a} vs {b}": agreement(predictions[a], predictions[b]) for a, b in itertools.combinations(predictions, 2)
-    }
-    disagreements = _disagreements(texts, references, predictions)
+    _add_timings(backends, classifiers, texts[:latency_queries], batch_size=batch_size, batch_rounds=batch_rounds,
+                 hourly_price=hourly_price, report_progress=report_progress)  # fmt: skip
+    comparisons = _comparisons(texts, references, predictions, max_disagreements)
     report_progress(1.0, "done")
     return {
         "format_version": FORMAT_VERSION,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "dataset": {
-            "source": data_source,
-            "split": split,
-            "n": len(texts),
-            "label_counts": dict(Counter(references)),
-        },
+        "dataset": {"source": data_source, "split": split, "n": len(texts), "label_counts": dict(Counter(references))},
         "labels": labels,
         "machine": machine(),
         "latency": {"queries": min(latency_queries, len(texts)), "batch_size": batch_size, "interleaved": True},
         "intervals": dict(INTERVALS),
         "hourly_price_usd": hourly_price,
         "backends": backends,
+        **comparisons,
+    }
+
+
+def _add_timings(
+    backends: dict[str, dict[str, Any]],
+    classifiers: Mapping[str, Classifier],
+    queries: list[str],
+    *,
+    batch_size: int,
+    batch_rounds: int,
+    hourly_price: float,
+    report_progress: Progress,
+) -> None:
+    """Time every backend on `queries` (single queries and batches, interleaved: `compare.latency.measure`) and add
+    its latency, throughput and cost to its entry in `backends`."""
+    timed = measure(
+        classifiers,
+        queries,
+        batch_size=batch_size,
+        batch_rounds=batch_rounds,
+        progress=lambda f, m: report_progress(0.6 + 0.35 * f, m),
+    )
+    for name, t in timed.items():
+        backends[name].update(_timings(t, backends[name]["one_off_seconds"], hourly_price))
+
+
+def _comparisons(
+    texts: list[str], references: list[str], predictions: dict[str, list[str]], max_disagreements: int
+) -> dict[str, Any]:
+    """The report's sections about pairs of backends: accuracy differences with McNemar tests, agreement rates, and
+    the texts they label differently (the first `max_disagreements` of them, and how many there are)."""
+    disagreements = _disagreements(texts, references, predictions)
+    return {
         "pairwise": pairwise(predictions, references),
-        "agreement": pairs,
+        "agreement": {
+            f"{a} vs {b}": agreement(predictions[a], predictions[b]) for a, b in itertools.combinations(predictions, 2)
+        },
         "disagreement_count": len(disagreements),
         "disagreements": disagreements[:max_disagreements],
     }

@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +267,24 @@ def epoch_counter():
 # --- the run ---------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TrainingSetup:
+    """What a run trains: the data's two slices (raw and tokenized), the labels, the tokenizer and the model, and
+    where each came from, so that the Trainer and run.json are built from one object."""
+
+    data_source: str
+    labels: list[str]
+    train_ds: Any
+    eval_ds: Any
+    train_tok: Any
+    eval_tok: Any
+    tokenizer: Any
+    tokenizer_source: Source
+    model: Any
+    base_description: str
+    n_params: int
+
+
 def train(
     cfg: FinetuneConfig,
     dataset=None,
@@ -290,7 +308,6 @@ def train(
         FinetuneError / DataError: see their docs. Nothing already saved is touched when these are raised.
     """
     import torch
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, set_seed
 
     out = Path(cfg.out)
     refuse_to_replace(out, "a model", overwrite)
@@ -299,17 +316,36 @@ def train(
     report = progress or (lambda fraction, message: None)
     start = time.perf_counter()
     args = cfg.to_training_args(show_progress=show_progress)
+    setup = prepare_training(cfg, dataset, args, report)
+    resume = _prepare_checkpoints(cfg, args)
+    counter = epoch_counter()
+    trainer = build_trainer(setup, args, [*callbacks, counter, *_run_callbacks(cfg, progress, report)])
+    train_start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.perf_counter() - train_start
+    history = eval_history(trainer.state.log_history)  # before the final evaluation adds its own row
+    report(0.97, "evaluating the best checkpoint")
+    final = trainer.evaluate()
+    run = run_record(cfg, args, setup, trainer, final, history=history, resume=resume, counter=counter,
+                     train_seconds=train_seconds, start=start)  # fmt: skip
+    if args.should_save:
+        report(0.99, f"saving to {out}")
+        _save_run(cfg, trainer.model, setup.tokenizer, run, out, train_seconds)
+    _barrier(args)
+    report(1.0, f"done: eval accuracy {run['eval_accuracy']:.4f}")
+    return run
+
+
+def prepare_training(cfg: FinetuneConfig, dataset, args, report: Progress) -> TrainingSetup:
+    """Load the data (unless given), carve the evaluation slice, load the tokenizer and the model, and tokenize.
+
+    In a distributed run one process fills the datasets cache first and the others read it.
+    """
+    from transformers import set_seed
 
     report(0.0, "loading data")
-    with args.main_process_first(desc="loading data"):  # one process fills the datasets cache, the others read it
-        if dataset is None:
-            try:
-                data_source = resolve("data", cfg.data).describe()
-            except SourceError as err:
-                raise DataError(str(err)) from err
-            dataset = load_tweets(cfg.data, split="train", seed=cfg.seed, labels=cfg.labels)
-        else:
-            data_source = "in-memory dataset"
+    with args.main_process_first(desc="loading data"):
+        dataset, data_source = _training_data(cfg, dataset)
         labels = training_labels(dataset, cfg.labels)
         train_ds, eval_ds = split_train_eval(dataset, cfg.train_size, cfg.eval_size, seed=cfg.seed)
 
@@ -325,63 +361,105 @@ def train(
     if cfg.from_scratch:
         logger.warning("GPT-2 is %s; expect far lower accuracy than a pretrained model.", SCRATCH_NOTICE)
     n_params = sum(p.numel() for p in model.parameters())
-    preset = SCRATCH_PRESETS[cfg.scratch_size]
     logger.info("Model: %s, %.1fM parameters; %s", base_description, n_params / 1e6, tokenizer_source.describe())
+    return TrainingSetup(data_source, labels, train_ds, eval_ds, train_tok, eval_tok, tokenizer, tokenizer_source,
+                         model, base_description, n_params)  # fmt: skip
 
-    resume = _prepare_checkpoints(cfg, args)
-    counter = epoch_counter()
-    trainer_callbacks = [*callbacks, counter]
+
+def _training_data(cfg: FinetuneConfig, dataset) -> tuple[Any, str]:
+    """The labeled examples to train on (`dataset`, else the train split of ``cfg.data``) and a description of them."""
+    if dataset is not None:
+        return dataset, "in-memory dataset"
+    try:
+        data_source = resolve("data", cfg.data).describe()
+    except SourceError as err:
+        raise DataError(str(err)) from err
+    return load_tweets(cfg.data, split="train", seed=cfg.seed, labels=cfg.labels), data_source
+
+
+def _run_callbacks(cfg: FinetuneConfig, progress: Progress | None, report: Progress) -> list[Any]:
+    """The callbacks a run adds of its own: early stopping when ``cfg.patience`` is set, progress for a UI."""
+    from transformers import EarlyStoppingCallback
+
+    added = []
     if cfg.patience > 0:
-        trainer_callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.patience))
+        added.append(EarlyStoppingCallback(early_stopping_patience=cfg.patience))
     if progress is not None:
-        trainer_callbacks.append(progress_callback(report))
-    trainer = Trainer(
-        model=model,
+        added.append(progress_callback(report))
+    return added
+
+
+def build_trainer(setup: TrainingSetup, args, callbacks: Sequence[Any]):
+    """The `Trainer` of `setup`'s model on its tokenized slices, batches padded dynamically, scored by
+    `compute_metrics`."""
+    from transformers import DataCollatorWithPadding, Trainer
+
+    return Trainer(
+        model=setup.model,
         args=args,
-        train_dataset=train_tok,
-        eval_dataset=eval_tok,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        processing_class=tokenizer,
+        train_dataset=setup.train_tok,
+        eval_dataset=setup.eval_tok,
+        data_collator=DataCollatorWithPadding(setup.tokenizer),
+        processing_class=setup.tokenizer,
         compute_metrics=compute_metrics,
-        callbacks=trainer_callbacks,
+        callbacks=list(callbacks),
     )
-    train_start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
-    train_seconds = time.perf_counter() - train_start
-    history = [
-        {k: v for k, v in row.items() if k in {"epoch", "step", "eval_accuracy", "eval_macro_f1", "eval_loss"}}
-        for row in trainer.state.log_history
-        if "eval_accuracy" in row
-    ]
-    report(0.97, "evaluating the best checkpoint")
-    final = trainer.evaluate()
-    stopped_early = trainer.state.global_step < trainer.state.max_steps
-    run = {
+
+
+def eval_history(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The evaluations of a Trainer's log history (epoch, step, accuracy, macro-F1, loss), for run.json."""
+    keep = {"epoch", "step", "eval_accuracy", "eval_macro_f1", "eval_loss"}
+    return [{k: v for k, v in row.items() if k in keep} for row in log_history if "eval_accuracy" in row]
+
+
+def run_record(
+    cfg: FinetuneConfig,
+    args,
+    setup: TrainingSetup,
+    trainer,
+    final: dict[str, float],
+    *,
+    history: list[dict[str, Any]],
+    resume: str | None,
+    counter,
+    train_seconds: float,
+    start: float,
+) -> dict[str, Any]:
+    """The run record saved as run.json: what was trained on what, the final evaluation, the history and timings.
+
+    Args:
+        final: the Trainer's evaluation of the kept (best) weights.
+        counter: the run's `epoch_counter`, so that throughput counts only this process's epochs.
+        start: ``time.perf_counter()`` when the run began (for ``total_seconds``).
+    """
+    state = trainer.state
+    preset = {"name": cfg.scratch_size, **SCRATCH_PRESETS[cfg.scratch_size]}
+    return {
         "format_version": FORMAT_VERSION,
         "backend": "finetune",
-        "base_model": base_description,
+        "base_model": setup.base_description,
         "from_scratch": cfg.from_scratch,
         "notice": SCRATCH_NOTICE if cfg.from_scratch else None,
-        "architecture": model.config.model_type,
-        "scratch_preset": {"name": cfg.scratch_size, **preset} if cfg.from_scratch else None,
-        "parameters": n_params,
-        "tokenizer": tokenizer_source.describe(),
-        "data_source": data_source,
-        "labels": labels,
-        "train_size": train_ds.num_rows,
-        "eval_size": eval_ds.num_rows,
-        "eval_slice_sha256": eval_slice_digest(eval_ds["text"], eval_ds["label"]),
+        "architecture": setup.model.config.model_type,
+        "scratch_preset": preset if cfg.from_scratch else None,
+        "parameters": setup.n_params,
+        "tokenizer": setup.tokenizer_source.describe(),
+        "data_source": setup.data_source,
+        "labels": setup.labels,
+        "train_size": setup.train_ds.num_rows,
+        "eval_size": setup.eval_ds.num_rows,
+        "eval_slice_sha256": eval_slice_digest(setup.eval_ds["text"], setup.eval_ds["label"]),
         "max_length": cfg.max_length,
         "eval_accuracy": final.get("eval_accuracy"),
         "eval_macro_f1": final.get("eval_macro_f1"),
         "eval_loss": final.get("eval_loss"),
-        "best_checkpoint_step": _step_of(trainer.state.best_model_checkpoint),
-        "epochs_run": round(float(trainer.state.epoch or 0.0), 3),
-        "stopped_early": stopped_early,
+        "best_checkpoint_step": _step_of(state.best_model_checkpoint),
+        "epochs_run": round(float(state.epoch or 0.0), 3),
+        "stopped_early": state.global_step < state.max_steps,
         "history": history,
         "train_seconds": round(train_seconds, 2),
         "total_seconds": round(time.perf_counter() - start, 2),
-        "train_samples_per_second": round(counter.epochs_done(trainer.state) * train_tok.num_rows / train_seconds, 2),
+        "train_samples_per_second": round(counter.epochs_done(state) * setup.train_tok.num_rows / train_seconds, 2),
         "resumed_from": f"checkpoint at step {_step_of(resume)}" if resume else None,
         "world_size": args.world_size,
         "device": str(args.device),
@@ -389,21 +467,20 @@ def train(
         "versions": _versions(),
         "config": asdict(cfg),
     }
-    if args.should_save:
-        report(0.99, f"saving to {out}")
-        _save(trainer.model, tokenizer, run, out)
-        if not cfg.keep_checkpoints:
-            shutil.rmtree(cfg.checkpoints_dir, ignore_errors=True)
-        logger.info(
-            "Saved %s: eval accuracy %.4f, macro-F1 %.4f, %.0f s of training",
-            out,
-            run["eval_accuracy"],
-            run["eval_macro_f1"],
-            train_seconds,
-        )
-    _barrier(args)
-    report(1.0, f"done: eval accuracy {run['eval_accuracy']:.4f}")
-    return run
+
+
+def _save_run(cfg: FinetuneConfig, model, tokenizer, run: dict[str, Any], out: Path, train_seconds: float) -> None:
+    """Save the model directory (main process only) and drop the checkpoints unless ``cfg.keep_checkpoints``."""
+    _save(model, tokenizer, run, out)
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(cfg.checkpoints_dir, ignore_errors=True)
+    logger.info(
+        "Saved %s: eval accuracy %.4f, macro-F1 %.4f, %.0f s of training",
+        out,
+        run["eval_accuracy"],
+        run["eval_macro_f1"],
+        train_seconds,
+    )
 
 
 def _prepare_checkpoints(cfg: FinetuneConfig, args) -> str | None:

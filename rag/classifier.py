@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,9 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.data import label_names, load_tweets, stratified_indices, stratified_sample
 from core.files import ArtifactError, dir_lock, dumps_json, read_json, recover_dir, staged_dir
-from core.settings import resolve, screen_name
+from core.settings import screen_name
 from core.types import LABELS, Prediction, check_labels, check_texts
 from rag.config import WEIGHTINGS, RagConfig
 from rag.embed import Embedder, EmbedderError
@@ -69,6 +66,19 @@ def vote(
     np.add.at(probs, (rows, example_labels[np.where(valid, ids, 0)].ravel()), weights.ravel())
     totals = probs.sum(axis=1, keepdims=True)
     return probs / np.where(totals > 0, totals, 1.0)
+
+
+def label_ids_of(labels: Sequence[str], names: Sequence[str]) -> np.ndarray:
+    """Each label's position in `names`, or a ValueError naming the labels outside them.
+
+    >>> label_ids_of(["b", "a", "b"], ["a", "b"])
+    array([1, 0, 1])
+    """
+    lookup = {name: i for i, name in enumerate(names)}
+    unknown = sorted({str(label) for label in labels if label not in lookup})
+    if unknown:
+        raise ValueError(f"unknown label(s) {unknown}; this index knows only {list(names)}")
+    return np.array([lookup[label] for label in labels], dtype=np.int64)
 
 
 class RagClassifier:
@@ -399,16 +409,7 @@ class RagClassifier:
         return int(vectors + texts + weights)
 
     def _to_ids(self, labels: Sequence[str]) -> np.ndarray:
-        return self._label_ids_of(labels, self.labels)
-
-    @staticmethod
-    def _label_ids_of(labels: Sequence[str], names: Sequence[str]) -> np.ndarray:
-        """Each label's position in `names`, or a ValueError naming the labels outside them."""
-        lookup = {name: i for i, name in enumerate(names)}
-        unknown = sorted({str(label) for label in labels if label not in lookup})
-        if unknown:
-            raise ValueError(f"unknown label(s) {unknown}; this index knows only {list(names)}")
-        return np.array([lookup[label] for label in labels], dtype=np.int64)
+        return label_ids_of(labels, self.labels)
 
     @property
     def size(self) -> int:
@@ -540,102 +541,11 @@ class RagClassifier:
         progress: Callable[[float, str], None] | None = None,
         show_progress: bool = True,
     ) -> RagClassifier:
-        """Embed and index the labeled examples of `dataset` (default: the train split of ``cfg.data``).
+        """Embed and index the labeled examples of `dataset` (default: the train split of ``cfg.data``), with k and
+        the weighting tuned on a validation slice when ``cfg.tune``; see `rag.build.build_classifier`."""
+        from rag.build import build_classifier  # rag.build imports this module
 
-        With ``cfg.tune``, k and the weighting are chosen on a validation slice carved from those examples (the
-        index itself then holds all of them); the choice and the table behind it go to run.json.
-
-        Args:
-            progress: ``progress(fraction, message)`` for a UI progress bar.
-        """
-        start = time.perf_counter()
-        report = progress or (lambda fraction, message: None)
-        if dataset is None:
-            data_source = resolve("data", cfg.data).describe()
-            dataset = load_tweets(cfg.data, split="train", limit=cfg.train_size, seed=cfg.seed, labels=cfg.labels)
-        else:
-            data_source = "in-memory dataset"
-            if cfg.train_size is not None:
-                dataset = stratified_sample(dataset, cfg.train_size, seed=cfg.seed, what="dataset")
-        texts, labels = list(dataset["text"]), list(dataset["label"])
-        if not texts:
-            raise ValueError("cannot build a RAG index from no examples")
-        names = list(cfg.labels) if cfg.labels is not None else label_names(dataset)
-        report(0.0, "loading the embedder")
-        embedder = embedder or Embedder.load(cfg.embedder, batch_size=cfg.batch_size)
-        vectors = embedder.encode(
-            texts,
-            show_progress=show_progress,
-            progress=lambda done, total: report(0.9 * done / total, f"embedding {done}/{total} examples"),
-        )
-        embed_seconds = time.perf_counter() - start
-        label_ids = cls._label_ids_of(labels, names)
-        k, weighting, temperature, tuning = cfg.k, cfg.weighting, cfg.temperature, None
-        if cfg.tune:
-            report(0.9, "choosing k and the weighting on a validation slice")
-            tuning = tune_vote(vectors, label_ids, cfg, n_labels=len(names))
-            if tuning["chosen"] is not None:
-                k, weighting, temperature = (tuning["chosen"][key] for key in ("k", "weighting", "temperature"))
-        report(0.95, f"indexing ({cfg.index_type})")
-        index = VectorIndex.create(cfg.index_type, embedder.dim, train_vectors=vectors)
-        index.add(vectors)
-        seconds = time.perf_counter() - start
-        meta = {
-            "data_source": data_source,
-            "train_size": len(texts),
-            "seed": cfg.seed,
-            "build_seconds": round(seconds, 2),
-            "embed_seconds": round(embed_seconds, 2),
-            "embed_texts_per_second": round(len(texts) / embed_seconds, 1),
-            "tuning": tuning,
-            "config": asdict(cfg),
-            "added": 0,
-        }
-        report(1.0, f"built a {len(texts)}-example index in {seconds:.0f} s")
-        logger.info("Built a %d-example %s index in %.1f s (k=%d, %s)", len(texts), index.kind, seconds, k, weighting)
-        params = {"k": k, "weighting": weighting, "temperature": temperature}
-        return cls(embedder, index, texts, labels, **params, label_names=names, meta=meta)
-
-
-def tune_vote(vectors: np.ndarray, label_ids: np.ndarray, cfg: RagConfig, n_labels: int) -> dict[str, Any]:
-    """Pick k, weighting and temperature by accuracy on a stratified validation slice searched against the rest.
-
-    Args:
-        label_ids: each example's label index, below `n_labels` (the size of the label set).
-
-    Returns the grid with each candidate's validation accuracy and macro-F1, and the choice (None when there are
-    too few examples to hold any out).
-    """
-    n = len(label_ids)
-    val_size = min(cfg.val_size, n // 5)
-    if val_size < 20:
-        return {"chosen": None, "reason": f"too few examples ({n}) to hold out a validation slice", "grid": []}
-    val = np.array(stratified_indices([str(i) for i in label_ids], val_size, seed=cfg.seed + 1))
-    rest = np.setdiff1d(np.arange(n), val)
-    held_out = faiss.IndexFlatIP(vectors.shape[1])
-    held_out.add(vectors[rest])
-    k_max = min(max(cfg.k_grid), len(rest))
-    scores, positions = held_out.search(vectors[val], k_max)
-    ids = np.where(positions >= 0, rest[np.clip(positions, 0, None)], -1)
-    from sklearn.metrics import f1_score
-
-    grid = []
-    for k in sorted({min(k, k_max) for k in cfg.k_grid}):
-        for weighting in WEIGHTINGS:
-            for temperature in cfg.temperature_grid if weighting == "softmax" else (None,):
-                probs = vote(scores[:, :k], ids[:, :k], label_ids, n_labels, weighting, temperature or 1.0)
-                predicted = probs.argmax(axis=1)
-                grid.append(
-                    {
-                        "k": k,
-                        "weighting": weighting,
-                        "temperature": temperature if temperature is not None else cfg.temperature,
-                        "accuracy": round(float((predicted == label_ids[val]).mean()), 4),
-                        "macro_f1": round(float(f1_score(label_ids[val], predicted, average="macro")), 4),
-                    }
-                )
-    best = max(grid, key=lambda row: (row["accuracy"], row["macro_f1"], -row["k"]))
-    return {"chosen": best, "validation_size": int(val_size), "grid": grid}
+        return build_classifier(cfg, dataset, embedder=embedder, progress=progress, show_progress=show_progress)
 
 
 def teach_log_path(directory: str | Path) -> Path:
@@ -650,23 +560,3 @@ def _recorded_embedder(run: dict) -> str | None:
     if recorded and (Path(recorded).exists() or not Path(recorded).is_absolute()):
         return recorded
     return None
-
-
-def choose_vote(clf, fit_labels: Sequence[str], texts: Sequence[str], labels: Sequence[str], seed: int) -> dict:
-    """Set `clf`'s k, weighting and temperature to the best on the validation `texts` (searched against the index,
-    which holds the fitting examples `fit_labels` in order); returns the choice with its validation accuracy."""
-    grid = RagConfig(seed=seed)
-    vectors = clf.embedder.encode(list(texts))
-    scores, ids = clf.index.search(vectors, min(max(grid.k_grid), clf.size))
-    example_ids = np.array([clf.labels.index(label) for label in fit_labels])
-    wanted = np.array([clf.labels.index(label) for label in labels])
-    votes = [("uniform", 1.0), ("similarity", 1.0), *(("softmax", t) for t in grid.temperature_grid)]
-    best: dict[str, Any] = {"accuracy": -1.0}
-    for k in sorted({min(k, ids.shape[1]) for k in grid.k_grid}):
-        for weighting, temperature in votes:
-            probs = vote(scores[:, :k], ids[:, :k], example_ids, len(clf.labels), weighting, temperature)
-            acc = float((probs.argmax(axis=1) == wanted).mean())
-            if acc > best["accuracy"]:  # ties keep the smaller k and the simpler vote
-                best = {"k": k, "weighting": weighting, "temperature": temperature, "accuracy": round(acc, 4)}
-    clf.k, clf.weighting, clf.temperature = best["k"], best["weighting"], best["temperature"]
-    return best

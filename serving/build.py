@@ -75,8 +75,9 @@ class DemoData:
 
 def build_demo_index(out: Path, progress: Progress, data: DemoData) -> None:
     """Index the fit part with the frozen embedder; choose the vote on the validation part (as `compare.curve`)."""
-    from rag.classifier import RagClassifier, choose_vote
+    from rag.classifier import RagClassifier
     from rag.config import RagConfig
+    from rag.tuning import choose_vote
 
     fit, validation, _ = data.parts()
     progress(0.0, f"embedding {fit.num_rows:,} labeled examples")

@@ -178,8 +178,9 @@ def test_the_tuned_line_tunes_a_copy_on_the_fitting_examples_and_picks_its_vote(
 
 
 def test_the_vote_is_chosen_on_the_validation_fifth_and_applied(embedder, small_train):
-    from compare.curve import choose_vote, holdout_split
+    from compare.curve import holdout_split
     from rag import RagClassifier, RagConfig
+    from rag.tuning import choose_vote
 
     fit, validation = holdout_split(small_train.select(range(100)), seed=0)
     clf = RagClassifier.build(RagConfig(tune=False, k=3), fit, embedder=embedder, show_progress=False)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,10 @@ import torch
 from datasets import Dataset
 
 import finetune
+from compare.metrics import accuracy
 from core.data import DataError
 from core.files import ArtifactError
+from core.settings import packaged_embedder_path
 from core.types import LABELS
 from finetune.config import FinetuneConfig
 from finetune.train import FinetuneError, main, split_train_eval, train
@@ -191,6 +194,23 @@ def test_predict_handles_empty_and_very_long_texts(finetuned):
         finetuned.predict("one text")
     with pytest.raises(TypeError, match="must be strings"):
         finetuned.predict(["ok", None])
+
+
+def test_a_pretrained_encoder_fine_tuned_on_real_tweets_beats_the_majority_class(small_train, small_test, tmp_path):
+    """The whole loop learns: all-MiniLM-L6-v2 fine-tuned on 260 real tweets (3 epochs, about 20 s) labels 200
+    held-out test tweets far better than always answering their commonest label (about 0.70 against 0.39)."""
+    cfg = FinetuneConfig(base_model=packaged_embedder_path(), eval_size=40, epochs=3, batch_size=16,
+                         learning_rate=1e-4, max_length=64, threads=1, out=str(tmp_path / "model"))  # fmt: skip
+    before = torch.get_num_threads()
+    try:  # one thread: two fight any other work on a small machine (7x slower beside a busy process)
+        train(cfg, small_train, show_progress=False)
+    finally:
+        torch.set_num_threads(before)
+    test = small_test.select(range(200))
+    predicted = [p.label for p in finetune.load(tmp_path / "model").predict(list(test["text"]))]
+    majority = max(Counter(test["label"]).values()) / test.num_rows
+    score = accuracy(predicted, list(test["label"]))
+    assert score > majority + 0.15, f"accuracy {score:.3f} vs a majority-class share of {majority:.3f}"
 
 
 def test_length_sorted_batches_give_the_same_answers_as_one_by_one(ft_dir):
