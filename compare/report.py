@@ -193,6 +193,10 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
         lines.append(f"- **{escape_markdown(name)}**: {escape_markdown(b.get('description') or name, 300)}")
         if b.get("from_scratch"):
             lines.append(f"  - **{escape_markdown(b.get('notice') or 'trained from scratch', 300)}**")
+        training = b.get("training") or {}
+        if training:
+            lines.append(f"  - training curve: kept step {training.get('best_checkpoint_step')}; "
+                         f"{escape_markdown(training.get('note') or 'no sign of overfitting', 300)}")  # fmt: skip
     update = report.get("knowledge_update")
     if update:
         lines += ["", "## Absorbing new labeled examples", "", escape_markdown(update["summary"], 1000)]
@@ -322,6 +326,20 @@ def plot(report: dict[str, Any], out: str | Path) -> list[Path]:
         ax.legend(loc="upper left")
         written.append(save_figure(fig, out / "reliability.png"))
         written.append(_accuracy_bars(report, out / "accuracy.png"))
+    written += _training_curves(report, out)
+    return written
+
+
+def _training_curves(report: dict[str, Any], out: Path) -> list[Path]:
+    """training_<backend>.png for each fine-tune whose report carries its training curve (see finetune.history)."""
+    from finetune.history import plot as plot_history
+
+    written = []
+    for name, b in report["backends"].items():
+        if b.get("training"):
+            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+            path = plot_history(b["training"], out / f"training_{safe}.png", title=f"Training curve: {name}")
+            written += [path] if path is not None else []
     return written
 
 

@@ -96,7 +96,16 @@ def _describe(clf: Classifier) -> dict[str, Any]:
         "one_off_kind": "train" if "train_seconds" in meta else ("build" if "build_seconds" in meta else None),
         "size_on_disk_mb": _size_on_disk(getattr(clf, "directory", None)),
         "memory_mb": round(memory() / 2**20, 1) if callable(memory) else None,
+        **({"training": _training(meta)} if meta.get("history") else {}),
     }
+
+
+def _training(meta: dict[str, Any]) -> dict[str, Any]:
+    """A fine-tune's training curve for the report (see finetune.history): evaluations, losses, the kept step."""
+    from finetune.history import overfitting_note
+
+    return {"history": meta["history"], "train_history": meta.get("train_history") or [],
+            "best_checkpoint_step": meta.get("best_checkpoint_step"), "note": overfitting_note(meta)}  # fmt: skip
 
 
 def backend_intervals(predictions: Sequence[str], references: Sequence[str], labels: Sequence[str]) -> dict:

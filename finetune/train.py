@@ -26,11 +26,14 @@ from core.data import DataError, label_names, load_tweets, stratified_indices
 from core.files import atomic_write_json, dumps_json, read_json, refuse_to_replace, staged_dir
 from core.settings import Source, SourceError, resolve
 from finetune.config import SCRATCH_PRESETS, FinetuneConfig
+from finetune.history import overfitting_note
+from finetune.history import plot as plot_history
 from finetune.model import CARD_FILE, FORMAT_VERSION, LABELS_FILE, RUN_FILE, ensure_pad_token
 
 logger = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "run_config.json"
+CURVE_FILE = "training_curve.png"
 SCRATCH_NOTICE = (
     "trained from scratch: GPT-2 architecture with random initial weights, no pretrained GPT-2 weights were used"
 )
@@ -406,6 +409,11 @@ def build_trainer(setup: TrainingSetup, args, callbacks: Sequence[Any]):
     )
 
 
+def train_history(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The training loss of each logging step of a Trainer's log history (epoch, step, loss), for run.json."""
+    return [{k: row[k] for k in ("epoch", "step", "loss") if k in row} for row in log_history if "loss" in row]
+
+
 def eval_history(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The evaluations of a Trainer's log history (epoch, step, accuracy, macro-F1, loss), for run.json."""
     keep = {"epoch", "step", "eval_accuracy", "eval_macro_f1", "eval_loss"}
@@ -457,6 +465,7 @@ def run_record(
         "epochs_run": round(float(state.epoch or 0.0), 3),
         "stopped_early": state.global_step < state.max_steps,
         "history": history,
+        "train_history": train_history(state.log_history),
         "train_seconds": round(train_seconds, 2),
         "total_seconds": round(time.perf_counter() - start, 2),
         "train_samples_per_second": round(counter.epochs_done(state) * setup.train_tok.num_rows / train_seconds, 2),
@@ -542,6 +551,7 @@ def _save(model, tokenizer, run: dict[str, Any], out: Path) -> None:
         tokenizer.save_pretrained(stage)
         (stage / LABELS_FILE).write_text(dumps_json(run["labels"]), encoding="utf-8")
         (stage / CARD_FILE).write_text(model_card(run), encoding="utf-8")
+        plot_history(run, stage / CURVE_FILE, title="Training curve")
         (stage / RUN_FILE).write_text(dumps_json(run), encoding="utf-8")
 
 
@@ -585,8 +595,31 @@ def model_card(run: dict[str, Any]) -> str:
         "",
         "Load it with `finetune.load(dir)` (or `transformers.AutoModelForSequenceClassification`).",
         "",
+        *curve_section(run),
     ]
     return "\n".join(front + body)
+
+
+def curve_section(run: dict[str, Any]) -> list[str]:
+    """The model card's training curve: every evaluation, the kept checkpoint, the overfitting note, the plot."""
+    if not run.get("history"):
+        return []
+    rows = [f"| {r.get('step')} | {r.get('epoch', 0):.2f} | {r.get('eval_loss', float('nan')):.4f} | "
+            f"{r.get('eval_accuracy', float('nan')):.4f} |" for r in run["history"]]  # fmt: skip
+    note = overfitting_note(run)
+    return [
+        "## Training curve",
+        "",
+        f"![training curve]({CURVE_FILE})",
+        "",
+        "| step | epoch | eval loss | eval accuracy |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+        f"The kept weights are those of step {run.get('best_checkpoint_step')} (the best eval accuracy).",
+        *([f"**{note[0].upper()}{note[1:]}.**"] if note else []),
+        "",
+    ]
 
 
 def _step_of(path: str | None) -> int | None:

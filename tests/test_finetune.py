@@ -213,6 +213,22 @@ def test_a_pretrained_encoder_fine_tuned_on_real_tweets_beats_the_majority_class
     assert score > majority + 0.15, f"accuracy {score:.3f} vs a majority-class share of {majority:.3f}"
 
 
+def test_the_training_curve_is_recorded_plotted_and_in_the_model_card(shared_dir, small_train, tmp_path):
+    out = tmp_path / "m"
+    cfg = tiny_cfg(
+        shared_dir, out, train_size=96, eval_size=32, epochs=3, logging_steps=1, checkpoint_every=2, patience=0
+    )
+    run = train(cfg, small_train, show_progress=False)
+    steps = run["config"]["epochs"] * 96 // 16
+    assert [row["step"] for row in run["train_history"]] == list(range(1, steps + 1))  # a loss per logging step
+    assert all(row["loss"] > 0 for row in run["train_history"]) and len(run["history"]) == steps // 2
+    assert (out / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
+    card = (out / "README.md").read_text()
+    assert "## Training curve" in card and "![training curve](training_curve.png)" in card
+    assert f"The kept weights are those of step {run['best_checkpoint_step']}" in card
+    assert card.count("\n| ") >= 1 + len(run["history"])  # one table row per evaluation
+
+
 def test_length_sorted_batches_give_the_same_answers_as_one_by_one(ft_dir):
     texts = ["a", "a much longer tweet about the weather and my terrible morning commute", "ok then", ""]
     model = finetune.load(ft_dir, batch_size=2)
