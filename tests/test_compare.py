@@ -242,8 +242,13 @@ def test_markdown_report_escapes_tweets_and_plots_are_pngs(report, tmp_path):
     assert f"| finetune | {accuracy}" in text  # the headline row, with the measured accuracy
     assert "\\<script\\>alert\\(1\\)\\</script\\>" in text  # the hostile tweet is in the disagreements, escaped
     paths = plot(report, tmp_path)
-    assert [p.name for p in paths] == ["confusion_matrices.png", "latency.png", "reliability.png", "accuracy.png",
-                                       "training_finetune.png"]  # the fine-tune's training curve comes last
+    assert [p.name for p in paths] == [
+        "confusion_matrices.png",
+        "latency.png",
+        "reliability.png",
+        "accuracy.png",
+        "training_finetune.png",
+    ]  # the fine-tune's training curve comes last
     training = report["backends"]["finetune"]["training"]
     assert training["history"] and "train_history" in training and "training curve: kept step" in text
     for p in paths:
