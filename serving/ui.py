@@ -629,6 +629,37 @@ def training_curves(service: Service) -> list[tuple[str, str]]:
     return shown
 
 
+AUDIT_SHOWN = 20
+
+
+def audit_section(service: Service) -> tuple[str, list[list[Any]]]:
+    """What `python -m compare.audit` found in the training data (``<artifacts>/audit/audit.json``), if it ran."""
+    path = (service.artifacts or Path("/nonexistent")) / "audit" / "audit.json"
+    if not path.is_file():
+        return ("*No label-quality audit in the artifacts: `python -m compare.audit --out artifacts/audit` makes one "
+                "(suspect labels, conflicting duplicates, train/test overlap).*", [])  # fmt: skip
+    try:
+        audit = read_json(path, "audit")
+        suspects = audit["suspects"]
+    except (ValueError, KeyError, TypeError) as err:
+        return f"*The audit in the artifacts cannot be read: {escape_markdown(hide_paths(str(err)), 300)}*", []
+    dups = audit.get("conflicting_duplicates") or {}
+    found = audit.get("suspects_found", 0)
+    text = (f"**Label-quality audit** of {audit.get('data', 0):,} training examples: **{found:,}"
+            f" suspect labels** (another label predicted out of fold with confidence >= "
+            f"{audit.get('config', {}).get('min_confidence', 0.7)}, and most nearest neighbours disagree); "
+            f"{len(dups.get('exact', []))} exact and {len(dups.get('near', []))} near duplicates with conflicting "
+            f"labels. The {min(AUDIT_SHOWN, len(suspects))} most doubtful:")  # fmt: skip
+    removal = audit.get("removal")
+    if removal:
+        low, high = removal["diff_ci95"]
+        text += (f" (retrieval without the {removal['removed']:,} suspects: {removal['accuracy_diff']:+.4f} accuracy "
+                 f"on {removal['test_texts']:,} test texts, 95% interval [{low:+.4f}, {high:+.4f}])")  # fmt: skip
+    rows = [[s["text"], s["label"], s["suggested"], s["confidence"], s["neighbours_agreeing"]]
+            for s in suspects[:AUDIT_SHOWN]]  # fmt: skip
+    return text, rows
+
+
 def models_markdown(service: Service) -> str:
     """What is loaded: names, what each is, its labels, the data and how much of it, sizes. No server paths."""
     info = service.models()
@@ -675,6 +706,11 @@ def build_demo(state: App) -> gr.Blocks:
             label_choice = teach_tab(state)
         with gr.Tab("Models"):
             shown = gr.Markdown(models_markdown(service))  # at build time: a load event would hold a stream open
+            audit_text, audit_rows = audit_section(service)
+            gr.Markdown(audit_text, elem_id="audit")
+            if audit_rows:
+                gr.Dataframe(audit_rows, headers=["text", "label", "suggested", "confidence", "neighbours agreeing"],
+                             wrap=True, label="Suspect labels")  # fmt: skip
             curves = gr.Gallery(training_curves(service), label="Training curves of the fine-tuned models", columns=1,
                                 height="auto", elem_id="training-curves")  # fmt: skip
             gr.Button("Refresh", size="sm").click(lambda: (models_markdown(service), training_curves(service)), None,

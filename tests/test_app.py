@@ -521,3 +521,26 @@ def test_before_any_backend_is_up_requests_are_told_to_come_back(tmp_path, monke
         assert response.headers["Retry-After"] == "30"
     finally:
         release.set()
+
+
+def test_the_models_tab_shows_the_label_audit_when_one_was_run(service, artifacts):
+    text, rows = serving_ui.audit_section(service)
+    assert "No label-quality audit" in text and rows == []
+    (artifacts / "audit").mkdir()
+    suspects = [{"text": f"<b>tweet</b> {i}", "label": "negative", "suggested": "positive", "confidence": 0.9,
+                 "neighbours_agreeing": 0.1} for i in range(30)]  # fmt: skip
+    audit = {
+        "data": 500,
+        "suspects_found": 30,
+        "suspects": suspects,
+        "config": {"min_confidence": 0.7},
+        "conflicting_duplicates": {"exact": [{}], "near": []},
+        "removal": {"removed": 30, "accuracy_diff": 0.004, "test_texts": 100, "diff_ci95": [-0.01, 0.02]},
+    }
+    (artifacts / "audit" / "audit.json").write_text(json.dumps(audit))
+    text, rows = serving_ui.audit_section(service)
+    assert "of 500 training examples: **30 suspect labels**" in text and "1 exact and 0 near duplicates" in text
+    assert "+0.0040 accuracy on 100 test texts, 95% interval [-0.0100, +0.0200]" in text
+    assert len(rows) == serving_ui.AUDIT_SHOWN and rows[0][:3] == ["<b>tweet</b> 0", "negative", "positive"]
+    (artifacts / "audit" / "audit.json").write_text("{broken")
+    assert "cannot be read" in serving_ui.audit_section(service)[0]
