@@ -34,7 +34,7 @@ import numpy as np
 
 from core.cli import run_job
 from core.data import label_names, leak_report, load_tweets
-from core.files import atomic_write, atomic_write_json, check_writable
+from core.files import atomic_write, atomic_write_json, check_new_output
 from core.types import check_labels, normalise_label
 
 logger = logging.getLogger(__name__)
@@ -199,9 +199,7 @@ def audit(cfg: AuditConfig, overwrite: bool = False) -> dict[str, Any]:
     from rag.embed import Embedder
 
     out = Path(cfg.out)
-    check_writable(out / AUDIT_FILE, "the audit")
-    if (out / AUDIT_FILE).exists() and not overwrite:
-        raise FileExistsError(f"{out / AUDIT_FILE} exists; pass --overwrite to replace it")
+    check_new_output(out / AUDIT_FILE, "the audit", overwrite)
     start = time.perf_counter()
     splits = load_tweets(cfg.data, labels=cfg.labels)
     train = splits["train"]

@@ -153,6 +153,14 @@ def check_writable(dest: str | Path, what: str) -> None:
         raise OutputError(f"cannot write {what} to {dest}: {err.strerror or err}") from err
 
 
+def check_new_output(path: str | Path, what: str, overwrite: bool) -> None:
+    """Before any work: `path`'s folder must take a new file (`check_writable`), and an existing `path` is kept
+    (FileExistsError naming ``--overwrite``) unless `overwrite`."""
+    check_writable(path, what)
+    if Path(path).exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+
+
 def refuse_to_replace(dest: str | Path, what: str, overwrite: bool) -> None:
     """Raise FileExistsError when `dest` is a non-empty directory and replacing it was not asked for (`overwrite`),
     and `OutputError` when it cannot be written at all (checked up front, before hours of training or embedding)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from core.cli import run_job
-from core.files import atomic_write_json, check_writable
+from core.files import atomic_write_json, check_new_output
 from core.types import check_labels, normalise_label
 from finetune.config import FinetuneConfig
 
@@ -166,9 +166,7 @@ def search(cfg: SearchConfig, overwrite: bool = False) -> dict[str, Any]:
     import optuna
 
     out = Path(cfg.out)
-    check_writable(out / SEARCH_FILE, "the search")
-    if (out / SEARCH_FILE).exists() and not overwrite:
-        raise FileExistsError(f"{out / SEARCH_FILE} exists; pass --overwrite to replace it")
+    check_new_output(out / SEARCH_FILE, "the search", overwrite)
     start = time.perf_counter()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.InMemoryStorage()

@@ -222,4 +222,5 @@ def serve():
     yield start
     for server, thread in servers:
         server.should_exit = True
+        server.force_exit = True  # do not wait for open streams (a gradio_client's heartbeat) to close
         thread.join(timeout=10)
