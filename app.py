@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
         service.teach_policy.shared = True
     service.start_compactor(float(os.environ.get("FTRAG_COMPACT_SECONDS", "600")))
     state = App(service, report_dir=artifacts / "report", curve_dir=artifacts / "curve")
+    if state.report is None and not args.no_compare_at_start:
+        state.comparing = "waiting for the backends"  # so Decide says "soon" (503), not "run one yourself"
     state_made.set()
     config = uvicorn.Config(
         create_app(state), host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3

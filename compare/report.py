@@ -7,6 +7,7 @@ table pipe shows as text.
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +263,9 @@ PLOT_STYLE = {
 """Every plot of the project is drawn under this style (see `plotting`)."""
 
 
+_PLOTTING = threading.RLock()
+
+
 def plotting():
     """``with plotting() as plt:``: pyplot on the Agg backend, under PLOT_STYLE."""
     import contextlib
@@ -273,7 +277,7 @@ def plotting():
 
     @contextlib.contextmanager
     def styled():
-        with plt.rc_context(PLOT_STYLE):
+        with _PLOTTING, plt.rc_context(PLOT_STYLE):  # pyplot's state is global: one figure at a time
             yield plt
 
     return styled()

@@ -7,6 +7,7 @@ same functions. Inputs are checked here, once, with messages meant for the perso
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sqlite3
 import tempfile
@@ -225,6 +226,8 @@ class Service:
         service = cls(artifacts=Path(artifacts))
         steps = line_up(Path(artifacts), finetune_dir, rag_dir, scratch_gpt2)
         service.expected = [step.name for step in steps] + ["hybrid"]
+        if os.environ.get("FTRAG_LLM"):
+            service.expected.append("rag-llm")  # a column from the start, filled in once the index is up
         service.building = {step.name: (0.0, "waiting") for step in steps}
         args = (steps, build_missing, progress, on_ready)
         if background:
@@ -254,20 +257,28 @@ class Service:
                 report(0.97, "loading")
                 self._add(step.name, step.load(step.path))
                 report(1.0, "ready")
-            except (ArtifactError, ValueError, OSError, ImportError) as err:
-                logger.error("%s is unavailable: %s", step.name, err)
+            except Exception as err:  # whatever one backend raises (a damaged file, out of memory), the others serve
+                expected = isinstance(err, (ArtifactError, ValueError, OSError, ImportError))
+                logger.error("%s is unavailable: %s", step.name, err, exc_info=not expected)
                 self.unavailable[step.name] = hide_paths(str(err))
                 self.building[step.name] = (1.0, "unavailable")
-        self._add_hybrid()
-        self._add_llm_contender()
-        if self.backends:  # the first real request should not pay for lazy set-up (thread pools, the trace)
-            self.classify(["warming up"])
-        self.started_seconds = time.perf_counter() - start
-        self.ready.set()
+        try:
+            self._add_hybrid()
+            self._add_llm_contender()
+            if self.backends:  # the first real request should not pay for lazy set-up (thread pools, the trace)
+                self.classify(["warming up"])
+        except Exception:  # the backends are up: a failed extra or warm-up must not leave the app "building" forever
+            logger.exception("After loading the backends")
+        finally:
+            self.started_seconds = time.perf_counter() - start
+            self.ready.set()
         if progress is not None:
             progress(1.0, "ready")
         if on_ready is not None:
-            on_ready()
+            try:
+                on_ready()
+            except Exception:
+                logger.exception("The start-up work after the backends (comparison, curve) failed")
 
     def _add(self, name: str, clf: Classifier) -> None:
         """Serve `clf` as `name`, unless its labels are not those of the backends already served."""
@@ -285,6 +296,7 @@ class Service:
 
         if "finetune" not in self.backends or "rag" not in self.backends:
             self.expected = [name for name in self.expected if name != "hybrid"]
+            self.building["hybrid"] = (1.0, "not served: it needs both the fine-tune and retrieval")
             return
         self.building["hybrid"] = (0.0, "fitting on the fine-tune's validation slice")
         try:
@@ -313,13 +325,13 @@ class Service:
 
     def _add_llm_contender(self) -> None:
         """With ``FTRAG_LLM`` set, the retrieval index's neighbours in a few-shot prompt to that LLM: ``rag-llm``."""
-        import os
-
         from rag.chain import LLM_ENV_VAR, LlmUnavailable, llm_classifier
 
-        if not os.environ.get(LLM_ENV_VAR) or "rag" not in self.backends:
+        if not os.environ.get(LLM_ENV_VAR):
             return
-        self.expected.append("rag-llm")
+        if "rag" not in self.backends:
+            self.building["rag-llm"] = (1.0, "not served: it needs the retrieval index")
+            return
         try:
             self._add("rag-llm", llm_classifier(self.backends["rag"]))
         except LlmUnavailable as err:

@@ -71,7 +71,10 @@ class App:
         Runs once, at start-up, before most visitors arrive, over more texts and queries than a visitor's batch run:
         the figures Decide relies on (a visitor's own batch run never replaces them). Saved to `report_dir`.
         """
-        if self.report is not None or not self.service.backends:
+        if self.report is not None:
+            return None
+        if not self.service.backends:
+            self.comparing = "failed: no backend is available"
             return None
         self.comparing = "starting"
         if not background:

@@ -88,6 +88,7 @@ class Job:
     folder: Path
     budget_minutes: float
     rows: int
+    client: str = ""
     state: str = "queued"  # queued, running, done, failed
     lines: list[str] = field(default_factory=list)
     decision: dict[str, Any] | None = None
@@ -117,15 +118,19 @@ class StudyQueue:
         self._worker: threading.Thread | None = None
         self._models: dict[str, dict[str, Any]] = {}  # the latest finished jobs' models, for Compare
 
-    def submit(self, file: Path, budget_minutes: float, rows: int) -> Job:
-        """Queue a study of `file` (copied into the job's folder) with `budget_minutes`."""
+    def submit(self, file: Path, budget_minutes: float, rows: int, client: str = "") -> Job:
+        """Queue a study of `file` (copied into the job's folder) with `budget_minutes`, at most one per client at
+        a time (`client`: who asks, see `serving.access.client_of`)."""
         if budget_minutes > max_minutes():
             raise InputError(f"a study here may take at most {max_minutes():g} minutes")
         self.clean()
         with self._cv:
+            if any(j.client == client and j.state in {"queued", "running"} for j in self._jobs.values()):
+                raise Refused("a study of yours is already queued or running here; wait for it to finish", 429, 60)
             if len(self._waiting) >= MAX_WAITING:
                 raise Refused(f"{len(self._waiting)} studies are waiting already; try again in a few minutes", 503, 60)
-            job = Job(id=secrets.token_urlsafe(16), folder=Path(), budget_minutes=budget_minutes, rows=rows)
+            job = Job(id=secrets.token_urlsafe(16), folder=Path(), budget_minutes=budget_minutes, rows=rows,
+                      client=client)  # fmt: skip
             job.folder = self.root / job.id
             job.folder.mkdir()
             shutil.copyfile(file, job.folder / f"data{file.suffix.lower()}")
@@ -139,10 +144,14 @@ class StudyQueue:
         return job
 
     def job(self, job_id: Any) -> Job:
-        job = self._jobs.get(job_id) if isinstance(job_id, str) else None
+        job = self.find(job_id)
         if job is None:
             raise InputError("no such study (it finished more than a few hours ago, or was never started here)")
         return job
+
+    def find(self, job_id: Any) -> Job | None:
+        """The job, or None when there is none by that id (never started here, or finished and deleted)."""
+        return self._jobs.get(job_id) if isinstance(job_id, str) else None
 
     def position(self, job: Job) -> int:
         """0 while it runs (or is over), else how many studies run or wait before it."""
@@ -165,15 +174,15 @@ class StudyQueue:
     def _run(self, job: Job) -> None:
         from compare.study import Study, StudyConfig
 
-        data = next(job.folder.glob("data.*"))
-        settings = {"test_limit": TEST_LIMIT, "latency_queries": 30, "data_name": UPLOAD_NAME, **self.settings}
-        cfg = StudyConfig(data=str(data), out=str(job.out), budget_minutes=job.budget_minutes, **settings)
         try:
+            data = next(job.folder.glob("data.*"))
+            settings = {"test_limit": TEST_LIMIT, "latency_queries": 30, "data_name": UPLOAD_NAME, **self.settings}
+            cfg = StudyConfig(data=str(data), out=str(job.out), budget_minutes=job.budget_minutes, **settings)
             job.decision = Study(cfg, say=job.say).run()
             job.state = "done"
         except Exception as err:  # a study that fails must end the job with its reason, never the worker
             logger.warning("A study failed: %s: %s", type(err).__name__, err)
-            job.error = hide_paths(str(err)).replace(str(data), "the uploaded file")
+            job.error = hide_paths(str(err).replace(str(job.folder), "your study"))
             job.say(f"failed: {job.error}")
             job.state = "failed"
         job.finished = time.time()

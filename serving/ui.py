@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import secrets
 import shutil
 import tempfile
 import zipfile
@@ -493,13 +494,29 @@ def study_status_markdown(state: App, job) -> str:
     return f"{head}\n\n```text\n{recent}\n```" if recent else head
 
 
+STUDY_FILES = ("report.md", "report.json", "decision.json", "disagreements.csv", "curve.json")
+"""What a visitor downloads of their study, besides its plots (study.json, which records server folders, is not)."""
+
+
 def study_zip(job) -> Path:
-    """One zip of what the study wrote that a person reads: the report, the decision, the plots, the curve."""
+    """One zip of what the study wrote that a person reads: the report, the decision, the curve, the plots; every
+    text file with this server's folders taken out."""
     archive = job.folder / "study.zip"
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(job.out.iterdir()):
-            if path.is_file() and path.suffix in {".json", ".md", ".png", ".csv"}:
-                zf.write(path, path.name)
+    if archive.exists():
+        return archive
+    names = [*STUDY_FILES, *sorted(p.name for p in job.out.glob("*.png"))]
+    tmp = job.folder / f"study.zip.{secrets.token_hex(4)}.tmp"
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in names:
+            path = job.out / name
+            if not path.is_file():
+                continue
+            if path.suffix == ".png":
+                zf.write(path, name)
+            else:
+                text = path.read_text(encoding="utf-8").replace(str(job.folder), "your study")
+                zf.writestr(name, hide_paths(text))
+    tmp.replace(archive)
     return archive
 
 
@@ -508,7 +525,7 @@ def your_data_tab(state: App) -> None:
 
     gr.Markdown(STUDY_INTRO.format(min_rows=MIN_STUDY_ROWS, max_rows=MAX_STUDY_ROWS))
     job_id = gr.State(None)  # this visitor's study: its id is theirs alone
-    upload = gr.File(label="Your labeled data (CSV or JSONL)", file_types=[".csv", ".jsonl", ".json"],
+    upload = gr.File(label="Your labeled data (CSV or JSONL)", file_types=[".csv", ".jsonl"],
                      elem_id="study-upload")  # fmt: skip
     found = gr.Markdown(elem_id="study-preview")
     first_rows = gr.Dataframe(headers=["text", "label"], wrap=True, label="First rows, as the study reads them")
@@ -542,24 +559,24 @@ def your_data_tab(state: App) -> None:
                 f"`{escape_markdown(cols['label'])}`; {len(seen['labels'])} labels: {counts}.")  # fmt: skip
         return text, seen["first_rows"]
 
-    def on_run(file, minutes, current):
-        if current:
-            job = state.studies.job(current)
-            if job.state in {"queued", "running"}:
-                raise ui_error(InputError("your study is still running; wait for it to finish"))
+    def on_run(file, minutes, current, request: gr.Request):
+        job = state.studies.find(current)
+        if job is not None and job.state in {"queued", "running"}:
+            raise ui_error(InputError("your study is still running; wait for it to finish"))
         if not file:
             raise ui_error(InputError("upload a labeled file first"))
         try:
             path = uploaded_file(file, state.upload_root)
-            job = state.studies.submit(path, float(minutes), preview(path)["rows"])
+            job = state.studies.submit(path, float(minutes), preview(path)["rows"], client=client_of(request))
         except (ValueError, Refused) as err:
             raise ui_error(err) from err
         return job.id, study_status_markdown(state, job), gr.Timer(active=True)
 
     def on_tick(current):
-        if not current:
-            return ["", "", None, gr.update(visible=False), None, gr.Timer(active=False)]
-        job = state.studies.job(current)
+        job = state.studies.find(current)
+        if job is None:
+            said = "*Your study is over and its files were deleted; run another.*" if current else ""
+            return [said, "", None, gr.update(visible=False), None, gr.Timer(active=False)]
         busy = job.state in {"queued", "running"}
         if busy or job.state == "failed":
             return [study_status_markdown(state, job), "", None, gr.update(visible=False), None,
@@ -726,7 +743,7 @@ def build_demo(state: App) -> gr.Blocks:
                 *(what_is(service, name) for name in what_lines),
                 models_markdown(service),
                 training_curves(service),
-                gr.update(choices=labels, value=labels[-1]),
+                gr.update(choices=labels),
                 gr.Timer(active=not done),
             ]
 

@@ -448,6 +448,15 @@ def test_your_data_runs_a_study_for_one_visitor_through_gradio_client(service, s
     assert "Done" in status, status
     assert "## Recommendation:" in verdict and {"finetune", "rag"} <= {row[0] for row in table["data"]}
     assert "your uploaded file" in verdict and str(tmp_path) not in verdict + status  # no server path, no job id
+    archive = client.predict(api_name="/study_status")[4]
+    import zipfile
+
+    [job_id] = list(state.studies._jobs)
+    with zipfile.ZipFile(archive) as zf:
+        names = set(zf.namelist())
+        assert {"report.md", "report.json", "decision.json"} <= names and "study.json" not in names
+        texts = " ".join(zf.read(n).decode() for n in names if not n.endswith(".png"))
+    assert job_id not in texts and str(tmp_path) not in texts  # neither a server folder nor the secret id
     fine_tuned, retrieved = client.predict("so happy today!", api_name="/study_classify")
     assert set(label["label"] for label in (fine_tuned, retrieved)) <= {"anger", "joy", "optimism", "sadness"}
     assert service.labels() == ["negative", "neutral", "positive"]  # the app's own backends are untouched
@@ -473,8 +482,21 @@ def test_a_study_refuses_files_it_cannot_use_before_any_model_runs(tmp_path, mon
     with pytest.raises(InputError, match="at most 50"):
         studies.preview(big)
     monkeypatch.setenv("FTRAG_STUDY_MAX_MINUTES", "3")
+    queue = studies.StudyQueue(tmp_path / "q")
     with pytest.raises(InputError, match="at most 3 minutes"):
-        studies.StudyQueue(tmp_path / "q").submit(big, 5, 80)
+        queue.submit(big, 5, 80)
+    import threading
+
+    release = threading.Event()
+    monkeypatch.setattr(studies.StudyQueue, "_run", lambda self, job: release.wait(10))  # a study that waits
+    first = queue.submit(big, 2, 80, client="1.2.3.4")
+    from serving.access import Refused
+
+    with pytest.raises(Refused, match="already queued or running"):  # one study per visitor at a time
+        queue.submit(big, 2, 80, client="1.2.3.4")
+    second = queue.submit(big, 2, 80, client="5.6.7.8")
+    assert queue.position(second) == 1 and queue.find(first.id) is first and queue.find("guess") is None
+    release.set()
 
 
 def test_the_models_tab_shows_each_fine_tunes_training_curve(service):
@@ -544,3 +566,17 @@ def test_the_models_tab_shows_the_label_audit_when_one_was_run(service, artifact
     assert len(rows) == serving_ui.AUDIT_SHOWN and rows[0][:3] == ["<b>tweet</b> 0", "negative", "positive"]
     (artifacts / "audit" / "audit.json").write_text("{broken")
     assert "cannot be read" in serving_ui.audit_section(service)[0]
+
+
+def test_a_backend_that_raises_anything_does_not_leave_the_app_building(tmp_path, monkeypatch):
+    import serving.build
+
+    def out_of_memory(out, progress, data):
+        raise RuntimeError("CUDA out of memory (or any error nobody expected)")
+
+    monkeypatch.setattr(serving.build, "build_demo_index", out_of_memory)
+    monkeypatch.setattr(serving.build, "build_demo_finetune", out_of_memory)
+    service = Service.start(tmp_path / "artifacts", background=True, on_ready=lambda: 1 / 0)
+    assert service.ready.wait(30)  # ready (with nothing served), and the failing on_ready is logged, not fatal
+    assert set(service.unavailable) == {"rag", "finetune"} and "out of memory" in service.unavailable["rag"]
+    assert "not served" in app.what_is(service, "hybrid")
