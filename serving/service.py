@@ -28,6 +28,10 @@ from serving.batching import MicroBatcher, wait_ms_from_env
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
+TRAINING_LOCK = threading.Lock()
+"""One training at a time in this process: the demo builds, the start-up curve and visitors' studies all train with
+the Hugging Face Trainer, whose `TrainingArguments` reset accelerate's process-wide state, so two at once break each
+other (and would halve each other's speed anyway)."""
 MAX_SESSION_EXAMPLES = 50
 """Examples one visitor may teach in their own session (each one is a vector held in that session)."""
 
@@ -251,7 +255,8 @@ class Service:
             try:
                 if not step.path.exists() and build_missing and step.build is not None:
                     report(0.0, "building")
-                    step.build(step.path, report, data)
+                    with TRAINING_LOCK:
+                        step.build(step.path, report, data)
                 if not step.path.exists():
                     raise ArtifactError(f"{step.path}: not built (start with building on, or build it from the CLI)")
                 report(0.97, "loading")

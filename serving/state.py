@@ -18,7 +18,7 @@ from core.data import DataError, label_names, load_tweets, stratified_sample
 from core.files import read_json
 from core.limits import MAX_UPLOAD_ROWS
 from serving.access import Refused
-from serving.service import InputError, Service, load_upload, uploaded_file, validate_labels
+from serving.service import TRAINING_LOCK, InputError, Service, load_upload, uploaded_file, validate_labels
 
 logger = logging.getLogger(__name__)
 
@@ -124,15 +124,16 @@ class App:
             train = load_tweets(None, split="train")
             test = load_tweets(None, split="test", limit=test_limit, seed=0)
             rag = self.service.backends.get("rag")
-            curve = learning_curve(
-                [n for n in sizes if n < train.num_rows],
-                train,
-                test,
-                finetune_config=lambda size, out: FinetuneConfig(out=out),
-                embedder=rag.embedder if rag is not None else None,
-                min_steps=MIN_STEPS,
-                progress=lambda fraction, message: setattr(self, "curving", f"{fraction:.0%}: {message}"),
-            )
+            with TRAINING_LOCK:  # never beside a visitor's study (see serving.service.TRAINING_LOCK)
+                curve = learning_curve(
+                    [n for n in sizes if n < train.num_rows],
+                    train,
+                    test,
+                    finetune_config=lambda size, out: FinetuneConfig(out=out),
+                    embedder=rag.embedder if rag is not None else None,
+                    min_steps=MIN_STEPS,
+                    progress=lambda fraction, message: setattr(self, "curving", f"{fraction:.0%}: {message}"),
+                )
             curve["config"] = {"measured": "at start-up, small: one seed, no tuned embedder", "sizes": list(sizes),
                                "test_limit": test_limit}  # fmt: skip
             save_curve(curve, self.curve_dir)

@@ -23,7 +23,7 @@ from typing import Any
 
 from core.limits import MAX_CHARS
 from serving.access import Refused
-from serving.service import InputError, hide_paths
+from serving.service import TRAINING_LOCK, InputError, hide_paths
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,8 @@ class StudyQueue:
             data = next(job.folder.glob("data.*"))
             settings = {"test_limit": TEST_LIMIT, "latency_queries": 30, "data_name": UPLOAD_NAME, **self.settings}
             cfg = StudyConfig(data=str(data), out=str(job.out), budget_minutes=job.budget_minutes, **settings)
-            job.decision = Study(cfg, say=job.say).run()
+            with TRAINING_LOCK:  # after the app's own builds and start-up curve, never beside them
+                job.decision = Study(cfg, say=job.say).run()
             job.state = "done"
         except Exception as err:  # a study that fails must end the job with its reason, never the worker
             logger.warning("A study failed: %s: %s", type(err).__name__, err)

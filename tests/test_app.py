@@ -488,7 +488,12 @@ def test_a_study_refuses_files_it_cannot_use_before_any_model_runs(tmp_path, mon
     import threading
 
     release = threading.Event()
-    monkeypatch.setattr(studies.StudyQueue, "_run", lambda self, job: release.wait(10))  # a study that waits
+
+    def waiting_study(self, job):  # a study that waits to be released, then ends
+        release.wait(10)
+        job.state = "done"
+
+    monkeypatch.setattr(studies.StudyQueue, "_run", waiting_study)
     first = queue.submit(big, 2, 80, client="1.2.3.4")
     from serving.access import Refused
 
@@ -497,6 +502,11 @@ def test_a_study_refuses_files_it_cannot_use_before_any_model_runs(tmp_path, mon
     second = queue.submit(big, 2, 80, client="5.6.7.8")
     assert queue.position(second) == 1 and queue.find(first.id) is first and queue.find("guess") is None
     release.set()
+    for _ in range(100):  # both end before the real study runner is put back: no real study runs after this test
+        if second.state == "done":
+            break
+        threading.Event().wait(0.05)
+    assert first.state == second.state == "done"
 
 
 def test_the_models_tab_shows_each_fine_tunes_training_curve(service):
