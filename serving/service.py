@@ -300,17 +300,13 @@ class Service:
         from core.data import DataError
 
         if "finetune" not in self.backends or "rag" not in self.backends:
-            self.expected = [name for name in self.expected if name != "hybrid"]
-            self.building["hybrid"] = (1.0, "not served: it needs both the fine-tune and retrieval")
+            self._not_served("hybrid", "it needs both the fine-tune and retrieval")
             return
         self.building["hybrid"] = (0.0, "fitting on the fine-tune's validation slice")
         try:
             hybrid = default_hybrid(self.backends["finetune"], self.backends["rag"])
             if hybrid is None:  # a fine-tune trained on an in-memory dataset: nowhere to fit it without leaking
-                why = "not served: the fine-tune's validation slice cannot be recomputed from its run.json"
-                logger.info("No hybrid: %s", why)
-                self.expected = [name for name in self.expected if name != "hybrid"]
-                self.building["hybrid"] = (1.0, why)
+                self._not_served("hybrid", "the fine-tune's validation slice cannot be recomputed from its run.json")
                 return
             self._add("hybrid", hybrid)
             self.building["hybrid"] = (1.0, "ready")
@@ -318,6 +314,12 @@ class Service:
             logger.error("hybrid is unavailable: %s", err)
             self.unavailable["hybrid"] = hide_paths(str(err))
             self.building["hybrid"] = (1.0, "unavailable")
+
+    def _not_served(self, name: str, why: str) -> None:
+        """Leave `name` out of the line-up, saying why (its column in a page built earlier shows the reason)."""
+        logger.info("No %s: %s", name, why)
+        self.expected = [other for other in self.expected if other != name]
+        self.building[name] = (1.0, f"not served: {why}")
 
     def status(self) -> dict[str, Any]:
         """How far the start-up is: each expected backend's progress (0 to 1) and what it is doing."""
@@ -335,7 +337,7 @@ class Service:
         if not os.environ.get(LLM_ENV_VAR):
             return
         if "rag" not in self.backends:
-            self.building["rag-llm"] = (1.0, "not served: it needs the retrieval index")
+            self._not_served("rag-llm", "it needs the retrieval index")
             return
         try:
             self._add("rag-llm", llm_classifier(self.backends["rag"]))

@@ -93,7 +93,7 @@ def what_is(service: Service, name: str) -> str:
         fraction, message = service.building.get(name, (0.0, "waiting"))
         if service.ready.is_set():  # the line-up is up without it (the hybrid needs a fine-tune it can fit beside)
             return f"*{escape_markdown(hide_paths(message), 300)}*"
-        return f"*building: {fraction:.0%} ({escape_markdown(hide_paths(message), 200)})*"
+        return f"*still building: {fraction:.0%} ({escape_markdown(hide_paths(message), 200)})*"
     describe = getattr(clf, "describe", None)
     text = escape_markdown(hide_paths(describe() if callable(describe) else name), 300)
     return f"**{text}**" if getattr(clf, "from_scratch", False) else text
@@ -165,13 +165,9 @@ def compare_tab(state: App) -> dict[str, gr.Markdown]:
         for name in names:
             result = row["results"].get(name)
             out.append(label_value(result))
-            out.append(
-                f"**{escape_markdown(result['label'])}** in {result['latency_ms']:.1f} ms"
-                if result
-                else f"unavailable: {escape_markdown(service.unavailable[name], 300)}"
-                if name in service.unavailable
-                else "still building: ask again when its column says what it is"
-            )
+            # A backend with no answer says why, as its column does: unavailable, still building, or not served.
+            out.append(f"**{escape_markdown(result['label'])}** in {result['latency_ms']:.1f} ms" if result
+                       else what_is(service, name))  # fmt: skip
         rag_result = row["results"].get("rag")
         return [*out, gr.update(value=neighbours(rag_result) if rag_result else [], label=evidence_label(service))]
 

@@ -586,7 +586,9 @@ def test_a_backend_that_raises_anything_does_not_leave_the_app_building(tmp_path
 
     monkeypatch.setattr(serving.build, "build_demo_index", out_of_memory)
     monkeypatch.setattr(serving.build, "build_demo_finetune", out_of_memory)
+    monkeypatch.setenv("FTRAG_LLM", "fake:an-llm-that-needs-the-index")
     service = Service.start(tmp_path / "artifacts", background=True, on_ready=lambda: 1 / 0)
     assert service.ready.wait(30)  # ready (with nothing served), and the failing on_ready is logged, not fatal
     assert set(service.unavailable) == {"rag", "finetune"} and "out of memory" in service.unavailable["rag"]
-    assert "not served" in app.what_is(service, "hybrid")
+    assert "not served" in app.what_is(service, "hybrid") and "not served" in app.what_is(service, "rag-llm")
+    assert set(service.status()["backends"]) == {"rag", "finetune"}  # nothing left "building" once ready
