@@ -53,20 +53,29 @@ def demo_sizes(base: Any) -> DemoSizes:
 
 
 class DemoData:
-    """The demo's fit and validation parts, computed once (both builders need them), only when a build needs them."""
+    """The demo's sizes and its fit and validation parts, each computed once and only when a build needs it (the
+    fine-tunes need only the sizes: `finetune.train` draws the same parts from the data itself)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._sizes: DemoSizes | None = None
         self._parts: tuple[Any, Any, DemoSizes] | None = None
+
+    def sizes(self) -> DemoSizes:
+        from core.settings import resolve
+
+        with self._lock:
+            if self._sizes is None:
+                self._sizes = demo_sizes(resolve("base_model"))
+            return self._sizes
 
     def parts(self) -> tuple[Any, Any, DemoSizes]:
         from core.data import load_tweets
-        from core.settings import resolve
         from finetune.train import split_train_eval
 
+        sizes = self.sizes()
         with self._lock:
             if self._parts is None:
-                sizes = demo_sizes(resolve("base_model"))
                 train = load_tweets(None, split="train", seed=SEED)
                 fit, validation = split_train_eval(train, sizes.fit, sizes.validation, seed=SEED)
                 self._parts = (fit, validation, sizes)
@@ -96,7 +105,7 @@ def build_demo_finetune(out: Path, progress: Progress, data: DemoData) -> None:
     from finetune.config import FinetuneConfig
     from finetune.train import train
 
-    _, _, sizes = data.parts()
+    sizes = data.sizes()
     base = resolve("base_model")
     cfg = FinetuneConfig(train_size=sizes.fit, eval_size=sizes.validation, epochs=sizes.epochs, batch_size=32,
                          seed=SEED, out=str(out))  # fmt: skip
@@ -109,7 +118,7 @@ def build_scratch_gpt2(out: Path, progress: Progress, data: DemoData) -> None:
     from finetune.config import FinetuneConfig
     from finetune.train import train
 
-    _, _, sizes = data.parts()
+    sizes = data.sizes()
     cfg = FinetuneConfig(from_scratch=True, scratch_size="small", train_size=sizes.fit, eval_size=sizes.validation,
                          epochs=SCRATCH_EPOCHS, seed=SEED, out=str(out))  # fmt: skip
     train(cfg, progress=progress, show_progress=False)
