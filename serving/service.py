@@ -99,13 +99,16 @@ def uploaded_file(path: Any, root: str | Path) -> Path:
     return file
 
 
-def load_upload(file: Path, labels: Sequence[str] | None = None, first_rows: bool = True):
+def load_upload(
+    file: Path, labels: Sequence[str] | None = None, first_rows: bool = True, max_rows: int | None = MAX_UPLOAD_ROWS
+):
     """The labeled rows of an uploaded file (see `uploaded_file`) and a note saying what was kept.
 
-    Every text is held to `MAX_CHARS`, as typed text is: a longer row is refused with its row number, before any
-    model sees it. Past `MAX_UPLOAD_ROWS` rows the file is cut to its first rows (said in the note) when
-    `first_rows`, refused otherwise. `labels` (the backends' label set) name integer ids, and a file may hold any
-    subset of them. Error messages name "the uploaded file", never a server path.
+    Every text is held to `MAX_CHARS`, as typed text is, and must be valid Unicode: a bad row is refused with its row
+    number, before any model sees it. Past `max_rows` rows (None: no cut; the caller bounds the count itself) the
+    file is cut to its first rows (said in the note) when `first_rows`, refused otherwise. `labels` (the backends'
+    label set) name integer ids, and a file may hold any subset of them. Error messages name "the uploaded file",
+    never a server path.
     """
     from core.data import DataError, load_tweets
 
@@ -116,11 +119,11 @@ def load_upload(file: Path, labels: Sequence[str] | None = None, first_rows: boo
         raise InputError(str(err).replace(str(file), "the uploaded file")) from None
     total = dataset.num_rows
     note = f"all {total:,} rows of the uploaded file"
-    if total > MAX_UPLOAD_ROWS:
+    if max_rows is not None and total > max_rows:
         if not first_rows:
-            raise InputError(f"the uploaded file has {total:,} rows; the limit is {MAX_UPLOAD_ROWS:,}")
-        dataset = dataset.select(range(MAX_UPLOAD_ROWS))
-        note = f"the first {MAX_UPLOAD_ROWS:,} of {total:,} rows of the uploaded file (the limit per evaluation)"
+            raise InputError(f"the uploaded file has {total:,} rows; the limit is {max_rows:,}")
+        dataset = dataset.select(range(max_rows))
+        note = f"the first {max_rows:,} of {total:,} rows of the uploaded file (the limit per evaluation)"
     texts = dataset["text"]
     long_rows = [i for i, text in enumerate(texts) if len(text) > MAX_CHARS]
     if long_rows:

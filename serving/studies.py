@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.limits import MAX_CHARS
 from serving.access import Refused
-from serving.service import TRAINING_LOCK, InputError, hide_paths
+from serving.service import TRAINING_LOCK, InputError, hide_paths, load_upload
 
 logger = logging.getLogger(__name__)
 
@@ -52,25 +51,17 @@ def max_minutes() -> float:
 def preview(file: Path) -> dict[str, Any]:
     """What a study would see in `file` (uploaded, its path checked by the caller): the rows, the detected columns,
     the label counts and the first rows. An `InputError` for a file no study can use, before any model runs."""
-    from core.data import DataError, detected_columns, load_tweets
+    from core.data import detected_columns
 
-    try:
-        with tempfile.TemporaryDirectory(prefix="ftrag-study-") as cache:  # nothing of it stays in any cache
-            columns = detected_columns(str(file), cache_dir=cache)
-            dataset = load_tweets(str(file), split="train", cache_dir=cache)
-    except DataError as err:
-        raise InputError(str(err).replace(str(file), "the uploaded file")) from None
+    dataset, _ = load_upload(file, max_rows=None)  # its own labels; every row held to the typed-text limits
     rows = dataset.num_rows
     if rows > MAX_STUDY_ROWS:
         raise InputError(f"the uploaded file has {rows:,} rows; a study takes at most {MAX_STUDY_ROWS:,}")
     if rows < MIN_STUDY_ROWS:
         raise InputError(f"the uploaded file has {rows:,} rows; a study needs at least {MIN_STUDY_ROWS}")
+    with tempfile.TemporaryDirectory(prefix="ftrag-study-") as cache:  # it loaded above, so its columns are found
+        columns = detected_columns(str(file), cache_dir=cache)
     texts = dataset["text"]
-    long_rows = [i + 1 for i, text in enumerate(texts) if len(text) > MAX_CHARS]
-    if long_rows:
-        raise InputError(
-            f"{len(long_rows)} row(s) have more than {MAX_CHARS:,} characters (first: row {long_rows[0]})"
-        )
     counts = collections.Counter(dataset["label"])
     return {
         "rows": rows,
