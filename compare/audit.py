@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from core.cli import run_job
-from core.data import label_names, leak_report, load_tweets
+from core.data import label_names, leak_report, load_tweets, stratified_sample
 from core.files import atomic_write, atomic_write_json, check_new_output
 from core.types import check_labels, normalise_label
 
@@ -171,22 +171,24 @@ def conflicting_duplicates(texts, labels, neighbour_scores, neighbour_ids, near:
 # --- what the audit buys ---------------------------------------------------------------------------------------------
 
 
-def measure_removal(train, test, suspects: list[dict[str, Any]], embedder, seed: int) -> dict[str, Any]:
-    """Retrieval over all training examples vs without the suspects, scored paired on the same test texts."""
+def measure_removal(train, vectors, test, suspects: list[dict[str, Any]], embedder, seed: int) -> dict[str, Any]:
+    """Retrieval over all training examples vs without the suspects, scored paired on the same test texts (the
+    training examples' `vectors`, already computed, are not embedded again)."""
+    from compare.metrics import accuracy as accuracy_of
     from compare.metrics import paired_difference
-    from rag.classifier import RagClassifier
+    from rag.build import build_classifier
     from rag.config import RagConfig
 
     drop = {s["row"] for s in suspects}
-    kept = train.select([i for i in range(train.num_rows) if i not in drop])
+    kept_rows = [i for i in range(train.num_rows) if i not in drop]
     references = list(test["text"]), list(test["label"])
     predictions = {}
-    for name, data in (("all", train), ("without_suspects", kept)):
-        clf = RagClassifier.build(RagConfig(seed=seed), data, embedder=embedder, show_progress=False)
+    for name, rows in (("all", list(range(train.num_rows))), ("without_suspects", kept_rows)):
+        clf = build_classifier(RagConfig(seed=seed), train.select(rows), embedder=embedder, show_progress=False,
+                               vectors=vectors[rows])  # fmt: skip
         predictions[name] = [p.label for p in clf.predict(references[0])]
     diff = paired_difference(predictions["without_suspects"], predictions["all"], references[1], seed=seed)
-    accuracy = {name: float(np.mean([p == r for p, r in zip(ps, references[1], strict=True)]))
-                for name, ps in predictions.items()}  # fmt: skip
+    accuracy = {name: accuracy_of(ps, references[1]) for name, ps in predictions.items()}
     return {"backend": "rag (kNN vote, k and weighting chosen on a validation slice)", "removed": len(drop),
             "test_texts": len(references[1]), "accuracy": accuracy, **diff}  # fmt: skip
 
@@ -204,8 +206,6 @@ def audit(cfg: AuditConfig, overwrite: bool = False) -> dict[str, Any]:
     splits = load_tweets(cfg.data, labels=cfg.labels)
     train = splits["train"]
     if cfg.train_size is not None and cfg.train_size < train.num_rows:
-        from core.data import stratified_sample
-
         train = stratified_sample(train, cfg.train_size, seed=cfg.seed, what="train")
     names, texts, labels = label_names(train), list(train["text"]), list(train["label"])
     embedder = Embedder.load(cfg.embedder)
@@ -228,10 +228,8 @@ def audit(cfg: AuditConfig, overwrite: bool = False) -> dict[str, Any]:
     if cfg.measure and "test" in splits:
         test = splits["test"]
         if cfg.test_limit is not None and cfg.test_limit < test.num_rows:
-            from core.data import stratified_sample
-
             test = stratified_sample(test, cfg.test_limit, seed=cfg.seed, what="test")
-        result["removal"] = measure_removal(train, test, suspects[: cfg.top], embedder, cfg.seed)
+        result["removal"] = measure_removal(train, vectors, test, suspects[: cfg.top], embedder, cfg.seed)
     result["seconds"] = round(time.perf_counter() - start, 2)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / SUSPECTS_FILE, lambda tmp: Path(tmp).write_text(suspects_csv(suspects[: cfg.top]),

@@ -37,6 +37,7 @@ def build_classifier(
     embedder: Embedder | None = None,
     progress: Progress | None = None,
     show_progress: bool = True,
+    vectors: np.ndarray | None = None,
 ) -> RagClassifier:
     """Embed and index the labeled examples of `dataset` (default: the train split of ``cfg.data``); what
     `RagClassifier.build` does.
@@ -46,6 +47,7 @@ def build_classifier(
 
     Args:
         progress: ``progress(fraction, message)`` for a UI progress bar.
+        vectors: `dataset`'s rows already embedded by `embedder`, in order (they are not embedded again).
     """
     start = time.perf_counter()
     report = progress or (lambda fraction, message: None)
@@ -56,11 +58,14 @@ def build_classifier(
     names = list(cfg.labels) if cfg.labels is not None else label_names(dataset)
     report(0.0, "loading the embedder")
     embedder = embedder or Embedder.load(cfg.embedder, batch_size=cfg.batch_size)
-    vectors = embedder.encode(
-        texts,
-        show_progress=show_progress,
-        progress=lambda done, total: report(0.9 * done / total, f"embedding {done}/{total} examples"),
-    )
+    if vectors is None:
+        vectors = embedder.encode(
+            texts,
+            show_progress=show_progress,
+            progress=lambda done, total: report(0.9 * done / total, f"embedding {done}/{total} examples"),
+        )
+    elif len(vectors) != len(texts) or cfg.train_size is not None:
+        raise ValueError(f"got {len(vectors)} vectors for {len(texts)} examples (and no train_size may resample them)")
     embed_seconds = time.perf_counter() - start
     params, tuning = _vote_settings(cfg, vectors, label_ids_of(labels, names), len(names), report)
     report(0.95, f"indexing ({cfg.index_type})")
