@@ -185,7 +185,8 @@ class RagClassifier:
             scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
             label_ids = np.concatenate([self._label_ids, own_labels])
             probs = vote(scores, ids, label_ids, len(self.labels), self.weighting, self.temperature)
-            results: list[Prediction] = [self._prior()] * len(texts)
+            prior = self._prior() if len(wanted) < len(texts) else None  # only blank queries need it, as in predict
+            results: list[Prediction] = [prior] * len(texts)  # type: ignore[list-item]
             for row, i in enumerate(wanted):
                 evidence = []
                 for score, j in zip(scores[row, :EVIDENCE_SIZE], ids[row, :EVIDENCE_SIZE], strict=True):
