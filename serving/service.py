@@ -36,6 +36,11 @@ MAX_SESSION_EXAMPLES = 50
 """Examples one visitor may teach in their own session (each one is a vector held in that session)."""
 
 
+def still_building() -> Refused:
+    """The answer to a request that needs backends the start-up has not brought up yet: 503, try again in 30 s."""
+    return Refused("the backends are still being built (the page shows how far); ask again in a minute", 503, 30)
+
+
 class InputError(ValueError):
     """Input a person gave that cannot be used; the message says what to change."""
 
@@ -369,8 +374,7 @@ class Service:
             chosen = {b: self.backends[b] for b in backends}
         if not chosen:
             if not self.ready.is_set() and self.expected:
-                raise Refused("the backends are still being built (the page shows how far); ask again in a minute",
-                              503, 30)  # fmt: skip
+                raise still_building()
             raise InputError(f"no backend is available: {self.unavailable or 'none loaded'}")
         return chosen
 

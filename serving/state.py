@@ -18,7 +18,15 @@ from core.data import DataError, label_names, load_tweets, stratified_sample
 from core.files import read_json
 from core.limits import MAX_UPLOAD_ROWS
 from serving.access import Refused
-from serving.service import TRAINING_LOCK, InputError, Service, load_upload, uploaded_file, validate_labels
+from serving.service import (
+    TRAINING_LOCK,
+    InputError,
+    Service,
+    load_upload,
+    still_building,
+    uploaded_file,
+    validate_labels,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -180,8 +188,7 @@ class App:
         report = report or self.report
         if report is None:
             if not self.service.ready.is_set():
-                raise Refused("the backends are still being built (the page shows how far); ask again in a minute",
-                              503, 30)  # fmt: skip
+                raise still_building()
             if self.comparing and not self.comparing.startswith("failed"):
                 raise Refused(f"the start-up comparison is still running ({self.comparing}); ask again soon", 503, 10)
             raise InputError("no comparison report yet: run one in the Batch evaluation tab (or compare.run)")
