@@ -58,6 +58,10 @@ class AuditConfig:
         near: cosine similarity from which two texts count as near duplicates.
         top: suspects kept in audit.json and the CSV (the count of all of them is kept too).
         measure: rebuild the retrieval index without the top suspects and score both on the test split.
+        measure_finetune: with `measure`, also fine-tune twice (every example vs without the top suspects; the
+            same validation slice keeps each run's best checkpoint) and score both on the test split; two trainings.
+        base_model: the fine-tune's checkpoint for `measure_finetune`; None = the fine-tune's default.
+        epochs: the fine-tune's epochs for `measure_finetune`.
         test_limit: score on a seeded, stratified sample of this many test texts; None = all.
         seed: seed for the sample and the folds.
         out: where audit.json and suspects.csv go.
@@ -73,6 +77,9 @@ class AuditConfig:
     near: float = 0.95
     top: int = 200
     measure: bool = False
+    measure_finetune: bool = False
+    base_model: str | None = None
+    epochs: float = 1.0
     test_limit: int | None = None
     seed: int = 0
     out: str = "artifacts/audit"
@@ -89,6 +96,10 @@ class AuditConfig:
         for name in ("train_size", "test_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer or None, got {getattr(self, name)}")
+        if self.measure_finetune and not self.measure:
+            raise ValueError("measure_finetune is part of the measurement: give --measure too")
+        if not self.epochs > 0:
+            raise ValueError(f"epochs must be positive, got {self.epochs}")
 
 
 # --- the two signals -------------------------------------------------------------------------------------------------
@@ -193,6 +204,49 @@ def measure_removal(train, vectors, test, suspects: list[dict[str, Any]], embedd
             "test_texts": len(references[1]), "accuracy": accuracy, **diff}  # fmt: skip
 
 
+def measure_finetune_removal(train, test, suspects: list[dict[str, Any]], cfg: AuditConfig) -> dict[str, Any]:
+    """The fine-tune trained on every example vs without the suspects, scored paired on the same test texts.
+
+    One stratified validation slice is carved first and given to both runs (suspects in it stay in both), so the
+    two differ only by the removed training rows.
+    """
+    import tempfile
+
+    import finetune
+    from compare.metrics import accuracy as accuracy_of
+    from compare.metrics import paired_difference
+    from finetune.config import FinetuneConfig
+    from finetune.train import split_train_eval
+    from finetune.train import train as train_model
+
+    drop = {s["row"] for s in suspects}
+    numbered = train.add_column("row", list(range(train.num_rows)))
+    fit, validation = split_train_eval(numbered, None, min(1000, max(1, train.num_rows // 10)), seed=cfg.seed)
+    kept = [i for i, row in enumerate(fit["row"]) if row not in drop]
+    arms = {"all": fit, "without_suspects": fit.select(kept)}
+    texts, references = list(test["text"]), list(test["label"])
+    predictions, runs = {}, {}
+    with tempfile.TemporaryDirectory(prefix="audit-finetune-") as tmp:
+        for name, rows in arms.items():
+            ft = FinetuneConfig(base_model=cfg.base_model, labels=cfg.labels, epochs=cfg.epochs, seed=cfg.seed,
+                                out=str(Path(tmp) / name))  # fmt: skip
+            logger.info("Fine-tuning on %s: %d examples", name.replace("_", " "), rows.num_rows)
+            runs[name] = train_model(ft, rows.remove_columns("row"), eval_dataset=validation.remove_columns("row"))
+            predictions[name] = [p.label for p in finetune.load(ft.out).predict(texts)]
+    diff = paired_difference(predictions["without_suspects"], predictions["all"], references, seed=cfg.seed)
+    return {
+        "backend": f"fine-tune ({runs['all']['base_model']}, {cfg.epochs:g} epochs)",
+        "removed": fit.num_rows - len(kept),
+        "train_sizes": {name: rows.num_rows for name, rows in arms.items()},
+        "validation_size": validation.num_rows,
+        "same_validation": len({run["eval_slice_sha256"] for run in runs.values()}) == 1,
+        "test_texts": len(references),
+        "accuracy": {name: accuracy_of(ps, references) for name, ps in predictions.items()},
+        "train_seconds": {name: run["train_seconds"] for name, run in runs.items()},
+        **diff,
+    }
+
+
 # --- the job ---------------------------------------------------------------------------------------------------------
 
 
@@ -230,6 +284,8 @@ def audit(cfg: AuditConfig, overwrite: bool = False) -> dict[str, Any]:
         if cfg.test_limit is not None and cfg.test_limit < test.num_rows:
             test = stratified_sample(test, cfg.test_limit, seed=cfg.seed, what="test")
         result["removal"] = measure_removal(train, vectors, test, suspects[: cfg.top], embedder, cfg.seed)
+        if cfg.measure_finetune:
+            result["removal_finetune"] = measure_finetune_removal(train, test, suspects[: cfg.top], cfg)
     result["seconds"] = round(time.perf_counter() - start, 2)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / SUSPECTS_FILE, lambda tmp: Path(tmp).write_text(suspects_csv(suspects[: cfg.top]),
@@ -258,8 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         return status
     summary = {k: result[k] for k in ("data", "suspects_found", "out_of_fold_accuracy", "seconds")}
     summary["conflicting_duplicates"] = {k: len(v) for k, v in result["conflicting_duplicates"].items()}
-    if "removal" in result:
-        summary["removal"] = {k: result["removal"][k] for k in ("removed", "accuracy", "accuracy_diff", "diff_ci95")}
+    for key in ("removal", "removal_finetune"):
+        if key in result:
+            summary[key] = {k: result[key][k] for k in ("removed", "accuracy", "accuracy_diff", "diff_ci95")}
     print(json.dumps(summary, indent=2))
     return 0
 

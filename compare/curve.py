@@ -12,13 +12,17 @@ weighting, retrieval over a tuned embedder tunes its embedder on the four fifths
 None refits on all n, so none sees an example the others do not. All are scored on the same slice of the test
 split.
 
-The fine-tune gets the budget a practitioner would give it at that size (measured on tweets: 20 steps teach nothing
-at 100 examples, 200 steps at 1e-4 do): at least `min_steps` optimizer steps (the epochs are raised to reach them)
-and, for a pretrained model, the small-data learning rate SMALL_DATA_LR; curve.json records per size the steps,
-epochs and learning rate used. Each seed draws its own sample, split and initialisation; curve.json keeps every run
-and the mean and (sample) standard deviation per size, curve.png draws mean ± one standard deviation as a band, and
-the crossover (the size from which the fine-tune stays ahead of retrieval) comes with the range over which the
-bands overlap.
+The fine-tune gets the budget a practitioner would give it at that size (measured on tweets: 20 steps teach nothing at
+100 examples, 200 steps at 1e-4 do): at least `min_steps` optimizer steps (the epochs are raised to reach them) and,
+for a pretrained model, the small-data learning rate SMALL_DATA_LR. The tuned embedder (the same MiniLM body, by
+default) gets the same compute (``--embedder-budget compute``): as many text encodings, forward and backward, as the
+fine-tune's training makes (its steps times its batch; a contrastive pair is two texts), kept between
+``--embedder-min-steps`` and ``--embedder-max-steps``; ``--embedder-budget pairs`` gives it one pass over SetFit-style
+pairs instead (`TuneEmbedderConfig.steps_for`), several times the compute at the larger sizes. curve.json records per
+size the steps, epochs and learning rate each used. Each seed draws its own sample, split and initialisation;
+curve.json keeps every run and the mean and (sample) standard deviation per size, curve.png draws mean ± one standard
+deviation as a band, and the crossover (the size from which the fine-tune stays ahead of retrieval) comes with the
+range over which the bands overlap.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ MIN_STEPS = 200
 """Fewest fine-tuning optimizer steps at any size (on tweets, 20 steps at 100 examples learned nothing, 200 did)."""
 SMALL_DATA_LR = 1e-4
 """Learning rate for a pretrained model on small data (on tweets, 1e-4 beat 5e-5 at 100 examples and 200 steps)."""
+EMBEDDER_BUDGETS = ("compute", "pairs")
+"""How the tuned embedder's steps are set: the fine-tune's compute, or one pass over its contrastive pairs."""
 EVALUATIONS = 5
 """Validation passes per fine-tuning run: the best of them is kept."""
 PROTOCOL = (
@@ -115,7 +121,9 @@ class CurveConfig:
         min_steps: fewest fine-tuning optimizer steps at any size.
         embedder: sentence-transformers model of both retrieval contenders; None = ``FTRAG_EMBEDDER`` or the default.
         tune_embedder: also draw retrieval over an embedder tuned on the same examples (``rag-tuned``).
-        embedder_min_steps / embedder_max_steps: the tuned embedder's step budget.
+        embedder_budget: ``compute`` (the fine-tune's compute at each size) or ``pairs`` (one pass over the
+            contrastive pairs); see the module.
+        embedder_min_steps / embedder_max_steps: bounds of the tuned embedder's steps.
         embedder_batch_size: pairs per optimizer step of the tuned embedder.
         out: where curve.json and curve.png go.
     """
@@ -135,7 +143,8 @@ class CurveConfig:
     min_steps: int = MIN_STEPS
     embedder: str | None = None
     tune_embedder: bool = True
-    embedder_min_steps: int = _TUNE["min_steps"]
+    embedder_budget: str = field(default="compute", metadata={"choices": EMBEDDER_BUDGETS})
+    embedder_min_steps: int = 100
     embedder_max_steps: int = _TUNE["max_steps"]
     embedder_batch_size: int = _TUNE["batch_size"]
     out: str = "artifacts/curve"
@@ -175,6 +184,24 @@ def holdout_split(sample, seed: int):
     from finetune.train import split_train_eval
 
     return split_train_eval(sample, None, max(1, sample.num_rows // 5), seed=seed)
+
+
+def embedder_steps(tune: TuneEmbedderConfig, fit_size: int, finetune: dict[str, Any], rule: str) -> int:
+    """The tuned embedder's optimizer steps at one size under `rule` (see EMBEDDER_BUDGETS), within `tune`'s bounds.
+
+    `finetune` is the fine-tune's budget record at that size (``steps``, ``batch_size``).
+
+    >>> tune = TuneEmbedderConfig(min_steps=100, max_steps=2000)
+    >>> embedder_steps(tune, 2400, {"steps": 450, "batch_size": 16}, "compute")  # 7,200 texts = 225 pairs of 16
+    225
+    >>> embedder_steps(tune, 2400, {"steps": 450, "batch_size": 16}, "pairs")  # 20 pairs per example
+    2000
+    """
+    if rule == "pairs":
+        return tune.steps_for(fit_size)
+    texts_per_step = tune.batch_size * (2 if tune.loss == "cosine-pairs" else 1)
+    steps = math.ceil(finetune["steps"] * finetune["batch_size"] / texts_per_step)
+    return min(tune.max_steps, max(tune.min_steps, steps))
 
 
 def finetune_budget(cfg: FinetuneConfig, fit_size: int, validation_size: int, seed: int, min_steps: int):
@@ -280,14 +307,16 @@ def run_size(n: int, seed: int, train, test, setup: dict[str, Any]) -> tuple[dic
     sample = stratified_sample(train, n, seed=seed, what="train")
     fit, validation = holdout_split(sample, seed)
     row: dict[str, Any] = {"size": n, "seed": seed, "fit_size": fit.num_rows, "validation_size": validation.num_rows}
-    row["rag"] = run_retrieval(setup["embedder"], fit, validation, seed, test_set)
-    budget: dict[str, Any] = {}
-    if (tune := setup["tune"]) is not None:
-        row["rag-tuned"] = run_tuned_retrieval(setup["embedder"], tune, fit, validation, seed, test_set)
-        budget["rag-tuned"] = {"steps": tune.steps_for(fit.num_rows), "learning_rate": tune.learning_rate,
-                               "batch_size": tune.batch_size, "loss": tune.loss}  # fmt: skip
     base = setup["finetune_config"](n, "unused")
+    budget: dict[str, Any] = {}
     cfg, budget["finetune"] = finetune_budget(base, fit.num_rows, validation.num_rows, seed, setup["min_steps"])
+    row["rag"] = run_retrieval(setup["embedder"], fit, validation, seed, test_set)
+    if (tune := setup["tune"]) is not None:
+        steps = embedder_steps(tune, fit.num_rows, budget["finetune"], setup["embedder_budget"])
+        tune = dataclasses.replace(tune, min_steps=steps, max_steps=steps)
+        row["rag-tuned"] = run_tuned_retrieval(setup["embedder"], tune, fit, validation, seed, test_set)
+        budget["rag-tuned"] = {"steps": steps, "rule": setup["embedder_budget"], "learning_rate": tune.learning_rate,
+                               "batch_size": tune.batch_size, "loss": tune.loss}  # fmt: skip
     row["finetune"] = run_finetune(cfg, sample, test_set)
     line = ", ".join(f"{name} {row[name]['accuracy']:.4f}" for name in CONTENDERS if name in row)
     logger.info("%d examples, seed %d: %s", n, seed, line)
@@ -320,6 +349,7 @@ def learning_curve(
     seed: int | None = None,
     min_steps: int = MIN_STEPS,
     tune: TuneEmbedderConfig | None = None,
+    embedder_budget: str = "compute",
     progress: Callable[[float, str], None] | None = None,
 ) -> dict[str, Any]:
     """Every contender at every size and seed under the hold-out-fifth protocol (see the module), scored on `test`.
@@ -330,6 +360,7 @@ def learning_curve(
         seeds: one run per seed at every size (`seed`, when given, means ``seeds=(seed,)``).
         min_steps: fewest fine-tuning optimizer steps (0 = the epochs as given).
         tune: the tuned embedder's settings; None = no ``rag-tuned`` line.
+        embedder_budget: how the tuned embedder's steps are set at each size (EMBEDDER_BUDGETS, see the module).
 
     Returns the curve: ``sizes``, ``seeds``, ``test_size``, ``labels``, ``protocol``, per contender under
     ``backends`` ``{"mean", "std", "runs"}``, the training ``budget`` per size (fine-tune, tuned embedder), every
@@ -347,6 +378,7 @@ def learning_curve(
         "tune": tune,
         "finetune_config": finetune_config,
         "min_steps": min_steps,
+        "embedder_budget": embedder_budget,
     }
     ns = [train.num_rows if size is None else size for size in sizes]
     rows, budgets = [], {}
@@ -501,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
             seeds=cfg.seeds,
             min_steps=cfg.min_steps,
             tune=cfg.tune_config() if cfg.tune_embedder else None,
+            embedder_budget=cfg.embedder_budget,
+            progress=lambda fraction, message: logger.info("[curve %3.0f%%] %s", 100 * fraction, message),
         )
     except (ValueError, ArtifactError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)

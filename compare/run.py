@@ -12,10 +12,10 @@ measured on a copy of the index.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,11 @@ from compare.hybrid import default_hybrid
 from compare.report import write_report
 from compare.runner import DEFAULT_HOURLY_PRICE_USD, check_backends, evaluate
 from compare.update import knowledge_update
-from core.cli import add_labels_argument, setup_logging
+from core.cli import parse_config, setup_logging
 from core.data import DataError, label_names, load_tweets, stratified_indices
 from core.files import ArtifactError, read_json
 from core.settings import SourceError, resolve
-from core.types import check_same_labels
+from core.types import check_labels, check_same_labels, normalise_label
 from rag.chain import LlmUnavailable
 
 logger = logging.getLogger(__name__)
@@ -36,57 +36,68 @@ TUNING_KEYS = ("data_source", "base_embedder", "train_size", "loss", "steps", "s
 """What the report keeps of a tuned embedder's run.json."""
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        allow_abbrev=False,
-    )
-    parser.add_argument(
-        "--finetune",
-        metavar="DIR",
-        action="append",
-        help="a model saved by python -m finetune.train; repeat to compare several (the first one forms the hybrid)",
-    )
-    parser.add_argument("--rag", metavar="DIR", help="an index saved by python -m rag.build")
-    parser.add_argument(
-        "--rag-tuned",
-        metavar="DIR",
-        help="an index built over an embedder tuned by python -m rag.tune_embedder (the contender rag-tuned)",
-    )
-    parser.add_argument(
-        "--rag-llm",
-        action="store_true",
-        help="add the contender rag-llm: the nearest labeled examples of --rag in a few-shot prompt to the LLM named "
-        "by FTRAG_LLM (openai:<model>, ollama:<model> or hf:<local dir>)",
-    )
-    parser.add_argument("--quantize", action="store_true", help="serve the fine-tuned model with int8 weights")
-    parser.add_argument("--hybrid", action=argparse.BooleanOptionalAction, default=True, help="add the hybrid")
-    parser.add_argument("--data", default=None, help="labeled data source (default: FTRAG_DATA or the Hub dataset)")
-    parser.add_argument("--split", default="test", help="the split to evaluate on")
-    add_labels_argument(parser)
-    parser.add_argument("--limit", type=int, default=None, help="a seeded stratified sample of this many texts")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--latency-queries", type=int, default=100, help="single queries timed per backend")
-    parser.add_argument("--hourly-price", type=float, default=DEFAULT_HOURLY_PRICE_USD, help="USD per machine-hour")
-    parser.add_argument(
-        "--update-examples", type=int, default=500, help="new examples for the knowledge-update figure; 0 = skip"
-    )
-    parser.add_argument("--out", default="artifacts/report", help="where the report goes")
-    args = parser.parse_args(argv)
-    if not args.finetune and not args.rag and not args.rag_tuned:
-        parser.error("give at least one backend: --finetune DIR, --rag DIR and/or --rag-tuned DIR")
-    if args.rag_llm and not args.rag:
-        parser.error("--rag-llm prompts with the neighbours of --rag: give --rag DIR too")
-    if args.limit is not None and args.limit < 1:
-        parser.error(f"--limit must be a positive integer, got {args.limit}")
-    if args.latency_queries < 1:
-        parser.error(f"--latency-queries must be at least 1, got {args.latency_queries}")
-    if not args.hourly_price > 0:
-        parser.error(f"--hourly-price must be positive, got {args.hourly_price}")
-    if args.update_examples < 0:
-        parser.error(f"--update-examples must not be negative, got {args.update_examples}")
-    return args
+@dataclass
+class RunConfig:
+    """What ``python -m compare.run`` compares, on which texts, and how it prices them.
+
+    Args:
+        finetune: a model saved by ``python -m finetune.train``; repeat the flag to compare several (the first one
+            forms the hybrid).
+        rag: an index saved by ``python -m rag.build``.
+        rag_tuned: an index built over an embedder tuned by ``python -m rag.tune_embedder`` (the contender
+            ``rag-tuned``).
+        rag_llm: add the contender ``rag-llm``: the nearest labeled examples of --rag in a few-shot prompt to the
+            LLM named by ``FTRAG_LLM`` (``openai:<model>``, ``ollama:<model>`` or ``hf:<local dir>``).
+        quantize: serve the fine-tuned models with int8 weights.
+        hybrid: add the hybrid of the first fine-tune and --rag.
+        data: labeled data source; None = ``FTRAG_DATA`` or the default Hub dataset.
+        split: the split to evaluate on.
+        labels: label names in the order of the data's integer ids (``--labels a,b,c``); None = the data's own.
+        limit: a seeded stratified sample of this many texts; None = all of them.
+        seed: seed of that sample, the bootstrap intervals and the knowledge-update split.
+        latency_queries: single queries timed per backend.
+        hourly_price: USD per machine-hour, for the cost columns.
+        update_examples: new examples for the knowledge-update figure; 0 = skip it.
+        out: where report.json, report.md and the plots go.
+    """
+
+    finetune: tuple[str, ...] | None = field(default=None, metadata={"repeat": True, "metavar": "DIR"})
+    rag: str | None = None
+    rag_tuned: str | None = None
+    rag_llm: bool = False
+    quantize: bool = False
+    hybrid: bool = True
+    data: str | None = None
+    split: str = "test"
+    labels: tuple[str, ...] | None = None
+    limit: int | None = None
+    seed: int = 0
+    latency_queries: int = 100
+    hourly_price: float = DEFAULT_HOURLY_PRICE_USD
+    update_examples: int = 500
+    out: str = "artifacts/report"
+
+    def __post_init__(self) -> None:
+        self.finetune = tuple(self.finetune) if self.finetune else None
+        if self.labels is not None:
+            self.labels = tuple(check_labels([normalise_label(name) for name in self.labels]))
+        if not self.finetune and not self.rag and not self.rag_tuned:
+            raise ValueError("give at least one backend: --finetune DIR, --rag DIR and/or --rag-tuned DIR")
+        if self.rag_llm and not self.rag:
+            raise ValueError("--rag-llm prompts with the neighbours of --rag: give --rag DIR too")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be a positive integer, got {self.limit}")
+        if self.latency_queries < 1:
+            raise ValueError(f"--latency-queries must be at least 1, got {self.latency_queries}")
+        if not self.hourly_price > 0:
+            raise ValueError(f"--hourly-price must be positive, got {self.hourly_price}")
+        if self.update_examples < 0:
+            raise ValueError(f"--update-examples must not be negative, got {self.update_examples}")
+
+
+def parse_args(argv: list[str] | None) -> RunConfig:
+    """`RunConfig` from the flags; a bad value exits with status 2 and one line naming it."""
+    return parse_config(RunConfig, argv, __doc__.splitlines()[0])[0]
 
 
 def check_data_labels(classifiers: dict[str, Any], data_labels: list[str], source: str) -> None:
@@ -121,7 +132,9 @@ def load_tuned(directory: str) -> Any:
     return clf
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def load_contenders(args: RunConfig) -> dict[str, Any]:
+    """The backends the flags name, by report name: ``finetune`` (the first), ``finetune-<dir>`` (the others),
+    ``rag``, ``rag-tuned``, ``rag-llm`` (an LLM over the ``rag`` index)."""
     import finetune
     import rag
 
@@ -138,6 +151,48 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         classifiers["rag-tuned"] = load_tuned(args.rag_tuned)
     if args.rag_llm:
         classifiers["rag-llm"] = rag.llm_classifier(classifiers["rag"])
+    return classifiers
+
+
+def describe_extras(report: dict[str, Any], classifiers: dict[str, Any]) -> None:
+    """Add what only some backends have to their report entries: the tuned embedder's training, the LLM and how
+    often its answer was unusable (the vote answered instead), the hybrid's fitted gate."""
+    backends = report["backends"]
+    if "rag-tuned" in classifiers:
+        backends["rag-tuned"]["embedder_tuning"] = classifiers["rag-tuned"].meta["embedder_tuning"]
+    if "rag-llm" in classifiers:
+        llm = classifiers["rag-llm"]
+        backends["rag-llm"]["llm"] = {"model": llm.meta["llm"], "answers": llm.answered,
+                                      "knn_fallbacks": llm.fallbacks}  # fmt: skip
+    if "hybrid" in classifiers:
+        backends["hybrid"]["fit"] = {k: v for k, v in classifiers["hybrid"].meta["fit"].items() if k != "grid"}
+
+
+def update_section(args: RunConfig, classifiers: dict[str, Any], dataset) -> dict[str, Any] | None:
+    """The knowledge-update measurement: `args.update_examples` texts of the evaluated split are taught to the
+    retrieval backend (a copy), the rest held out; None without a retrieval backend."""
+    retrieval = next((classifiers[name] for name in ("rag", "rag-tuned") if name in classifiers), None)
+    if not args.update_examples or retrieval is None:
+        return None
+    n = min(args.update_examples, dataset.num_rows // 2)
+    new = stratified_indices(list(dataset["label"]), n, seed=args.seed)
+    taken = set(new)
+    heldout = [i for i in range(dataset.num_rows) if i not in taken]
+    section = knowledge_update(
+        retrieval,
+        classifiers["finetune"].meta if "finetune" in classifiers else None,
+        [dataset["text"][i] for i in new],
+        [dataset["label"][i] for i in new],
+        [dataset["text"][i] for i in heldout],
+        [dataset["label"][i] for i in heldout],
+    )
+    section["source"] = f"{n} texts of the evaluated split as new examples, the rest held out"
+    return section
+
+
+def run(args: RunConfig) -> dict[str, Any]:
+    """Load the backends, check they share the data's label set, add the hybrid, evaluate, and return the report."""
+    classifiers = load_contenders(args)
     check_backends(classifiers)  # artifacts of two label sets are refused before any data is read
     try:
         source = resolve("data", args.data).describe()
@@ -160,31 +215,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         latency_queries=args.latency_queries,
         hourly_price=args.hourly_price,
     )
-    if "rag-tuned" in classifiers:
-        report["backends"]["rag-tuned"]["embedder_tuning"] = classifiers["rag-tuned"].meta["embedder_tuning"]
-    if "rag-llm" in classifiers:  # which LLM, and how often its answer was unusable (the vote answered instead)
-        llm = classifiers["rag-llm"]
-        report["backends"]["rag-llm"]["llm"] = {"model": llm.meta["llm"], "answers": llm.answered,
-                                                "knn_fallbacks": llm.fallbacks}  # fmt: skip
-    if "hybrid" in classifiers:
-        report["backends"]["hybrid"]["fit"] = {
-            k: v for k, v in classifiers["hybrid"].meta["fit"].items() if k != "grid"
-        }
-    retrieval = next((classifiers[name] for name in ("rag", "rag-tuned") if name in classifiers), None)
-    if args.update_examples and retrieval is not None:
-        n = min(args.update_examples, dataset.num_rows // 2)
-        new = stratified_indices(list(dataset["label"]), n, seed=args.seed)
-        taken = set(new)
-        heldout = [i for i in range(dataset.num_rows) if i not in taken]
-        report["knowledge_update"] = knowledge_update(
-            retrieval,
-            classifiers["finetune"].meta if "finetune" in classifiers else None,
-            [dataset["text"][i] for i in new],
-            [dataset["label"][i] for i in new],
-            [dataset["text"][i] for i in heldout],
-            [dataset["label"][i] for i in heldout],
-        )
-        report["knowledge_update"]["source"] = f"{n} texts of the evaluated split as new examples, the rest held out"
+    describe_extras(report, classifiers)
+    if (update := update_section(args, classifiers, dataset)) is not None:
+        report["knowledge_update"] = update
     report["notes"] = notes
     return report
 

@@ -91,7 +91,8 @@ def field_docs(config_cls: type) -> dict[str, str]:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
-    """Add one flag per field of `config_cls`, documented from its docstring; bools get ``--x`` / ``--no-x``."""
+    """Add one flag per field of `config_cls`, documented from its docstring; bools get ``--x`` / ``--no-x``, tuples
+    ``--x a,b``, and a field with ``metadata={"repeat": True}`` is given once per value (``--x a --x b``)."""
     hints = typing.get_type_hints(config_cls)
     docs = field_docs(config_cls)
     for field in dataclasses.fields(config_cls):
@@ -103,7 +104,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
         kwargs: dict[str, Any] = {"dest": field.name, "default": default, "help": docs.get(field.name, " ")}
         if "choices" in field.metadata:
             kwargs["choices"] = field.metadata["choices"]
-        if base is bool:
+        if field.metadata.get("repeat"):  # ``--x A --x B``: a tuple of strings, one per use of the flag
+            kwargs.update(action="append", metavar=field.metadata.get("metavar", "STR"))
+        elif base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(base) is tuple:
             item = typing.get_args(base)[0]
@@ -117,17 +120,6 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
         else:  # pragma: no cover - configs use only the types above
             raise TypeError(f"no flag type for {field.name}: {hint}")
         parser.add_argument(_flag(field.name), **kwargs)
-
-
-def add_labels_argument(parser: argparse.ArgumentParser) -> None:
-    """``--labels a,b,c`` for CLIs without a config dataclass: the data's label names in the order of its ids."""
-    parser.add_argument(
-        "--labels",
-        type=_parse_tuple(str),
-        default=None,
-        metavar="STR,...",
-        help="label names in the order of the data's integer ids (for ids without names); default: the data's own",
-    )
 
 
 def config_from_args(config_cls: type[T], args: argparse.Namespace) -> T:

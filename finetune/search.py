@@ -125,40 +125,30 @@ def best_flags(params: dict[str, Any]) -> str:
 
 
 def _trainer(cfg: SearchConfig, workdir: str):
-    """A Trainer whose `model_init` builds a fresh model per trial, on the split every trial shares."""
+    """A Trainer whose `model_init` builds a fresh model per trial, on the split every trial shares; the data, the
+    split, the tokenizer and the tokenized slices come from `finetune.train.prepare_training`, as in a real run."""
     from transformers import DataCollatorWithPadding, Trainer
 
-    from core.data import load_tweets
-    from finetune.train import (
-        build_model,
-        check_base_model,
-        compute_metrics,
-        load_tokenizer,
-        split_train_eval,
-        tokenize,
-        training_labels,
-    )
+    from finetune.train import build_model, check_base_model, compute_metrics, prepare_training
 
     ft = cfg.finetune_config(workdir)
-    dataset = load_tweets(cfg.data, split="train", seed=cfg.seed, labels=cfg.labels)
-    labels = training_labels(dataset, cfg.labels)
-    train_ds, eval_ds = split_train_eval(dataset, cfg.train_size, cfg.eval_size, seed=cfg.seed)
-    base = check_base_model(ft, labels)
-    tokenizer, _ = load_tokenizer(ft, base)
-    steps = max(1, len(train_ds) // max(cfg.batch_sizes) // EVALUATIONS_PER_TRIAL)
-    args = ft.to_training_args(show_progress=False, eval_strategy="steps", eval_steps=steps, save_strategy="no",
+    args = ft.to_training_args(show_progress=False, eval_strategy="steps", save_strategy="no",
                                load_best_model_at_end=False, output_dir=workdir)  # fmt: skip
+    setup = prepare_training(ft, None, args, lambda fraction, message: None)
+    args.eval_steps = max(1, len(setup.train_ds) // max(cfg.batch_sizes) // EVALUATIONS_PER_TRIAL)
+    base = check_base_model(ft, setup.labels)
     trainer = Trainer(
-        model_init=lambda trial=None: build_model(ft, tokenizer, base, labels)[0],
+        model_init=lambda trial=None: build_model(ft, setup.tokenizer, base, setup.labels)[0],
         args=args,
-        train_dataset=tokenize(train_ds, tokenizer, labels, cfg.max_length),
-        eval_dataset=tokenize(eval_ds, tokenizer, labels, cfg.max_length),
-        data_collator=DataCollatorWithPadding(tokenizer),
-        processing_class=tokenizer,
+        train_dataset=setup.train_tok,
+        eval_dataset=setup.eval_tok,
+        data_collator=DataCollatorWithPadding(setup.tokenizer),
+        processing_class=setup.tokenizer,
         compute_metrics=compute_metrics,
     )
-    base_name = base.name if base is not None else "GPT-2 from scratch"
-    return trainer, {"train_size": len(train_ds), "eval_size": len(eval_ds), "labels": labels, "base_model": base_name}
+    described = {"train_size": len(setup.train_ds), "eval_size": len(setup.eval_ds), "labels": setup.labels,
+                 "base_model": setup.base_description}  # fmt: skip
+    return trainer, described
 
 
 def search(cfg: SearchConfig, overwrite: bool = False) -> dict[str, Any]:

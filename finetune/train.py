@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from core.cli import run_job
-from core.data import DataError, label_names, load_tweets, stratified_indices
+from core.data import DataError, label_names, load_tweets, stratified_indices, stratified_sample
 from core.files import atomic_write_json, dumps_json, read_json, refuse_to_replace, staged_dir
 from core.settings import Source, SourceError, resolve
 from finetune.config import SCRATCH_PRESETS, FinetuneConfig
@@ -292,6 +292,7 @@ def train(
     cfg: FinetuneConfig,
     dataset=None,
     *,
+    eval_dataset=None,
     overwrite: bool = False,
     progress: Progress | None = None,
     callbacks: Sequence[Any] = (),
@@ -302,6 +303,8 @@ def train(
     Args:
         dataset: labeled examples (``text`` / ``label``) to use instead of the train split of ``cfg.data``; the
             evaluation slice is carved from it too.
+        eval_dataset: an evaluation slice to use as it is instead of carving one (``cfg.eval_size`` is then
+            ignored), so that two runs on different training rows keep their best checkpoint by the same texts.
         overwrite: replace a model already in ``cfg.out``. The old one stays until the new one is fully saved.
         progress: ``progress(fraction, message)`` during training, for a UI.
         callbacks: extra `TrainerCallback`s.
@@ -319,7 +322,7 @@ def train(
     report = progress or (lambda fraction, message: None)
     start = time.perf_counter()
     args = cfg.to_training_args(show_progress=show_progress)
-    setup = prepare_training(cfg, dataset, args, report)
+    setup = prepare_training(cfg, dataset, args, report, eval_dataset)
     resume = _prepare_checkpoints(cfg, args)
     counter = epoch_counter()
     trainer = build_trainer(setup, args, [*callbacks, counter, *_run_callbacks(cfg, progress, report)])
@@ -339,8 +342,9 @@ def train(
     return run
 
 
-def prepare_training(cfg: FinetuneConfig, dataset, args, report: Progress) -> TrainingSetup:
-    """Load the data (unless given), carve the evaluation slice, load the tokenizer and the model, and tokenize.
+def prepare_training(cfg: FinetuneConfig, dataset, args, report: Progress, eval_dataset=None) -> TrainingSetup:
+    """Load the data (unless given), carve the evaluation slice (unless `eval_dataset` is given), load the tokenizer
+    and the model, and tokenize.
 
     In a distributed run one process fills the datasets cache first and the others read it.
     """
@@ -350,7 +354,14 @@ def prepare_training(cfg: FinetuneConfig, dataset, args, report: Progress) -> Tr
     with args.main_process_first(desc="loading data"):
         dataset, data_source = _training_data(cfg, dataset)
         labels = training_labels(dataset, cfg.labels)
-        train_ds, eval_ds = split_train_eval(dataset, cfg.train_size, cfg.eval_size, seed=cfg.seed)
+        if eval_dataset is None:
+            train_ds, eval_ds = split_train_eval(dataset, cfg.train_size, cfg.eval_size, seed=cfg.seed)
+        else:
+            train_ds, eval_ds = dataset, eval_dataset
+            if cfg.train_size is not None and cfg.train_size < dataset.num_rows:
+                train_ds = stratified_sample(dataset, cfg.train_size, seed=cfg.seed, what="training data")
+            if unknown := sorted(set(eval_ds["label"]) - set(labels)):
+                raise DataError(f"the evaluation slice has labels the training data lacks: {unknown[:5]}")
 
         set_seed(cfg.seed)
         report(0.0, "loading the tokenizer and the model")

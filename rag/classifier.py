@@ -464,28 +464,17 @@ class RagClassifier:
 
     @classmethod
     def load(cls, directory: str | Path, embedder: Embedder | str | None = None) -> RagClassifier:
-        """Load a saved index. `embedder` defaults to the one recorded in run.json (re-resolved on this machine)."""
+        """Load a saved index. `embedder` defaults to the one recorded in run.json (re-resolved on this machine).
+
+        Raises:
+            ArtifactError: a missing or unreadable file, files that do not belong together, an embedder that is not
+                the one the index was built with, labels outside the recorded label set.
+        """
         directory = recover_dir(Path(directory))
         if not directory.is_dir():
             raise ArtifactError(f"{directory}: no such index directory (build one with `python -m rag.build`)")
-        try:
-            run = read_json(directory / RUN_FILE, "run.json")
-        except ValueError as err:
-            raise ArtifactError(str(err)) from err
-        if not isinstance(run, dict) or run.get("backend") != "rag" or run.get("format_version") != FORMAT_VERSION:
-            raise ArtifactError(f"{directory / RUN_FILE}: not a run.json of a format-{FORMAT_VERSION} RAG index")
-        try:
-            table = pq.read_table(directory / EXAMPLES_FILE)
-        except FileNotFoundError as err:
-            raise ArtifactError(f"{directory / EXAMPLES_FILE}: examples file is missing") from err
-        except (pa.ArrowException, OSError) as err:
-            raise ArtifactError(
-                f"{directory / EXAMPLES_FILE}: not a readable parquet file (truncated or corrupted): {err}"
-            ) from err
-        if set(table.column_names) < {"text", "label"}:
-            raise ArtifactError(
-                f"{directory / EXAMPLES_FILE}: expected columns text and label, found {table.column_names}"
-            )
+        run = _read_run(directory)
+        table = _read_examples(directory)
         try:
             index = VectorIndex.load(directory / INDEX_FILE)
         except IndexFileError as err:
@@ -497,19 +486,7 @@ class RagClassifier:
             )
         if not isinstance(embedder, Embedder):
             embedder = Embedder.load(embedder or _recorded_embedder(run))
-        if embedder.dim != index.dim:
-            raise ArtifactError(
-                f"{directory}: the index holds {index.dim}-d vectors but the embedder {embedder.name} makes "
-                f"{embedder.dim}-d ones; load it with the embedder it was built with ({run.get('embedder')})"
-            )
-        probe = np.asarray(run.get("probe_embedding") or [], dtype=np.float32)
-        if probe.shape == (index.dim,):
-            cosine = float(embedder.probe @ probe)
-            if cosine < PROBE_MIN_COSINE:
-                raise ArtifactError(
-                    f"{directory}: the embedder {embedder.name} is not the one this index was built with "
-                    f"({run.get('embedder')}): probe cosine {cosine:.3f}"
-                )
+        _check_embedder(directory, run, index.dim, embedder)
         teach_ids = table.column("teach_id").to_pylist() if "teach_id" in table.column_names else None
         try:
             classifier = cls(
@@ -553,6 +530,51 @@ def teach_log_path(directory: str | Path) -> Path:
     """Where the teach log of the index in `directory` lives: beside it (the directory is replaced as a whole)."""
     directory = Path(directory)
     return directory.with_name(directory.name + ".teach.sqlite")
+
+
+def _read_run(directory: Path) -> dict[str, Any]:
+    """The index's run.json, refused unless it is a RAG index of this format."""
+    try:
+        run = read_json(directory / RUN_FILE, "run.json")
+    except ValueError as err:
+        raise ArtifactError(str(err)) from err
+    if not isinstance(run, dict) or run.get("backend") != "rag" or run.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{directory / RUN_FILE}: not a run.json of a format-{FORMAT_VERSION} RAG index")
+    return run
+
+
+def _read_examples(directory: Path) -> pa.Table:
+    """The indexed examples (``text``, ``label``, optionally ``teach_id``), refused when unreadable."""
+    try:
+        table = pq.read_table(directory / EXAMPLES_FILE)
+    except FileNotFoundError as err:
+        raise ArtifactError(f"{directory / EXAMPLES_FILE}: examples file is missing") from err
+    except (pa.ArrowException, OSError) as err:
+        raise ArtifactError(
+            f"{directory / EXAMPLES_FILE}: not a readable parquet file (truncated or corrupted): {err}"
+        ) from err
+    if set(table.column_names) < {"text", "label"}:
+        raise ArtifactError(
+            f"{directory / EXAMPLES_FILE}: expected columns text and label, found {table.column_names}"
+        )
+    return table
+
+
+def _check_embedder(directory: Path, run: dict[str, Any], dim: int, embedder: Embedder) -> None:
+    """Refuse an embedder of another width, or one whose probe vector is not the one recorded at build time."""
+    if embedder.dim != dim:
+        raise ArtifactError(
+            f"{directory}: the index holds {dim}-d vectors but the embedder {embedder.name} makes "
+            f"{embedder.dim}-d ones; load it with the embedder it was built with ({run.get('embedder')})"
+        )
+    probe = np.asarray(run.get("probe_embedding") or [], dtype=np.float32)
+    if probe.shape == (dim,):
+        cosine = float(embedder.probe @ probe)
+        if cosine < PROBE_MIN_COSINE:
+            raise ArtifactError(
+                f"{directory}: the embedder {embedder.name} is not the one this index was built with "
+                f"({run.get('embedder')}): probe cosine {cosine:.3f}"
+            )
 
 
 def _recorded_embedder(run: dict) -> str | None:

@@ -145,7 +145,7 @@ def _loss(cfg: TuneEmbedderConfig, model):
     return CosineSimilarityLoss(model) if cfg.loss == "cosine-pairs" else BatchAllTripletLoss(model)
 
 
-def _training_args(cfg: TuneEmbedderConfig, steps: int, output_dir: str):
+def _training_args(cfg: TuneEmbedderConfig, steps: int, output_dir: str, show_progress: bool = False):
     from sentence_transformers.sentence_transformer.training_args import (
         BatchSamplers,
         SentenceTransformerTrainingArguments,
@@ -164,14 +164,15 @@ def _training_args(cfg: TuneEmbedderConfig, steps: int, output_dir: str):
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to="none",
-        disable_tqdm=True,
+        disable_tqdm=not show_progress,
         dataloader_num_workers=0,
         use_cpu=True,
     )
 
 
-def tune_embedder(cfg: TuneEmbedderConfig, dataset, model) -> dict[str, Any]:
-    """Train `model` (a `SentenceTransformer`, changed in place) on `dataset` (``text`` / ``label``) as `cfg` says.
+def tune_embedder(cfg: TuneEmbedderConfig, dataset, model, show_progress: bool = False) -> dict[str, Any]:
+    """Train `model` (a `SentenceTransformer`, changed in place) on `dataset` (``text`` / ``label``) as `cfg` says;
+    `show_progress` draws the trainer's step bar (for command-line jobs).
 
     Returns the run record: labels, loss, steps, seconds (the data source and base embedder are the caller's).
     """
@@ -188,7 +189,10 @@ def tune_embedder(cfg: TuneEmbedderConfig, dataset, model) -> dict[str, Any]:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tune-embedder-") as tmp:
         trainer = SentenceTransformerTrainer(
-            model=model, args=_training_args(cfg, steps, tmp), train_dataset=rows, loss=_loss(cfg, model)
+            model=model,
+            args=_training_args(cfg, steps, tmp, show_progress),
+            train_dataset=rows,
+            loss=_loss(cfg, model),
         )
         trainer.remove_callback(PrinterCallback)  # the loss goes to the log and run.json, not to stdout
         trainer.train()
@@ -209,8 +213,11 @@ def tune_embedder(cfg: TuneEmbedderConfig, dataset, model) -> dict[str, Any]:
     }
 
 
-def run_tuning(cfg: TuneEmbedderConfig, dataset=None, overwrite: bool = False) -> dict[str, Any]:
-    """Load the base embedder and the data, tune, and save the model with its run.json to ``cfg.out``."""
+def run_tuning(
+    cfg: TuneEmbedderConfig, dataset=None, overwrite: bool = False, show_progress: bool = False
+) -> dict[str, Any]:
+    """Load the base embedder and the data, tune (`show_progress`: the step bar), and save the model with its
+    run.json to ``cfg.out``."""
     from rag.embed import Embedder
 
     out = Path(cfg.out)
@@ -231,7 +238,7 @@ def run_tuning(cfg: TuneEmbedderConfig, dataset=None, overwrite: bool = False) -
         "backend": "tuned-embedder",
         "data_source": source,
         "base_embedder": base.describe(),
-        **tune_embedder(cfg, dataset, model),
+        **tune_embedder(cfg, dataset, model, show_progress),
         "config": asdict(cfg),
     }
     with staged_dir(out) as stage:
@@ -245,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         TuneEmbedderConfig,
         argv,
         __doc__.splitlines()[0],
-        lambda cfg, overwrite: run_tuning(cfg, overwrite=overwrite),
+        lambda cfg, overwrite: run_tuning(cfg, overwrite=overwrite, show_progress=True),
         overwrite_help="replace an existing model in --out",
     )
     if status:

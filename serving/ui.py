@@ -12,6 +12,7 @@ import secrets
 import shutil
 import tempfile
 import zipfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -384,21 +385,40 @@ def decide_tab(state: App, visitor_report: gr.State) -> None:
 # --- Teach -----------------------------------------------------------------------------------------------------------
 
 
+def teach_intro(shared_open: bool) -> str:
+    """The Teach tab's opening paragraph; it mentions the shared index only when the operator opened it."""
+    shared_note = (
+        " The operator also lets you add an example to the **shared** index, where every visitor's answers use it."
+        if shared_open
+        else ""
+    )
+    return (
+        "Teach retrieval a labeled example and see a query's answer before and after, at once; the fine-tuned model "
+        "would need retraining to learn it. What you teach here stays **in your session**: nobody else's answers "
+        f"change, and *Undo* takes it back.{shared_note}"
+    )
+
+
+def session_view(service: Service, query: str, examples: list[dict[str, Any]]) -> list[Any]:
+    """`query` before and after the visitor's taught `examples`: the two answers, the evidence now (marking the
+    visitor's own examples) and the list of what they taught and where."""
+    mine = [e for e in examples if e.get("vector") is not None]  # shared ones are in the index already
+    answer = service.compare_session(query, mine) if query and query.strip() else None
+    rows = [[e["text"], e["label"], round(e["score"], 3), "yes" if e.get("own") else ""]
+            for e in answer["after"]["evidence"]] if answer else []  # fmt: skip
+    table = [[e["text"], e["label"], f"shared index (id {e['shared_id']})" if e.get("shared_id") else
+              "your session"] for e in examples]  # fmt: skip
+    if answer is None:
+        return [None, None, rows, table]
+    return [label_value(answer["before"]), label_value(answer["after"]), rows, table]
+
+
 def teach_tab(state: App) -> gr.Radio:
     """Teach retrieval an example and see a query before and after. What a visitor teaches stays in their session
     (`gr.State`) unless the operator allows the shared index to be taught and the visitor asks for it."""
     service = state.service
     policy = service.teach_policy
-    shared_note = (
-        " The operator also lets you add an example to the **shared** index, where every visitor's answers use it."
-        if policy.open
-        else ""
-    )
-    gr.Markdown(
-        "Teach retrieval a labeled example and see a query's answer before and after, at once; the fine-tuned model "
-        "would need retraining to learn it. What you teach here stays **in your session**: nobody else's answers "
-        f"change, and *Undo* takes it back.{shared_note}"
-    )
+    gr.Markdown(teach_intro(policy.open))
     own = gr.State([])  # this visitor's taught examples: {"text", "label", "vector", "shared_id"}
     labels = service.labels()
     teach_text = gr.Textbox(label="Example", max_length=MAX_CHARS)
@@ -417,16 +437,7 @@ def teach_tab(state: App) -> gr.Radio:
                                     label="What the answer rests on now: the 10 nearest labeled examples")  # fmt: skip
     yours = gr.Dataframe(headers=["your example", "label", "where"], wrap=True, label="What you taught")
 
-    def shown(query: str, examples: list[dict[str, Any]]) -> list[Any]:
-        mine = [e for e in examples if e.get("vector") is not None]  # shared ones are in the index already
-        answer = service.compare_session(query, mine) if query and query.strip() else None
-        rows = [[e["text"], e["label"], round(e["score"], 3), "yes" if e.get("own") else ""]
-                for e in answer["after"]["evidence"]] if answer else []  # fmt: skip
-        table = [[e["text"], e["label"], f"shared index (id {e['shared_id']})" if e.get("shared_id") else
-                  "your session"] for e in examples]  # fmt: skip
-        if answer is None:
-            return [None, None, rows, table]
-        return [label_value(answer["before"]), label_value(answer["after"]), rows, table]
+    shown = partial(session_view, service)
 
     def on_teach(text, label, query, to_shared, token, examples, request: gr.Request):
         try:
@@ -516,7 +527,48 @@ def study_zip(job) -> Path:
     return archive
 
 
+def study_preview_view(state: App, file) -> tuple[str, list]:
+    """What the "Your data" tab shows of an upload: the rows, the columns found, the label counts, the first rows."""
+    from serving.studies import preview
+
+    if not file:
+        return "", []
+    try:
+        seen = preview(uploaded_file(file, state.upload_root))
+    except ValueError as err:
+        raise ui_error(err) from err
+    cols = seen["columns"]
+    counts = ", ".join(f"{escape_markdown(k)} {v:,}" for k, v in seen["labels"].items())
+    text = (f"**{seen['rows']:,} rows**; text from column `{escape_markdown(cols['text'])}`, labels from "
+            f"`{escape_markdown(cols['label'])}`; {len(seen['labels'])} labels: {counts}.")  # fmt: skip
+    return text, seen["first_rows"]
+
+
+def study_view(state: App, current: str | None) -> list:
+    """The visitor's study as the tab shows it: status, verdict, table, curve, download, and whether to keep
+    polling (only while it is queued or running)."""
+    job = state.studies.find(current)
+    if job is None:
+        said = "*Your study is over and its files were deleted; run another.*" if current else ""
+        return [said, "", None, gr.update(visible=False), None, gr.Timer(active=False)]
+    busy = job.state in {"queued", "running"}
+    if busy or job.state == "failed":
+        return [study_status_markdown(state, job), "", None, gr.update(visible=False), None, gr.Timer(active=busy)]
+    report = read_json(job.out / "report.json", "report")
+    curve_png = job.out / "curve.png"
+    return [
+        study_status_markdown(state, job),
+        recommendation_markdown(job.decision, report),
+        [list(r.values()) for r in headline_rows(report)],
+        gr.update(value=str(curve_png) if curve_png.exists() else None, visible=curve_png.exists()),
+        str(study_zip(job)),
+        gr.Timer(active=False),
+    ]
+
+
 def your_data_tab(state: App) -> None:
+    """The "Your data" tab: upload, preview, budget, the visitor's own study as a background job, its report and
+    its models. The handlers that need more than a few lines are `study_preview_view` and `study_view`."""
     from serving.studies import BUDGETS, MAX_STUDY_ROWS, MIN_STUDY_ROWS, max_minutes, preview
 
     gr.Markdown(STUDY_INTRO.format(min_rows=MIN_STUDY_ROWS, max_rows=MAX_STUDY_ROWS))
@@ -542,19 +594,6 @@ def your_data_tab(state: App) -> None:
         yours_rag = gr.Label(label="Your retrieval index", num_top_classes=5)
     timer = gr.Timer(2.0, active=False)
 
-    def on_upload(file):
-        if not file:
-            return "", []
-        try:
-            seen = preview(uploaded_file(file, state.upload_root))
-        except ValueError as err:
-            raise ui_error(err) from err
-        cols = seen["columns"]
-        counts = ", ".join(f"{escape_markdown(k)} {v:,}" for k, v in seen["labels"].items())
-        text = (f"**{seen['rows']:,} rows**; text from column `{escape_markdown(cols['text'])}`, labels from "
-                f"`{escape_markdown(cols['label'])}`; {len(seen['labels'])} labels: {counts}.")  # fmt: skip
-        return text, seen["first_rows"]
-
     def on_run(file, minutes, current, request: gr.Request):
         job = state.studies.find(current)
         if job is not None and job.state in {"queued", "running"}:
@@ -568,26 +607,6 @@ def your_data_tab(state: App) -> None:
             raise ui_error(err) from err
         return job.id, study_status_markdown(state, job), gr.Timer(active=True)
 
-    def on_tick(current):
-        job = state.studies.find(current)
-        if job is None:
-            said = "*Your study is over and its files were deleted; run another.*" if current else ""
-            return [said, "", None, gr.update(visible=False), None, gr.Timer(active=False)]
-        busy = job.state in {"queued", "running"}
-        if busy or job.state == "failed":
-            return [study_status_markdown(state, job), "", None, gr.update(visible=False), None,
-                    gr.Timer(active=busy)]  # fmt: skip
-        report = read_json(job.out / "report.json", "report")
-        curve_png = job.out / "curve.png"
-        return [
-            study_status_markdown(state, job),
-            recommendation_markdown(job.decision, report),
-            [list(r.values()) for r in headline_rows(report)],
-            gr.update(value=str(curve_png) if curve_png.exists() else None, visible=curve_png.exists()),
-            str(study_zip(job)),
-            gr.Timer(active=False),
-        ]
-
     def on_ask(text, current):
         if not current:
             raise ui_error(InputError("run a study first: its models answer here"))
@@ -599,9 +618,10 @@ def your_data_tab(state: App) -> None:
             raise ui_error(err) from err
         return [label_value(answers[n].to_dict()) if n in answers else None for n in ("finetune", "rag")]
 
-    upload.change(on_upload, upload, [found, first_rows], api_name="study_preview")
+    upload.change(partial(study_preview_view, state), upload, [found, first_rows], api_name="study_preview")
     run.click(on_run, [upload, budget, job_id], [job_id, status, timer], api_name="study")
     outputs = [status, verdict, table, curve, download, timer]
+    on_tick = partial(study_view, state)
     timer.tick(on_tick, job_id, outputs, api_visibility="private")
     gr.Button("Refresh", size="sm").click(on_tick, job_id, outputs, api_name="study_status")
     ask.click(on_ask, [query, job_id], [yours_ft, yours_rag], api_name="study_classify")
@@ -663,11 +683,14 @@ def audit_section(service: Service) -> tuple[str, list[list[Any]]]:
             f"{audit.get('config', {}).get('min_confidence', 0.7)}, and most nearest neighbours disagree); "
             f"{len(dups.get('exact', []))} exact and {len(dups.get('near', []))} near duplicates with conflicting "
             f"labels. The {min(AUDIT_SHOWN, len(suspects))} most doubtful:")  # fmt: skip
-    removal = audit.get("removal")
-    if removal:
-        low, high = removal["diff_ci95"]
-        text += (f" (retrieval without the {removal['removed']:,} suspects: {removal['accuracy_diff']:+.4f} accuracy "
-                 f"on {removal['test_texts']:,} test texts, 95% interval [{low:+.4f}, {high:+.4f}])")  # fmt: skip
+    measured = [
+        (who, audit.get(key)) for who, key in (("retrieval", "removal"), ("the fine-tune", "removal_finetune"))
+    ]
+    said = [f"{who} without the {m['removed']:,} suspects: {m['accuracy_diff']:+.4f} accuracy on {m['test_texts']:,} "
+            f"test texts, 95% interval [{m['diff_ci95'][0]:+.4f}, {m['diff_ci95'][1]:+.4f}]"
+            for who, m in measured if m]  # fmt: skip
+    if said:
+        text += f" ({'; '.join(said)})"
     rows = [[s["text"], s["label"], s["suggested"], s["confidence"], s["neighbours_agreeing"]]
             for s in suspects[:AUDIT_SHOWN]]  # fmt: skip
     return text, rows

@@ -568,11 +568,16 @@ def test_the_models_tab_shows_the_label_audit_when_one_was_run(service, artifact
         "config": {"min_confidence": 0.7},
         "conflicting_duplicates": {"exact": [{}], "near": []},
         "removal": {"removed": 30, "accuracy_diff": 0.004, "test_texts": 100, "diff_ci95": [-0.01, 0.02]},
+        "removal_finetune": {"removed": 28, "accuracy_diff": -0.002, "test_texts": 100, "diff_ci95": [-0.02, 0.01]},
     }
     (artifacts / "audit" / "audit.json").write_text(json.dumps(audit))
     text, rows = serving_ui.audit_section(service)
     assert "of 500 training examples: **30 suspect labels**" in text and "1 exact and 0 near duplicates" in text
-    assert "+0.0040 accuracy on 100 test texts, 95% interval [-0.0100, +0.0200]" in text
+    assert (
+        "retrieval without the 30 suspects: +0.0040 accuracy on 100 test texts, 95% interval [-0.0100, +0.0200]"
+        in text
+    )
+    assert "the fine-tune without the 28 suspects: -0.0020 accuracy" in text
     assert len(rows) == serving_ui.AUDIT_SHOWN and rows[0][:3] == ["<b>tweet</b> 0", "negative", "positive"]
     (artifacts / "audit" / "audit.json").write_text("{broken")
     assert "cannot be read" in serving_ui.audit_section(service)[0]

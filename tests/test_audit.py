@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from compare.audit import AuditConfig, audit, main
+from compare.audit import AuditConfig, audit, main, measure_finetune_removal
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +55,28 @@ def test_the_cli_measures_what_removing_suspects_buys(shared_dir, tmp_path, caps
     assert low <= removal["accuracy_diff"] <= high
     assert main(argv) == 2  # an audit already there is not replaced without --overwrite
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_removal_is_measured_on_the_fine_tune_too_with_one_validation_slice(flipped, shared_dir, tmp_path):
+    from core.data import load_tweets
+
+    path, _ = flipped
+    tiny = str(shared_dir / "models" / "tiny-random-gpt2")
+    cfg = AuditConfig(data=str(path), measure=True, measure_finetune=True, epochs=1, base_model=tiny)
+    train = load_tweets(str(path), split="train")
+    real = load_tweets(str(shared_dir / "data" / "tweet_sentiment_extraction"), split="test", limit=60, seed=0)
+    suspects = [{"row": r} for r in (1, 2, 3, 4, 5, 400)]
+    result = measure_finetune_removal(train, real, suspects, cfg)
+    validation = result["validation_size"]
+    assert validation == 50 and result["same_validation"]  # a tenth of the 501 rows, carved once for both runs
+    sizes = result["train_sizes"]
+    assert (
+        sizes["all"] == train.num_rows - validation and sizes["all"] - sizes["without_suspects"] == result["removed"]
+    )
+    assert 1 <= result["removed"] <= len(suspects)  # suspects that fell in the validation slice stay in both runs
+    assert set(result["accuracy"]) == {"all", "without_suspects"} and result["test_texts"] == 60
+    low, high = result["diff_ci95"]
+    assert low <= result["accuracy_diff"] <= high
+    assert "tiny-random-gpt2" in result["backend"]
+    with pytest.raises(ValueError, match="give --measure too"):
+        AuditConfig(measure_finetune=True)

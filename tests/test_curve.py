@@ -54,7 +54,7 @@ def test_the_cli_runs_every_contender_over_two_seeds_on_the_same_examples(
     tiny = str(shared_dir / "models" / "tiny-random-gpt2")
     argv = ["--sizes", "20,40", "--seeds", "0,1", "--data", str(data_dir), "--test-limit", "30"]
     argv += ["--base-model", tiny, "--epochs", "1", "--batch-size", "8", "--min-steps", "6"]
-    argv += ["--embedder-min-steps", "1", "--embedder-max-steps", "1", "--embedder-batch-size", "4"]
+    argv += ["--embedder-min-steps", "1", "--embedder-max-steps", "100", "--embedder-batch-size", "4"]
     argv += ["--out", str(tmp_path / "curve")]
     assert curve_module.main(argv) == 0
     curve = json.loads((tmp_path / "curve" / "curve.json").read_text())
@@ -75,11 +75,12 @@ def test_the_cli_runs_every_contender_over_two_seeds_on_the_same_examples(
         {"size": 20, "steps": 6, "epochs": 3.0, "learning_rate": SMALL_DATA_LR, "batch_size": 8},
         {"size": 40, "steps": 8, "epochs": 2.0, "learning_rate": SMALL_DATA_LR, "batch_size": 8},
     ]
+    # The same compute: the fine-tune's 6 steps of 8 texts are 48 encodings, 6 steps of 4 pairs for the embedder.
     assert curve["budget"]["rag-tuned"] == [
-        {"size": 20, "steps": 1, "learning_rate": 2e-5, "batch_size": 4, "loss": "cosine-pairs"},
-        {"size": 40, "steps": 1, "learning_rate": 2e-5, "batch_size": 4, "loss": "cosine-pairs"},
+        {"size": 20, "steps": 6, "rule": "compute", "learning_rate": 2e-5, "batch_size": 4, "loss": "cosine-pairs"},
+        {"size": 40, "steps": 8, "rule": "compute", "learning_rate": 2e-5, "batch_size": 4, "loss": "cosine-pairs"},
     ]
-    assert tunings == [(1, 1, 4, 0, 16), (1, 1, 4, 0, 32), (1, 1, 4, 1, 16), (1, 1, 4, 1, 32)]
+    assert tunings == [(6, 6, 4, 0, 16), (8, 8, 4, 0, 32), (6, 6, 4, 1, 16), (8, 8, 4, 1, 32)]
     assert curve["backends"]["rag-tuned"] == {"mean": [0.55, 0.55], "std": [0.0707, 0.0707],
                                               "runs": [[0.5, 0.5], [0.6, 0.6]]}  # fmt: skip
     assert curve["crossover"] == crossover(curve) and curve["crossover_range"] == crossover_range(curve)
