@@ -30,11 +30,15 @@ demo: install
 		export FTRAG_TOKENIZER="$(SHARED)/models/gpt2-tokenizer"; fi; \
 	GRADIO_ANALYTICS_ENABLED=$${GRADIO_ANALYTICS_ENABLED:-False} $(PY) app.py $(ARGS)
 
+# The suite runs in one process per CPU (pytest-xdist, a test file per process at a time, one torch thread each);
+# JOBS=0 runs it in this process alone.
+JOBS ?= auto
+
 test: install
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(JOBS) --dist loadfile $(ARGS)
 
 test-all: install
-	$(PY) -m pytest -m "" $(ARGS)
+	$(PY) -m pytest -n $(JOBS) --dist loadfile -m "" $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -17,6 +17,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HOME"] = _CACHE
 os.environ["HF_DATASETS_CACHE"] = os.path.join(_CACHE, "datasets")
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one of several test processes: one CPU thread each, or they thrash
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 import pytest  # noqa: E402
 
