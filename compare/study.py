@@ -58,6 +58,8 @@ MIN_TUNE_STEPS = 10
 TRAINER_OVERHEAD = 1.3
 """Trainer steps cost more than the probe's bare steps (data loading, logging, checkpoints)."""
 CURVE_TEST_MAX = 500
+REPLAN_TOLERANCE = 0.1
+"""A stage is re-planned only when the time left changes its size by more than this share (no churn over rounding)."""
 FIXED_SECONDS = {"index": 2.0, "finetune": 5.0, "tune": 8.0, "evaluate": 8.0, "decide": 3.0, "curve_size": 4.0}
 """Per-stage costs that do not grow with the data (loading, saving, bootstrap intervals, plots), in seconds."""
 _OUTPUTS = (
@@ -646,6 +648,7 @@ class Study:
             "epochs_run": run["epochs_run"],
             "train_size": run["train_size"],
         }
+        self.remeasure(run)
         if stopper.fired:
             self.say(f"[finetune] stopped at its deadline after {run['epochs_run']} epochs (recorded)")
         return None
@@ -655,7 +658,7 @@ class Study:
         from rag.embed import Embedder
         from rag.tune_embedder import TuneEmbedderConfig, run_tuning
 
-        plan = self.state["plan"]["tune"]
+        plan = self.replan_tuning()
         if plan["skipped"]:
             return plan["skipped"]
         reserve = sum(self.state["plan"]["seconds"][k] for k in ("evaluate", "decide"))
@@ -674,6 +677,35 @@ class Study:
         RagClassifier.build(cfg, train, embedder=Embedder.load(tune.out)).save(cfg.out)
         self.state["tune"] = {"capped": plan["capped"], "steps": run["steps"], "seconds": run["seconds"]}
         return None
+
+    def remeasure(self, run: dict[str, Any]) -> None:
+        """Replace the probe's training rate by the one the fine-tune just measured (seconds per example and epoch,
+        its evaluations included), so that the stages after it are planned from what this machine really did."""
+        texts = (run.get("epochs_run") or 0) * (run.get("train_size") or 0)
+        if texts <= 0 or not run.get("train_seconds"):
+            return
+        rates = self.state["plan"]["rates"]
+        rates.setdefault("probed_train_s_per_text", rates["train_s_per_text"])
+        rates["train_s_per_text"] = run["train_seconds"] / texts
+        self._save_state()
+
+    def replan_tuning(self) -> dict[str, Any]:
+        """The tuning plan again, from the time actually left once the later stages' planned time is set aside:
+        a fine-tune that ran faster than planned leaves its time to the tuned embedder (and a slower one takes it
+        back). The plan is kept when the new one is within REPLAN_TOLERANCE of it or would skip the tuning."""
+        old = self.state["plan"]["tune"]
+        if old["skipped"]:
+            return old
+        later = sum(self.state["plan"]["seconds"][k] for k in ("evaluate", "decide", "curve"))
+        new = plan_tuning(self.state["plan"]["rates"], self.seconds_left() - later, self.split[0].num_rows, self.cfg)
+        if new["skipped"] or abs(new["steps"] - old["steps"]) <= REPLAN_TOLERANCE * old["steps"]:
+            return old
+        self.say(f"[tune] re-planned from the time left: {new['steps']} steps instead of {old['steps']}")
+        new["replanned_from"] = {"steps": old["steps"], "seconds": old["seconds"]}
+        self.state["plan"]["tune"] = new
+        self.state["plan"]["seconds"]["tune"] = new["seconds"]
+        self._save_state()
+        return new
 
     def do_evaluate(self) -> None:
         from compare.runner import evaluate

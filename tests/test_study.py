@@ -282,3 +282,30 @@ def test_the_fine_tune_stops_at_its_deadline():
     assert not control.should_training_stop and not early.fired
     late.on_step_end(None, None, control)
     assert control.should_training_stop and late.fired
+
+
+def test_a_fine_tune_faster_than_planned_leaves_its_time_to_the_tuned_embedder(tmp_path, monkeypatch):
+    cfg = StudyConfig(budget_minutes=5, curve=True, out=str(tmp_path / "study"))
+    study = Study(cfg, say=lambda message: None)
+    (tmp_path / "study").mkdir()
+    plan = plan_budget(dict(RATES), 300.0, 500, 200, cfg)
+    study.state = {"plan": plan, "stages": {}}
+    monkeypatch.setattr(Study, "split", property(lambda self: (type("T", (), {"num_rows": 500})(), None, None)))
+    # The fine-tune measured a rate five times the probe's, and finished early: the time it saved is left.
+    study.remeasure({"epochs_run": 3, "train_size": 400, "train_seconds": 3 * 400 * RATES["train_s_per_text"] / 5})
+    assert plan["rates"]["train_s_per_text"] == pytest.approx(RATES["train_s_per_text"] / 5)
+    assert plan["rates"]["probed_train_s_per_text"] == RATES["train_s_per_text"]
+    planned = dict(plan["tune"])
+    saved = plan["seconds"]["finetune"] * 0.8
+    monkeypatch.setattr(
+        Study, "seconds_left", lambda self: 300.0 - plan["seconds"]["index"] - plan["seconds"]["finetune"] + saved
+    )
+    replanned = study.replan_tuning()
+    assert replanned["steps"] > planned["steps"] and replanned["replanned_from"]["steps"] == planned["steps"]
+    assert plan["seconds"]["tune"] == replanned["seconds"] and plan["tune"] is replanned
+    later = sum(plan["seconds"][k] for k in ("evaluate", "decide", "curve"))
+    assert replanned["seconds"] <= study.seconds_left() - later  # the later stages keep their planned time
+    # On schedule (give or take a second), nothing changes.
+    monkeypatch.setattr(Study, "seconds_left", lambda self: later + replanned["seconds"] - 1.0)
+    assert study.replan_tuning() is replanned
+    assert json.loads((tmp_path / "study" / "study.json").read_text())["plan"]["tune"]["steps"] == replanned["steps"]
