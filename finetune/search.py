@@ -162,6 +162,7 @@ def search(cfg: SearchConfig, overwrite: bool = False) -> dict[str, Any]:
     storage = optuna.storages.InMemoryStorage()
     with tempfile.TemporaryDirectory(prefix="ftrag-search-") as workdir:
         trainer, setup = _trainer(cfg, workdir)
+        warmup = prune_after(setup["train_size"], cfg.batch_sizes)
         best = trainer.hyperparameter_search(
             hp_space=cfg.space,
             compute_objective=lambda metrics: metrics["eval_accuracy"],
@@ -172,12 +173,13 @@ def search(cfg: SearchConfig, overwrite: bool = False) -> dict[str, Any]:
             storage=storage,
             study_name="finetune",
             sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup),
         )
     trials = [_trial_record(t) for t in optuna.load_study(study_name="finetune", storage=storage).trials]
     result = {
         **setup,
         "trials": trials,
+        "prune_after_step": warmup,
         "best": {"number": int(best.run_id), "eval_accuracy": best.objective, "params": best.hyperparameters},
         "best_flags": best_flags(best.hyperparameters),
         "seconds": round(time.perf_counter() - start, 2),
@@ -189,13 +191,24 @@ def search(cfg: SearchConfig, overwrite: bool = False) -> dict[str, Any]:
     return result
 
 
+def prune_after(n_train: int, batch_sizes) -> int:
+    """Optimizer steps before any trial may be pruned: one epoch at the largest batch size. Before it, every trial is
+    still near chance (at step 31 of a 2,000-example search all scored 0.36 to 0.47, and the pruner, comparing
+    warm-ups, cut a trial at 1.4e-4 that others show learns well).
+
+    >>> prune_after(2000, (16, 32))
+    62
+    """
+    return max(1, n_train // max(batch_sizes))
+
+
 def _trial_record(trial) -> dict[str, Any]:
     seconds = None
     if trial.datetime_start and trial.datetime_complete:
         seconds = round((trial.datetime_complete - trial.datetime_start).total_seconds(), 2)
     value = trial.value if trial.value is not None else (max(trial.intermediate_values.values(), default=None))
     return {"number": trial.number, "params": trial.params, "eval_accuracy": value, "state": trial.state.name.lower(),
-            "seconds": seconds}  # fmt: skip
+            "seconds": seconds, "last_step": max(trial.intermediate_values, default=None)}  # fmt: skip
 
 
 def plot_trials(result: dict[str, Any], path: Path) -> Path:

@@ -23,6 +23,8 @@ def test_a_three_trial_search_writes_every_trial_and_the_best_as_flags(shared_di
     completed = [t for t in result["trials"] if t["state"] == "complete"]
     assert result["best"]["eval_accuracy"] == max(t["eval_accuracy"] for t in completed)
     assert (result["train_size"], result["eval_size"]) == (96, 48)  # never the test split
+    assert result["prune_after_step"] == 96 // 16  # one epoch at the largest batch before any pruning
+    assert all(t["last_step"] > result["prune_after_step"] for t in result["trials"] if t["state"] == "pruned")
     assert f"python -m finetune.train {result['best_flags']}" in printed
     assert result["best_flags"].startswith("--learning-rate ") and "--batch-size" in result["best_flags"]
     assert main(argv) == 2  # a search already there is kept unless --overwrite
