@@ -169,7 +169,9 @@ def paired_lines(report: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> str:
-    """The report as Markdown: headline table with intervals, paired tests, backends, per class, disagreements."""
+    """The report as Markdown: headline table with intervals, paired tests, backends, per class, disagreements.
+
+    A screen long on purpose: one short block per section, in the order the reader meets them."""
     data = report["dataset"]
     lines = [
         "# Fine-tune vs RAG: comparison report",

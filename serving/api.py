@@ -101,7 +101,10 @@ def _validation_message(err: RequestValidationError) -> dict[str, Any]:
 
 
 def create_api(state: App) -> FastAPI:
-    """The API routes, with the body limit, and error handlers that answer JSON and never echo the input."""
+    """The API routes, with the body limit, and error handlers that answer JSON and never echo the input.
+
+    A screen long on purpose: it is the API's table of contents, one route of a few lines after another, each
+    handing its work to `Service`."""
     # FastAPIOffline serves /docs (Swagger UI) and /redoc from files installed with it: no CDN, so they work offline.
     api = FastAPIOffline(
         title="Fine-tune vs RAG API", description="Classify with both backends, compare, teach, decide."

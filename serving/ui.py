@@ -415,7 +415,9 @@ def session_view(service: Service, query: str, examples: list[dict[str, Any]]) -
 
 def teach_tab(state: App) -> gr.Radio:
     """Teach retrieval an example and see a query before and after. What a visitor teaches stays in their session
-    (`gr.State`) unless the operator allows the shared index to be taught and the visitor asks for it."""
+    (`gr.State`) unless the operator allows the shared index to be taught and the visitor asks for it.
+
+    The tab's layout, in the order the page shows it, then its two handlers; the view they share is `session_view`."""
     service = state.service
     policy = service.teach_policy
     gr.Markdown(teach_intro(policy.open))
@@ -568,7 +570,8 @@ def study_view(state: App, current: str | None) -> list:
 
 def your_data_tab(state: App) -> None:
     """The "Your data" tab: upload, preview, budget, the visitor's own study as a background job, its report and
-    its models. The handlers that need more than a few lines are `study_preview_view` and `study_view`."""
+    its models. The handlers that need more than a few lines are `study_preview_view` and `study_view`; what is left
+    is the tab's layout, its components in the order the page shows them, and their wiring."""
     from serving.studies import BUDGETS, MAX_STUDY_ROWS, MIN_STUDY_ROWS, max_minutes, preview
 
     gr.Markdown(STUDY_INTRO.format(min_rows=MIN_STUDY_ROWS, max_rows=MAX_STUDY_ROWS))
