@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 import numpy as np
 
-from bench.common import machine, percentiles, table
+from bench.common import machine, table
+from compare.latency import percentiles
 from core.data import load_tweets
 
 

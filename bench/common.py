@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: timing percentiles and plain-text tables."""
+"""Helpers shared by the benchmark scripts: the machine, timed calls and tables (percentiles and the table drawing
+come from `compare`, so that a bench and a report count and draw the same way)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from compare.report import markdown_table
 
 
 def machine() -> str:
@@ -30,19 +33,13 @@ def time_calls(fn: Callable[[object], object], items: Sequence, warmup: int = 5)
     return np.array(out)
 
 
-def percentiles(ms: np.ndarray) -> dict[str, float]:
-    return {f"p{q}": float(np.percentile(ms, q)) for q in (50, 95, 99)}
-
-
 def table(rows: list[dict], columns: Sequence[str] | None = None) -> str:
-    """A Markdown table of `rows` (floats with 3 significant decimals)."""
-    columns = list(columns or rows[0].keys())
+    """A Markdown table of `rows` (floats with 3 significant decimals), drawn by `compare.report.markdown_table`."""
 
     def cell(value: object) -> str:
         if isinstance(value, float):
             return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
         return str(value)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
+    columns = list(columns or rows[0].keys())
+    return markdown_table([{c: cell(row.get(c, "")) for c in columns} for row in rows], columns=columns, escape=False)

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, pipeline
 
-from bench.common import machine, percentiles, table
+from bench.common import machine, table
+from compare.latency import percentiles
 from core.data import label_names, load_tweets
 from finetune.config import FinetuneConfig
 from finetune.model import TextClassifier, quantize_int8

@@ -31,7 +31,8 @@ import httpx
 import numpy as np
 import psutil
 
-from bench.common import machine, percentiles, table
+from bench.common import machine, table
+from compare.latency import percentiles
 from core.data import load_tweets
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 import rag.index
-from bench.common import machine, percentiles, table, time_calls
+from bench.common import machine, table, time_calls
+from compare.latency import percentiles
 from core.data import load_tweets
 from rag import RagClassifier, RagConfig, VectorIndex
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,13 +128,27 @@ def headline_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def markdown_table(rows: list[dict[str, Any]], limit: int = 200) -> str:
-    """A Markdown table; every cell (and header) is escaped and kept to one line of at most `limit` characters."""
+def markdown_table(
+    rows: list[dict[str, Any]], limit: int = 200, columns: Sequence[str] | None = None, escape: bool = True
+) -> str:
+    """A Markdown table of `rows` (the first row's keys, or `columns`); every cell and header is kept to one line of
+    at most `limit` characters and, with `escape`, has its Markdown and HTML syntax neutralised (texts from data or
+    users); ``escape=False`` is for tables whose cells are all ours, such as a benchmark's.
+
+    >>> print(markdown_table([{"a": 1, "b": "x|y"}]))
+    | a | b |
+    |---|---|
+    | 1 | x\\|y |
+    """
     if not rows:
         return ""
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(escape_markdown(c) for c in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(escape_markdown(str(row[c]), limit) for c in columns) + " |" for row in rows]
+    columns = list(columns or rows[0])
+
+    def cell(value: Any) -> str:
+        return escape_markdown(str(value), limit) if escape else " ".join(str(value).split())[:limit]
+
+    lines = ["| " + " | ".join(cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 

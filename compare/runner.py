@@ -15,13 +15,13 @@ import os
 import platform
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from compare.latency import measure
 from compare.metrics import agreement, bootstrap_ci, paired_difference, summary
-from core.types import Classifier
+from core.types import Classifier, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,6 @@ optional to every reader, which shows "n/a" where a report predates them."""
 DEFAULT_HOURLY_PRICE_USD = 0.10
 """On-demand price of a small 2-vCPU cloud machine like the one measured here (pass your own)."""
 
-Progress = Callable[[float, str], None]
 
 INTERVALS = {
     "method": "percentile bootstrap",

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 """The label names of the reference task (tweet sentiment), in the order of its integer ids (0, 1, 2). Any other
 label set works: it comes from the data (see `core.data.label_names`) and travels with every artifact."""
+
+Progress = Callable[[float, str], None]
+"""``progress(fraction, message)``: how long work reports how far it got (a UI bar, a log line), fraction in [0, 1]."""
 
 SCORE_TOLERANCE = 1e-4
 """How far from 1 the scores of a prediction may sum (float32 softmax rounding)."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from core.files import ArtifactError
 from finetune.config import SCRATCH_PRESETS, FinetuneConfig
-from finetune.model import GPT2Classifier, TextClassifier, quantize_int8
+from finetune.model import TextClassifier, quantize_int8
 
 
 def load(directory: str | Path, **kwargs: Any) -> TextClassifier:
@@ -22,7 +22,6 @@ __all__ = [
     "SCRATCH_PRESETS",
     "ArtifactError",
     "FinetuneConfig",
-    "GPT2Classifier",
     "TextClassifier",
     "load",
     "quantize_int8",

@@ -193,10 +193,6 @@ class TextClassifier:
         )
 
 
-GPT2Classifier = TextClassifier
-"""The design's name for the fine-tuned backend; the class serves any sequence-classification checkpoint."""
-
-
 def ensure_pad_token(tokenizer: Any) -> Any:
     """Give a tokenizer without a pad token (GPT-2) its end-of-text token as the pad token."""
     if tokenizer.pad_token is None:

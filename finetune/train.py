@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from core.cli import run_job
 from core.data import DataError, label_names, load_tweets, stratified_indices, stratified_sample
 from core.files import atomic_write_json, dumps_json, read_json, refuse_to_replace, staged_dir
 from core.settings import Source, SourceError, resolve
+from core.types import Progress
 from finetune.config import SCRATCH_PRESETS, FinetuneConfig
 from finetune.history import overfitting_note
 from finetune.history import plot as plot_history
@@ -38,7 +39,6 @@ SCRATCH_NOTICE = (
     "trained from scratch: GPT-2 architecture with random initial weights, no pretrained GPT-2 weights were used"
 )
 
-Progress = Callable[[float, str], None]
 _TRAIN_SHARE = 0.95  # of the progress bar; the final evaluation and the save take the rest
 
 

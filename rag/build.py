@@ -9,7 +9,6 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from core.cli import run_job
 from core.data import label_names, load_tweets, stratified_sample
 from core.files import refuse_to_replace
 from core.settings import resolve
+from core.types import Progress
 from rag.classifier import RagClassifier, label_ids_of
 from rag.config import RagConfig
 from rag.embed import Embedder
@@ -27,8 +27,6 @@ from rag.index import VectorIndex
 from rag.tuning import tune_vote
 
 logger = logging.getLogger(__name__)
-
-Progress = Callable[[float, str], None]
 
 
 def build_classifier(

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from core.types import Progress
 
-Progress = Callable[[float, str], None]
+logger = logging.getLogger(__name__)
 
 SCRATCH_NAME = "finetune-gpt2-scratch"
 SEED = 0

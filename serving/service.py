@@ -21,13 +21,12 @@ from typing import Any
 from core.files import ArtifactError
 from core.limits import MAX_CHARS, MAX_TEXTS, MAX_UPLOAD_BYTES, MAX_UPLOAD_ROWS
 from core.settings import screen_name
-from core.types import Classifier
+from core.types import Classifier, Progress
 from serving.access import Refused, TeachPolicy
 from serving.batching import MicroBatcher, wait_ms_from_env
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[float, str], None]
 TRAINING_LOCK = threading.Lock()
 """One training at a time in this process: the demo builds, the start-up curve and visitors' studies all train with
 the Hugging Face Trainer, whose `TrainingArguments` reset accelerate's process-wide state, so two at once break each

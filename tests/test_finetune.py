@@ -174,7 +174,7 @@ def test_training_saves_a_complete_model_directory(ft_dir):
 
 
 def test_loaded_model_predicts_valid_scores(finetuned):
-    assert isinstance(finetuned, finetune.GPT2Classifier)
+    assert isinstance(finetuned, finetune.TextClassifier)
     assert finetuned.labels == list(LABELS)
     predictions = finetuned.predict(["I love this!", "this is awful", "meh"])
     assert len(predictions) == 3
