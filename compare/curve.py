@@ -369,7 +369,7 @@ def learning_curve(
     import rag
 
     seeds = (seed,) if seed is not None else tuple(seeds)
-    report = progress or (lambda fraction, message: None)
+    tell = progress or (lambda fraction, message: None)
     labels = label_names(train)
     check_same_labels("the training data", labels, "the test data", label_names(test))
     setup = {
@@ -383,7 +383,7 @@ def learning_curve(
     ns = [train.num_rows if size is None else size for size in sizes]
     rows, budgets = [], {}
     for i, (seed_, n) in enumerate((s, n) for s in seeds for n in ns):
-        report(i / (len(seeds) * len(ns)), f"seed {seed_}, {n} labeled examples")
+        tell(i / (len(seeds) * len(ns)), f"seed {seed_}, {n} labeled examples")
         row, budgets[n] = run_size(n, seed_, train, test, setup)
         rows.append(row)
     names = [name for name in CONTENDERS if name in rows[0]]
@@ -400,7 +400,7 @@ def learning_curve(
         "rows": rows,
     }
     curve["crossover"], curve["crossover_range"] = crossover(curve), crossover_range(curve)
-    report(1.0, "done")
+    tell(1.0, "done")
     return curve
 
 

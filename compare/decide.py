@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from compare.curve import crossover, crossover_range, describe_crossover, series
-from compare.runner import check_report
+from compare.evaluation import check_report
 from core.cli import parse_config
 from core.files import read_json
 from core.types import check_same_labels

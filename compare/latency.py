@@ -60,7 +60,7 @@ def measure(
         raise ValueError("no queries to time")
     if batch_size < 1 or batch_rounds < 1 or warmup < 0:
         raise ValueError("batch_size and batch_rounds must be at least 1, warmup at least 0")
-    report = progress or (lambda fraction, message: None)
+    tell = progress or (lambda fraction, message: None)
     names = list(classifiers)
     for name in names:
         for q in queries[:warmup]:  # warmup=0 means none: a cold first call is then part of the figures
@@ -72,7 +72,7 @@ def measure(
             classifiers[name].predict([q])
             single[name].append((clock() - start) * 1000.0)
         if i % 10 == 0:
-            report(0.8 * (i + 1) / len(queries), f"single queries {i + 1}/{len(queries)}")
+            tell(0.8 * (i + 1) / len(queries), f"single queries {i + 1}/{len(queries)}")
     batch = [queries[i % len(queries)] for i in range(batch_size)]
     if warmup:
         for name in names:
@@ -83,7 +83,7 @@ def measure(
             start = clock()
             classifiers[name].predict(batch)
             seconds[name] += clock() - start
-        report(0.8 + 0.2 * (r + 1) / batch_rounds, f"batches {r + 1}/{batch_rounds}")
+        tell(0.8 + 0.2 * (r + 1) / batch_rounds, f"batches {r + 1}/{batch_rounds}")
     return {
         name: {
             "latency_ms": percentiles(single[name]),

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compare.evaluation import DEFAULT_HOURLY_PRICE_USD, check_backends, evaluate
 from compare.hybrid import default_hybrid
 from compare.report import write_report
-from compare.runner import DEFAULT_HOURLY_PRICE_USD, check_backends, evaluate
 from compare.update import knowledge_update
 from core.cli import parse_config, setup_logging
 from core.data import DataError, label_names, load_tweets, stratified_indices

@@ -313,7 +313,7 @@ def essential_seconds(rates: dict[str, float], n_train: int, n_test: int, cfg: S
     """Estimated seconds of the stages that always run: the index, the evaluation and the decision.
 
     The evaluation classifies the test set once per backend and times `latency_queries` single queries and three
-    rounds of them in batches (`compare.runner.evaluate`); the hybrid runs both of its parts, after classifying the
+    rounds of them in batches (`compare.evaluation.evaluate`); the hybrid runs both of its parts, after classifying the
     fine-tune's evaluation slice to fit itself.
     """
     q = min(cfg.latency_queries, n_test)
@@ -708,7 +708,7 @@ class Study:
         return new
 
     def do_evaluate(self) -> None:
-        from compare.runner import evaluate
+        from compare.evaluation import evaluate
 
         train, test, info = self.split
         classifiers = self.classifiers(train)

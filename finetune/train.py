@@ -225,8 +225,8 @@ def build_model(cfg: FinetuneConfig, tokenizer, base: Source | None, labels: Seq
 # --- progress --------------------------------------------------------------------------------------------------------
 
 
-def progress_callback(report: Progress):
-    """A `TrainerCallback` that calls ``report(fraction, message)`` after each step and evaluation (for the app)."""
+def progress_callback(tell: Progress):
+    """A `TrainerCallback` that calls ``tell(fraction, message)`` after each step and evaluation (for the app)."""
     from transformers import TrainerCallback
 
     class _Progress(TrainerCallback):
@@ -238,11 +238,11 @@ def progress_callback(report: Progress):
         def on_step_end(self, args, state, control, **kwargs):
             if state.max_steps and not self.done:
                 step, total, epoch = state.global_step, state.max_steps, state.epoch or 0.0
-                report(_TRAIN_SHARE * step / total, f"step {step}/{total}, epoch {epoch:.2f}")
+                tell(_TRAIN_SHARE * step / total, f"step {step}/{total}, epoch {epoch:.2f}")
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             if metrics and state.max_steps and not self.done:
-                report(
+                tell(
                     _TRAIN_SHARE * state.global_step / state.max_steps,
                     f"epoch {state.epoch or 0:.2f}: eval accuracy {metrics.get('eval_accuracy', float('nan')):.4f}",
                 )
@@ -319,30 +319,30 @@ def train(
     refuse_to_replace(out, "a model", overwrite)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    report = progress or (lambda fraction, message: None)
+    tell = progress or (lambda fraction, message: None)
     start = time.perf_counter()
     args = cfg.to_training_args(show_progress=show_progress)
-    setup = prepare_training(cfg, dataset, args, report, eval_dataset)
+    setup = prepare_training(cfg, dataset, args, tell, eval_dataset)
     resume = _prepare_checkpoints(cfg, args)
     counter = epoch_counter()
-    trainer = build_trainer(setup, args, [*callbacks, counter, *_run_callbacks(cfg, progress, report)])
+    trainer = build_trainer(setup, args, [*callbacks, counter, *_run_callbacks(cfg, progress, tell)])
     train_start = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.perf_counter() - train_start
     history = eval_history(trainer.state.log_history)  # before the final evaluation adds its own row
-    report(0.97, "evaluating the best checkpoint")
+    tell(0.97, "evaluating the best checkpoint")
     final = trainer.evaluate()
     run = run_record(cfg, args, setup, trainer, final, history=history, resume=resume, counter=counter,
                      train_seconds=train_seconds, start=start)  # fmt: skip
     if args.should_save:
-        report(0.99, f"saving to {out}")
+        tell(0.99, f"saving to {out}")
         _save_run(cfg, trainer.model, setup.tokenizer, run, out, train_seconds)
     _barrier(args)
-    report(1.0, f"done: eval accuracy {run['eval_accuracy']:.4f}")
+    tell(1.0, f"done: eval accuracy {run['eval_accuracy']:.4f}")
     return run
 
 
-def prepare_training(cfg: FinetuneConfig, dataset, args, report: Progress, eval_dataset=None) -> TrainingSetup:
+def prepare_training(cfg: FinetuneConfig, dataset, args, tell: Progress, eval_dataset=None) -> TrainingSetup:
     """Load the data (unless given), carve the evaluation slice (unless `eval_dataset` is given), load the tokenizer
     and the model, and tokenize.
 
@@ -350,7 +350,7 @@ def prepare_training(cfg: FinetuneConfig, dataset, args, report: Progress, eval_
     """
     from transformers import set_seed
 
-    report(0.0, "loading data")
+    tell(0.0, "loading data")
     with args.main_process_first(desc="loading data"):
         dataset, data_source = _training_data(cfg, dataset)
         labels = training_labels(dataset, cfg.labels)
@@ -364,7 +364,7 @@ def prepare_training(cfg: FinetuneConfig, dataset, args, report: Progress, eval_
                 raise DataError(f"the evaluation slice has labels the training data lacks: {unknown[:5]}")
 
         set_seed(cfg.seed)
-        report(0.0, "loading the tokenizer and the model")
+        tell(0.0, "loading the tokenizer and the model")
         base = check_base_model(cfg, labels)
         tokenizer, tokenizer_source = load_tokenizer(cfg, base)
         model, base_description = build_model(cfg, tokenizer, base, labels)
@@ -391,7 +391,7 @@ def _training_data(cfg: FinetuneConfig, dataset) -> tuple[Any, str]:
     return load_tweets(cfg.data, split="train", seed=cfg.seed, labels=cfg.labels), data_source
 
 
-def _run_callbacks(cfg: FinetuneConfig, progress: Progress | None, report: Progress) -> list[Any]:
+def _run_callbacks(cfg: FinetuneConfig, progress: Progress | None, tell: Progress) -> list[Any]:
     """The callbacks a run adds of its own: early stopping when ``cfg.patience`` is set, progress for a UI."""
     from transformers import EarlyStoppingCallback
 
@@ -399,7 +399,7 @@ def _run_callbacks(cfg: FinetuneConfig, progress: Progress | None, report: Progr
     if cfg.patience > 0:
         added.append(EarlyStoppingCallback(early_stopping_patience=cfg.patience))
     if progress is not None:
-        added.append(progress_callback(report))
+        added.append(progress_callback(tell))
     return added
 
 

@@ -48,25 +48,25 @@ def build_classifier(
         vectors: `dataset`'s rows already embedded by `embedder`, in order (they are not embedded again).
     """
     start = time.perf_counter()
-    report = progress or (lambda fraction, message: None)
+    tell = progress or (lambda fraction, message: None)
     dataset, data_source = _examples(cfg, dataset)
     texts, labels = list(dataset["text"]), list(dataset["label"])
     if not texts:
         raise ValueError("cannot build a RAG index from no examples")
     names = list(cfg.labels) if cfg.labels is not None else label_names(dataset)
-    report(0.0, "loading the embedder")
+    tell(0.0, "loading the embedder")
     embedder = embedder or Embedder.load(cfg.embedder, batch_size=cfg.batch_size)
     if vectors is None:
         vectors = embedder.encode(
             texts,
             show_progress=show_progress,
-            progress=lambda done, total: report(0.9 * done / total, f"embedding {done}/{total} examples"),
+            progress=lambda done, total: tell(0.9 * done / total, f"embedding {done}/{total} examples"),
         )
     elif len(vectors) != len(texts) or cfg.train_size is not None:
         raise ValueError(f"got {len(vectors)} vectors for {len(texts)} examples (and no train_size may resample them)")
     embed_seconds = time.perf_counter() - start
-    params, tuning = _vote_settings(cfg, vectors, label_ids_of(labels, names), len(names), report)
-    report(0.95, f"indexing ({cfg.index_type})")
+    params, tuning = _vote_settings(cfg, vectors, label_ids_of(labels, names), len(names), tell)
+    tell(0.95, f"indexing ({cfg.index_type})")
     index = VectorIndex.create(cfg.index_type, embedder.dim, train_vectors=vectors)
     index.add(vectors)
     seconds = time.perf_counter() - start
@@ -81,7 +81,7 @@ def build_classifier(
         "config": asdict(cfg),
         "added": 0,
     }
-    report(1.0, f"built a {len(texts)}-example index in {seconds:.0f} s")
+    tell(1.0, f"built a {len(texts)}-example index in {seconds:.0f} s")
     k, weighting = params["k"], params["weighting"]
     logger.info("Built a %d-example %s index in %.1f s (k=%d, %s)", len(texts), index.kind, seconds, k, weighting)
     return RagClassifier(embedder, index, texts, labels, **params, label_names=names, meta=meta)
@@ -100,14 +100,14 @@ def _examples(cfg: RagConfig, dataset) -> tuple[Any, str]:
 
 
 def _vote_settings(
-    cfg: RagConfig, vectors: np.ndarray, label_ids: np.ndarray, n_labels: int, report: Progress
+    cfg: RagConfig, vectors: np.ndarray, label_ids: np.ndarray, n_labels: int, tell: Progress
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """k, weighting and temperature: ``cfg``'s own, or with ``cfg.tune`` the best on a validation slice (`tune_vote`),
     with the tuning table (None when not tuned) for run.json."""
     params = {"k": cfg.k, "weighting": cfg.weighting, "temperature": cfg.temperature}
     if not cfg.tune:
         return params, None
-    report(0.9, "choosing k and the weighting on a validation slice")
+    tell(0.9, "choosing k and the weighting on a validation slice")
     tuning = tune_vote(vectors, label_ids, cfg, n_labels=n_labels)
     if tuning["chosen"] is not None:
         params = {key: tuning["chosen"][key] for key in params}

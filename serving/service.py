@@ -355,7 +355,7 @@ class Service:
     # --- calls -----------------------------------------------------------------------------------------------------
 
     def labels(self) -> list[str]:
-        """The label set the loaded backends answer with (they all share one; see compare.runner.check_backends)."""
+        """The label set the loaded backends answer with (all share one; see compare.evaluation.check_backends)."""
         from core.types import LABELS
 
         first = next(iter(self.backends.values()), None)

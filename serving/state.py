@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from compare.decide import Constraints, decide
+from compare.evaluation import check_report, evaluate
 from compare.metrics import accuracy, agreement
-from compare.runner import check_report, evaluate
 from core.data import DataError, label_names, load_tweets, stratified_sample
 from core.files import read_json
 from core.limits import MAX_UPLOAD_ROWS

@@ -1,4 +1,4 @@
-"""compare/: metrics, latency, the runner on two tiny real backends, hybrid, reports, decide(), the CLIs."""
+"""compare/: metrics, latency, the evaluation on two tiny real backends, hybrid, reports, decide(), the CLIs."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from compare import metrics
 from compare.curve import parse_sizes
 from compare.decide import Constraints, decide
 from compare.decide import main as decide_main
+from compare.evaluation import check_report, cost, evaluate
 from compare.hybrid import HybridClassifier, combine, fit_hybrid
 from compare.latency import measure
 from compare.report import escape_markdown, plot, render_markdown
 from compare.run import main as run_main
-from compare.runner import check_report, cost, evaluate
 from core.types import LABELS, Prediction
 
 # --- metrics ---------------------------------------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def test_fit_hybrid_picks_the_gate_that_fixes_the_primary_when_unsure():
     assert [p.label for p in hybrid.predict(list(table_p))] == refs
 
 
-# --- runner and reports on two tiny real backends ------------------------------------------------------------------
+# --- evaluation and reports on two tiny real backends -------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def report(rag_built, finetuned, small_test):
     )
 
 
-def test_runner_reports_every_backend_the_same_way(report, small_test):
+def test_evaluation_reports_every_backend_the_same_way(report, small_test):
     assert set(report["backends"]) == {"finetune", "rag"}
     for b in report["backends"].values():
         assert 0 <= b["accuracy"] <= 1 and 0 <= b["macro_f1"] <= 1
@@ -212,7 +212,7 @@ def test_runner_reports_every_backend_the_same_way(report, small_test):
         assert d["predictions"]["finetune"] != d["predictions"]["rag"]
 
 
-def test_runner_rejects_bad_input(rag_built, finetuned, small_test):
+def test_evaluation_rejects_bad_input(rag_built, finetuned, small_test):
     other = Fixed("other", {})
     other.labels = ["spam", "ham"]
     with pytest.raises(ValueError, match="different label sets"):

@@ -1,4 +1,4 @@
-"""Uncertainty: bootstrap intervals, the paired difference and McNemar in compare.metrics; how the runner puts them
+"""Uncertainty: bootstrap intervals, the paired difference and McNemar in compare.metrics; how the evaluation puts them
 in every report, and how report.md, the plots and old reports show them."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from scipy.stats import norm
 
 from compare import metrics
 from compare.decide import Constraints, decide
+from compare.evaluation import check_report, evaluate
 from compare.metrics import bootstrap_ci, mcnemar_p, paired_difference
 from compare.report import headline_rows, plot, render_markdown, write_report
-from compare.runner import check_report, evaluate
 from core.types import LABELS, Prediction
 
 
@@ -182,7 +182,7 @@ def test_the_paired_interval_is_narrower_than_the_unpaired_one_when_backends_fai
     assert low > 0 and high - low < width_a / 2
 
 
-# --- the runner: intervals and pairs in every report -----------------------------------------------------------------
+# --- the evaluation: intervals and pairs in every report -------------------------------------------------------------
 
 
 class Answers:
