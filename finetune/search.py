@@ -127,7 +127,7 @@ def best_flags(params: dict[str, Any]) -> str:
 def _trainer(cfg: SearchConfig, workdir: str):
     """A Trainer whose `model_init` builds a fresh model per trial, on the split every trial shares; the data, the
     split, the tokenizer and the tokenized slices come from `finetune.train.prepare_training`, as in a real run."""
-    from transformers import DataCollatorWithPadding, Trainer
+    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
 
     from finetune.train import build_model, check_base_model, compute_metrics, prepare_training
 
@@ -146,6 +146,7 @@ def _trainer(cfg: SearchConfig, workdir: str):
         processing_class=setup.tokenizer,
         compute_metrics=compute_metrics,
     )
+    trainer.remove_callback(PrinterCallback)  # every trial's log lines would bury the search's own output
     described = {"train_size": len(setup.train_ds), "eval_size": len(setup.eval_ds), "labels": setup.labels,
                  "base_model": setup.base_description}  # fmt: skip
     return trainer, described
