@@ -348,7 +348,8 @@ def plan_finetune(rates: dict[str, float], seconds: float, n_train: int, epochs:
     if one_epoch <= seconds:  # (a wanted fraction of an epoch costs a whole one, so `full` fitted already)
         fits = min(math.floor((seconds - base) / (one_epoch - base)), math.floor(epochs))
         why = f"{fits:g} of the {epochs:g} epochs wanted fit in the budget ({full / 60:.1f} min needed)"
-        return {**plan, "epochs": fits, "seconds": finetune_seconds(rates, fits, n_fit, eval_size), "capped": why}
+        seconds_used = finetune_seconds(rates, fits, n_fit, eval_size)
+        return {**plan, "epochs": fits, "seconds": seconds_used, "capped": why, "skipped": None}
     spare = seconds - finetune_seconds(rates, 1, 0, eval_size)
     n = min(n_fit, int(spare / rates["train_s_per_text"])) if spare > 0 else 0
     if n < MIN_FINETUNE_TRAIN:

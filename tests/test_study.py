@@ -246,7 +246,7 @@ def test_plan_caps_epochs_then_examples_then_skips_the_fine_tune():
     assert full["eval_size"] == 100
     fewer_epochs = plan_finetune(RATES, full["seconds"] * 0.6, 500, 3.0)
     assert fewer_epochs["epochs"] == 1 and "epochs" in fewer_epochs["capped"] and fewer_epochs["train_size"] is None
-    assert fewer_epochs["seconds"] <= full["seconds"] * 0.6
+    assert fewer_epochs["seconds"] <= full["seconds"] * 0.6 and fewer_epochs["skipped"] is None
     fewer_examples = plan_finetune(RATES, 12.0, 500, 3.0)
     assert fewer_examples["epochs"] == 1 and 20 <= fewer_examples["train_size"] < 400
     assert fewer_examples["seconds"] <= 12.0 and "examples" in fewer_examples["capped"]
