@@ -339,17 +339,18 @@ def plan_finetune(rates: dict[str, float], seconds: float, n_train: int, epochs:
     """
     eval_size = min(_default(FinetuneConfig, "eval_size"), max(10, n_train // 5))
     n_fit = n_train - eval_size
-    plan: dict[str, Any] = {"epochs": epochs, "eval_size": eval_size, "train_size": None, "capped": None}
+    # Every key in the base, so that no branch below can leave one out (one did: a KeyError at the fine-tune).
+    plan: dict[str, Any] = {"epochs": epochs, "eval_size": eval_size, "train_size": None}
+    plan.update(capped=None, skipped=None)
     full = finetune_seconds(rates, epochs, n_fit, eval_size)
     if full <= seconds:
-        return {**plan, "seconds": full, "skipped": None}
+        return {**plan, "seconds": full}
     base = finetune_seconds(rates, 0, n_fit, eval_size)
     one_epoch = finetune_seconds(rates, 1, n_fit, eval_size)
     if one_epoch <= seconds:  # (a wanted fraction of an epoch costs a whole one, so `full` fitted already)
         fits = min(math.floor((seconds - base) / (one_epoch - base)), math.floor(epochs))
         why = f"{fits:g} of the {epochs:g} epochs wanted fit in the budget ({full / 60:.1f} min needed)"
-        seconds_used = finetune_seconds(rates, fits, n_fit, eval_size)
-        return {**plan, "epochs": fits, "seconds": seconds_used, "capped": why, "skipped": None}
+        return {**plan, "epochs": fits, "seconds": finetune_seconds(rates, fits, n_fit, eval_size), "capped": why}
     spare = seconds - finetune_seconds(rates, 1, 0, eval_size)
     n = min(n_fit, int(spare / rates["train_s_per_text"])) if spare > 0 else 0
     if n < MIN_FINETUNE_TRAIN:
@@ -361,7 +362,7 @@ def plan_finetune(rates: dict[str, float], seconds: float, n_train: int, epochs:
         }
     why = f"1 epoch over {n} of the {n_fit} training examples fits in the budget ({full / 60:.1f} min needed for all)"
     seconds_used = finetune_seconds(rates, 1, n, eval_size)
-    return {**plan, "epochs": 1.0, "train_size": n, "seconds": seconds_used, "capped": why, "skipped": None}
+    return {**plan, "epochs": 1.0, "train_size": n, "seconds": seconds_used, "capped": why}
 
 
 def plan_budget(
