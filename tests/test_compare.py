@@ -402,3 +402,17 @@ def test_the_hybrid_slice_is_recomputed_with_the_fine_tunes_own_label_names(shar
 def test_hybrid_refuses_a_validation_slice_of_other_labels():
     with pytest.raises(ValueError, match=r"labels \['joy'\] that ft does not know"):
         fit_hybrid(Fixed("ft", {"a": _scores(1, 0, 0)}), Fixed("rag", {"a": _scores(1, 0, 0)}), ["a"], ["joy"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--rag", "x", "--limit", "0"], "--limit must be a positive integer"),
+        (["--limit", "5"], "give at least one backend"),
+        (["--finetune", "m", "--rag-llm"], "give --rag DIR too"),
+    ],
+)
+def test_compare_run_refuses_bad_flags_before_any_work(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -190,3 +190,9 @@ def test_the_vote_is_chosen_on_the_validation_fifth_and_applied(embedder, small_
     predicted = [p.label for p in clf.predict(list(validation["text"]))]
     hits = sum(p == r for p, r in zip(predicted, validation["label"], strict=True))
     assert chosen["accuracy"] == pytest.approx(hits / validation.num_rows, abs=1e-4)
+
+
+def test_the_embedder_budget_takes_only_its_two_rules(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        curve_module.main(["--embedder-budget", "unlimited"])
+    assert exit_.value.code == 2 and "invalid choice: 'unlimited'" in capsys.readouterr().err
