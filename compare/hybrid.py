@@ -68,15 +68,26 @@ class HybridClassifier:
         if not texts:
             return []
         first = self.primary.predict(texts)
-        if self.mode == "gate":
-            unsure = [i for i, p in enumerate(first) if max(p.scores.values()) < self.threshold]
-            second = self.secondary.predict([texts[i] for i in unsure]) if unsure else []
-            out = list(first)
-            for i, p in zip(unsure, second, strict=True):
-                out[i] = p
-            return out
+        if self.mode == "gate":  # the secondary runs only on the texts the primary is unsure of
+            unsure = [i for i, p in enumerate(first) if not self.sure(p)]
+            second = dict(
+                zip(unsure, self.secondary.predict([texts[i] for i in unsure]) if unsure else [], strict=True)
+            )
+            return [second.get(i, p) for i, p in enumerate(first)]
         second = self.secondary.predict(texts)
-        return [combine(a, b, self.weight, self.labels) for a, b in zip(first, second, strict=True)]
+        return [self.merge(a, b) for a, b in zip(first, second, strict=True)]
+
+    def sure(self, first: Prediction) -> bool:
+        """Gate mode: whether the primary's answer is confident enough to be the hybrid's."""
+        return max(first.scores.values()) >= self.threshold
+
+    def merge(self, first: Prediction, second: Prediction) -> Prediction:
+        """The hybrid's answer to a text from the primary's (`first`) and the secondary's (`second`) answers to it:
+        what `predict` returns for that text. The app uses it when it runs both parts anyway, so the hybrid costs no
+        second pass through either model."""
+        if self.mode == "gate":
+            return first if self.sure(first) else second
+        return combine(first, second, self.weight, self.labels)
 
 
 def combine(a: Prediction, b: Prediction, weight: float, labels: Sequence[str]) -> Prediction:

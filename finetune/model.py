@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.batches import length_batches
 from core.files import ArtifactError, read_json, recover_dir
 from core.limits import clip_for_tokenizer
 from core.types import Prediction, check_texts
@@ -116,12 +117,11 @@ class TextClassifier:
         for feature in features:
             if not feature["input_ids"]:
                 feature.update(self._empty_ids)
-        order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
+        batches = length_batches([len(f["input_ids"]) for f in features], max_texts=self.batch_size)
         # inference_mode is thread-local and the model is read-only here; the lock only keeps two large batches
         # from oversubscribing the CPU at once.
         with self._lock, torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start : start + self.batch_size]
+            for rows in batches:
                 batch = self.tokenizer.pad([features[i] for i in rows], return_tensors="pt")
                 logits = self.model(**batch).logits
                 probs[rows] = torch.softmax(logits.double(), dim=-1).numpy()

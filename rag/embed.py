@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from core.batches import length_batches
 from core.limits import clip_for_tokenizer
 from core.settings import Source, resolve
 
@@ -105,10 +106,19 @@ class Embedder:
     def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
         if len(texts) <= FAST_PATH_MAX:
             return self._forward(texts)
-        vectors = self.model.encode(
-            texts, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True, normalize_embeddings=True
-        )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        tokenizer = getattr(self.model, "tokenizer", None)
+        if tokenizer is None:  # a model without a Hugging Face tokenizer: its own batching
+            vectors = self.model.encode(
+                texts, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True, normalize_embeddings=True
+            )
+            return np.ascontiguousarray(vectors, dtype=np.float32)
+        # Sorted by length and cut by padded tokens (core.batches): far less padding than batches of random texts.
+        lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=self.model.max_seq_length or 512)[
+            "input_ids"]]  # fmt: skip
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for rows in length_batches(lengths, max_texts=batch_size):
+            out[rows] = self._forward([texts[i] for i in rows])
+        return out
 
     def _forward(self, texts: list[str]) -> np.ndarray:
         # The model's own modules (transformer, pooling...) without encode()'s batching machinery: ~1.5 ms less per

@@ -5,6 +5,11 @@ first waiting text, gathers whatever else arrives within ``wait_ms`` (up to ``ma
 them with one `predict` call. Under a crowd that turns many small forward passes (each paying the model's fixed
 per-call cost) into a few larger ones; a lone request pays at most ``wait_ms`` more.
 ``FTRAG_BATCH_WAIT_MS`` sets the wait (0 turns batching off).
+
+Each worker can run its model on fewer intra-op threads (`threads`): the app gives each backend's worker its share of
+the cores (one each for two backends on 2 cores), so the backends compute side by side instead of four threads
+fighting over two cores. Measured under 32 clients on 2 cores: 13% more requests a second and a lone request 2 ms
+faster than with two threads each (README, "The app under load").
 """
 
 from __future__ import annotations
@@ -39,11 +44,19 @@ class MicroBatcher:
         classifier: any `Classifier` (thread-safe, as every backend here is: other callers use it directly too).
         wait_ms: how long the worker waits for more texts once it has one.
         max_batch: the most texts in one `predict` call.
+        threads: PyTorch intra-op threads for the worker's model calls (None: the process's setting); other threads
+            keep theirs.
     """
 
-    def __init__(self, classifier: Classifier, wait_ms: float = DEFAULT_WAIT_MS, max_batch: int = MAX_BATCH) -> None:
-        if wait_ms < 0 or max_batch < 1:
-            raise ValueError(f"need wait_ms >= 0 and max_batch >= 1, got {wait_ms} and {max_batch}")
+    def __init__(
+        self,
+        classifier: Classifier,
+        wait_ms: float = DEFAULT_WAIT_MS,
+        max_batch: int = MAX_BATCH,
+        threads: int | None = None,
+    ) -> None:
+        if wait_ms < 0 or max_batch < 1 or (threads is not None and threads < 1):
+            raise ValueError(f"need wait_ms >= 0, max_batch >= 1, threads >= 1; got {wait_ms}, {max_batch}, {threads}")
         self.classifier = classifier
         self.wait_s = wait_ms / 1000.0
         self.max_batch = max_batch
@@ -52,8 +65,19 @@ class MicroBatcher:
         self._queue: list[tuple[str, Future]] = []
         self._ready = threading.Condition()
         self._closed = False
+        self.threads = threads
         self._worker = threading.Thread(target=self._run, name=f"batcher-{classifier.name}", daemon=True)
-        self._worker.start()
+        self._pinned = threading.Event()
+        if threads is None:
+            self._worker.start()
+        else:
+            import torch
+
+            with _THREADS_LOCK:
+                before = torch.get_num_threads()
+                self._worker.start()
+                self._pinned.wait()
+                torch.set_num_threads(before)
 
     def submit(self, text: str) -> Future:
         """Queue one text; the future resolves to its `Prediction` (or the error `predict` raised)."""
@@ -87,6 +111,9 @@ class MicroBatcher:
             return batch
 
     def _run(self) -> None:
+        if self.threads is not None:
+            _use_torch_threads(self.threads)
+            self._pinned.set()
         while True:
             batch = self._take()
             if not batch:
@@ -110,3 +137,19 @@ class MicroBatcher:
         self.texts += len(batch)
         for (_, future), prediction in zip(batch, predictions, strict=True):
             future.set_result(prediction)
+
+
+_THREADS_LOCK = threading.Lock()
+
+
+def _use_torch_threads(threads: int) -> None:
+    """Make the calling thread's PyTorch ops use `threads` intra-op threads.
+
+    PyTorch keeps one process-wide count, which each thread copies into its own OpenMP setting at its first parallel
+    op. So this sets the count and runs a parallel op at once: the calling thread's copy is then `threads`. The
+    caller (`MicroBatcher.__init__`) sets the count back afterwards, so every other thread keeps the old one.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.ones(1 << 16).sum()  # a parallel op: this thread's count is fixed from here on

@@ -21,7 +21,7 @@ from typing import Any
 from core.files import ArtifactError
 from core.limits import MAX_CHARS, MAX_TEXTS, MAX_UPLOAD_BYTES, MAX_UPLOAD_ROWS
 from core.settings import screen_name
-from core.types import Classifier, Progress
+from core.types import Classifier, Prediction, Progress
 from serving.access import Refused, TeachPolicy
 from serving.batching import MicroBatcher, wait_ms_from_env
 
@@ -178,6 +178,24 @@ def _few(items: Sequence[Any], n: int = 5, chars: int = 40) -> list[str]:
     """
     shown = [str(x)[:chars] + ("…" if len(str(x)) > chars else "") for x in list(items)[:n]]
     return shown + ([f"… and {len(items) - n} more"] if len(items) > n else [])
+
+
+Answer = tuple[Prediction, float]
+"""A backend's answer to one text and how long it took, in ms."""
+
+
+def derived_hybrids(chosen: dict[str, Classifier]) -> dict[str, tuple[Any, str, str]]:
+    """The hybrids in `chosen` whose primary and secondary are chosen too, as ``{name: (hybrid, primary name,
+    secondary name)}``: their answers are combined from the parts' answers instead of running both models again."""
+    from compare.hybrid import HybridClassifier
+
+    names = {id(clf): name for name, clf in chosen.items()}
+    return {
+        name: (clf, names[id(clf.primary)], names[id(clf.secondary)])
+        for name, clf in chosen.items()
+        if isinstance(clf, HybridClassifier)
+        and all(id(part) in names and not isinstance(part, HybridClassifier) for part in (clf.primary, clf.secondary))
+    }
 
 
 def _encodable(text: str) -> bool:
@@ -382,35 +400,53 @@ class Service:
 
         A single text goes through each backend's micro-batcher (see `serving.batching`) when batching is on, so
         concurrent single-text requests share batched model calls; ``latency_ms`` is then the request's own wait.
+        A hybrid whose two parts are asked for too is combined from their answers (`HybridClassifier.merge`), not
+        run a second time; its ``latency_ms`` is then the time until both parts had answered.
 
         Returns ``[{"text", "results": {backend: {label, scores, evidence, latency_ms}}}]``.
         """
         texts = validate_texts(texts)
         chosen = self._pick(backends)
+        derived = derived_hybrids(chosen)
+        run = {name: clf for name, clf in chosen.items() if name not in derived}
         if len(texts) == 1 and self.batch_wait_ms > 0:
-            return [{"text": texts[0], "results": self._classify_one(texts[0], chosen)}]
-        out = [{"text": t, "results": {}} for t in texts]
+            answers = [self._classify_one(texts[0], run)]
+        else:
+            answers = self._classify_many(texts, run)
+        for name, (hybrid, first, second) in derived.items():
+            for row in answers:
+                (a, a_ms), (b, b_ms) = row[first], row[second]
+                row[name] = (hybrid.merge(a, b), max(a_ms, b_ms))
+        return [
+            {"text": text, "results": {name: {**row[name][0].to_dict(), "latency_ms": round(row[name][1], 2)}
+                                       for name in chosen}}
+            for text, row in zip(texts, answers, strict=True)
+        ]  # fmt: skip
+
+    def _classify_many(self, texts: list[str], chosen: dict[str, Classifier]) -> list[dict[str, Answer]]:
+        """Each backend's batched answers to `texts`, with its time per text in ms."""
+        out: list[dict[str, Answer]] = [{} for _ in texts]
         for name, clf in chosen.items():
             start = time.perf_counter()
             predictions = clf.predict(texts)
             ms = (time.perf_counter() - start) * 1000 / len(texts)
             for row, p in zip(out, predictions, strict=True):
-                row["results"][name] = {**p.to_dict(), "latency_ms": round(ms, 2)}
+                row[name] = (p, ms)
         return out
 
-    def _classify_one(self, text: str, chosen: dict[str, Classifier]) -> dict[str, Any]:
+    def _classify_one(self, text: str, chosen: dict[str, Classifier]) -> dict[str, Answer]:
+        """Each backend's answer to one text through its micro-batcher, with the time until it came in ms."""
         start = time.perf_counter()
         done: dict[str, float] = {}
         futures = {}
         for name, clf in chosen.items():  # every backend works on it at once, each in its own batch
             futures[name] = self._batcher(name, clf).submit(text)
             futures[name].add_done_callback(lambda _, name=name: done.__setitem__(name, time.perf_counter()))
-        results = {}
+        answers = {}
         for name, future in futures.items():
             prediction = future.result()
-            ms = (done.get(name, time.perf_counter()) - start) * 1000
-            results[name] = {**prediction.to_dict(), "latency_ms": round(ms, 2)}
-        return results
+            answers[name] = (prediction, (done.get(name, time.perf_counter()) - start) * 1000)
+        return answers
 
     def _batcher(self, name: str, clf: Classifier) -> MicroBatcher:
         batcher = self._batchers.get(name)
@@ -418,8 +454,16 @@ class Service:
             with self._batchers_lock:
                 batcher = self._batchers.get(name)
                 if batcher is None or batcher.classifier is not clf:
-                    batcher = self._batchers[name] = MicroBatcher(clf, self.batch_wait_ms)
+                    batcher = self._batchers[name] = MicroBatcher(clf, self.batch_wait_ms, threads=self._share())
         return batcher
+
+    def _share(self) -> int | None:
+        """Intra-op threads for one backend's batcher: the cores split between the backends a classify runs (a
+        hybrid served with its parts runs nothing of its own); None (the process's setting) for a single backend."""
+        running = len(self.backends) - len(derived_hybrids(self.backends))
+        if running < 2:
+            return None
+        return max(1, len(os.sched_getaffinity(0)) // running)
 
     def teach(self, texts: Any, labels: Any, token: str | None = None, client: str = "") -> dict[str, Any]:
         """Add labeled examples to the shared retrieval index, if `teach_policy` allows this client.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -116,3 +117,83 @@ def test_a_wrong_number_of_answers_is_an_error_not_a_hang():
     with pytest.raises(RuntimeError, match="answered 0 of 1"):
         batcher.submit("x").result(timeout=10)
     batcher.close()
+
+
+class Scorer(Recorder):
+    """A classifier with fixed scores for every text, counting the texts it is asked about."""
+
+    labels = ["even", "odd"]
+
+    def __init__(self, name: str, even: float) -> None:
+        super().__init__()
+        self.name, self.even = name, even
+
+    def predict(self, texts):
+        self.batch_sizes.append(len(texts))
+        return [Prediction.from_scores({"even": self.even, "odd": 1 - self.even}) for _ in texts]
+
+
+@pytest.mark.parametrize("wait_ms", [0, 5])
+@pytest.mark.parametrize(("mode", "primary_even"), [("gate", 0.9), ("gate", 0.6), ("mix", 0.9)])
+def test_a_hybrid_served_with_its_parts_is_combined_from_their_answers_not_run_again(wait_ms, mode, primary_even):
+    from compare.hybrid import HybridClassifier
+    from serving.service import Service
+
+    primary, secondary = Scorer("finetune", primary_even), Scorer("rag", 0.2)
+    hybrid = HybridClassifier(primary, secondary, mode=mode, threshold=0.7, weight=0.5)
+    service = Service(backends={"finetune": primary, "rag": secondary, "hybrid": hybrid}, batch_wait_ms=wait_ms)
+    for texts in (["one text"], ["a", "bb", "ccc"]):
+        primary.batch_sizes.clear(), secondary.batch_sizes.clear()
+        rows = service.classify(texts)
+        assert sum(primary.batch_sizes) == len(texts) and sum(secondary.batch_sizes) == len(texts)  # once each
+        expected = HybridClassifier(Scorer("a", primary_even), Scorer("b", 0.2), mode=mode, threshold=0.7,
+                                    weight=0.5).predict(texts)  # fmt: skip
+        for row, want in zip(rows, expected, strict=True):
+            got = row["results"]["hybrid"]
+            assert got["label"] == want.label and got["scores"] == pytest.approx(want.scores)
+            assert got["latency_ms"] >= max(row["results"]["finetune"]["latency_ms"],
+                                            row["results"]["rag"]["latency_ms"]) - 0.01  # fmt: skip
+    alone = service.classify(["x"], backends=["hybrid"])[0]["results"]  # without its parts: it runs itself
+    assert list(alone) == ["hybrid"] and alone["hybrid"]["label"] == expected[0].label
+    service.close()
+
+
+def test_a_batcher_given_threads_runs_its_model_on_them_and_other_threads_keep_theirs():
+    import torch
+
+    counts: list[int] = []
+
+    class ThreadCounter(Recorder):
+        def predict(self, texts):
+            counts.append(torch.get_num_threads())
+            return super().predict(texts)
+
+    before = torch.get_num_threads()
+    want = 2 if before == 1 else 1  # differs from the process's count, whatever the test worker runs with
+    batcher = MicroBatcher(ThreadCounter(), wait_ms=0, threads=want)
+    batcher.predict_one("x")
+    assert counts == [want] and torch.get_num_threads() == before
+    seen = []
+    fresh = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))  # a thread started afterwards
+    fresh.start(), fresh.join()
+    assert seen == [before]
+    batcher.close()
+
+
+def test_length_batches_hold_every_text_once_shortest_first_within_the_budget():
+    import random
+
+    from core.batches import length_batches
+
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 60) for _ in range(200)] + [500]  # one text longer than the budget
+    batches = length_batches(lengths, max_tokens=384, max_texts=32)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(lengths)
+    for b in batches:
+        assert len(b) <= 32 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 384)
+    # as few batches as the budget allows: joining any two neighbours would break it
+    for a, b in itertools.pairwise(batches):
+        joined = a + b
+        assert len(joined) > 32 or len(joined) * max(lengths[i] for i in joined) > 384
