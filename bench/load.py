@@ -42,10 +42,13 @@ MIX = [("rest classify", 0.5), ("rest compare", 0.15), ("rest teach", 0.1), ("gr
 
 @contextlib.contextmanager
 def running_app(artifacts: Path, **env: str):
-    """``python app.py`` on a free local port over a private copy of `artifacts`; yields (url, copy)."""
+    """``python app.py`` on a free local port over a private copy of `artifacts` (its backends, not its reports);
+    waits until every backend is up and yields (url, copy, the backends served)."""
     work = Path(tempfile.mkdtemp(prefix="ftrag-load-"))
     for name in ("finetune", "rag"):
         shutil.copytree(artifacts / name, work / name)
+    for log in artifacts.glob("rag.teach.sqlite*"):  # the index's taught examples travel with it
+        shutil.copy2(log, work / log.name)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -53,20 +56,26 @@ def running_app(artifacts: Path, **env: str):
     environment = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "FTRAG_TEACH_PER_MINUTE": "1000000", **env}
     log = (work / "app.log").open("w")  # a file, not a pipe: a full pipe would stall the app mid-benchmark
     command = [sys.executable, str(REPO / "app.py"), "--artifacts", str(work), "--no-build", "--port", str(port)]
-    server = subprocess.Popen([*command, "--no-compare-at-start"], env=environment, stdout=log, stderr=log)
+    server = subprocess.Popen([*command, "--no-compare-at-start", "--no-curve-at-start"], env=environment, stdout=log,
+                              stderr=log)  # fmt: skip
     try:
         start = time.perf_counter()
         while True:
             if server.poll() is not None:
                 raise SystemExit(f"the app exited: {(work / 'app.log').read_text()[-2000:]}")
             try:
-                if httpx.get(url + "/api/health", timeout=2).json()["backends"] == ["finetune", "rag"]:
+                models = httpx.get(url + "/api/models", timeout=2).json()
+                if models["start_up"]["ready"]:
                     break
             except (httpx.HTTPError, ValueError, KeyError):
                 pass
             time.sleep(0.2)
-        print(f"app ready after {time.perf_counter() - start:.1f} s ({env or 'default settings'})", flush=True)
-        yield url, work
+        backends = sorted(models["backends"])
+        if not {"finetune", "rag"} <= set(backends):
+            raise SystemExit(f"the app serves {backends}, not the fine-tune and retrieval: {models['unavailable']}")
+        print(f"app ready after {time.perf_counter() - start:.1f} s ({env or 'default settings'}), serving {backends}",
+              flush=True)  # fmt: skip
+        yield url, work, backends
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -91,8 +100,8 @@ def main() -> None:
     if args.compare_batching:
         compare_batching(Path(args.artifacts), tweets, args)
         return
-    with running_app(Path(args.artifacts)) as (url, work):
-        results, taught = run_clients(url, tweets, args.clients, args.requests)
+    with running_app(Path(args.artifacts)) as (url, work, backends):
+        results, taught = run_clients(url, tweets, backends, args.clients, args.requests)
         lost = missing_teaches(work, taught)
     print_mix(results, taught, lost, args)
 
@@ -126,11 +135,11 @@ def compare_batching(artifacts: Path, tweets: list[str], args) -> None:
     """The same classify load against the app with batching off and on, in one run; then teaching under load."""
     rows, summary = [], {"errors": 0, "lost_teaches": 0, "p95_ms": {}}
     for label, wait in (("unbatched", "0"), ("batched", str(args.batch_wait_ms))):
-        with running_app(artifacts, FTRAG_BATCH_WAIT_MS=wait) as (url, work):
+        with running_app(artifacts, FTRAG_BATCH_WAIT_MS=wait) as (url, work, backends):
             server = app_process(work)
             for kind in KINDS:
                 server_cpu, client_cpu = cpu_seconds(server), cpu_seconds(psutil.Process())
-                results = run_one_kind(url, tweets, kind, args.clients, args.requests)
+                results = run_one_kind(url, tweets, backends, kind, args.clients, args.requests)
                 rows.append(load_row(f"{label}, {kind}", results))
                 rows[-1]["app CPU s"] = round(cpu_seconds(server) - server_cpu, 1)
                 rows[-1]["client CPU s"] = round(cpu_seconds(psutil.Process()) - client_cpu, 1)
@@ -204,7 +213,22 @@ def load_row(name: str, results: list[tuple[float, bool]], wall: float | None = 
             "p50 ms": p["p50"], "p95 ms": p["p95"]}  # fmt: skip
 
 
-def run_one_kind(url: str, tweets: list[str], kind: str, clients: int, requests: int) -> list[tuple[float, bool]]:
+def answered_by_all(body: dict, backends: list[str]) -> bool:
+    """A `/api/classify` answer to one text holds a label from every backend served."""
+    results = body["results"][0]["results"]
+    return sorted(results) == backends and all(r["label"] for r in results.values())
+
+
+def labelled_by_all(outputs, backends: list[str]) -> bool:
+    """The UI's classify outputs (a label and a latency line per backend column, then the neighbours) hold a label
+    for every backend served."""
+    labels = [o for o in outputs if isinstance(o, dict) and o.get("label")]
+    return len(labels) == len(backends)
+
+
+def run_one_kind(
+    url: str, tweets: list[str], backends: list[str], kind: str, clients: int, requests: int
+) -> list[tuple[float, bool]]:
     """`clients` threads each sending `requests` single-tweet classify calls of one kind; the wall time comes last."""
     from gradio_client import Client
 
@@ -223,12 +247,12 @@ def run_one_kind(url: str, tweets: list[str], kind: str, clients: int, requests:
             try:
                 if kind == "rest classify":
                     r = http.post("/api/classify", json={"texts": [tweet]})
-                    ok = r.status_code == 200 and len(r.json()["results"][0]["results"]) == 2
+                    ok = r.status_code == 200 and answered_by_all(r.json(), backends)
                 elif kind == "gradio http classify":  # Gradio's own call API, the route gradio_client uses
                     event = http.post("/gradio_api/call/classify", json={"data": [tweet]}).json()["event_id"]
                     ok = "event: complete" in http.get(f"/gradio_api/call/classify/{event}").text
                 else:
-                    ok = len(gradio.predict(tweet, api_name="/classify")) == 5
+                    ok = labelled_by_all(gradio.predict(tweet, api_name="/classify"), backends)
             except Exception:
                 ok = False
             with lock:
@@ -288,7 +312,7 @@ def run_for(url: str, tweets: list[str], clients: int, seconds: float, teach_eve
     return results
 
 
-def run_clients(url: str, tweets: list[str], clients: int, requests: int):
+def run_clients(url: str, tweets: list[str], backends: list[str], clients: int, requests: int):
     from gradio_client import Client
 
     results: dict[str, list[tuple[float, bool]]] = defaultdict(list)
@@ -309,7 +333,7 @@ def run_clients(url: str, tweets: list[str], clients: int, requests: int):
             try:
                 if kind == "rest classify":
                     r = http.post("/api/classify", json={"texts": [tweet]})
-                    ok = r.status_code == 200 and len(r.json()["results"][0]["results"]) == 2
+                    ok = r.status_code == 200 and answered_by_all(r.json(), backends)
                 elif kind == "rest compare":
                     r = http.post("/api/compare", json={"texts": [tweet], "labels": ["neutral"]})
                     ok = r.status_code == 200 and "accuracy" in r.json()
@@ -321,8 +345,7 @@ def run_clients(url: str, tweets: list[str], clients: int, requests: int):
                         with lock:
                             taught.append(text)
                 else:
-                    out = gradio.predict(tweet, api_name="/classify")
-                    ok = len(out) == 5
+                    ok = labelled_by_all(gradio.predict(tweet, api_name="/classify"), backends)
             except Exception:
                 ok = False
             with lock:
