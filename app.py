@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Gradio's queue rebuilds a pandas summary of its last 10,000 events after every event (for its monitoring page, which
+# this app does not use): an event's cost would grow with the number served. Rebuild it every 1,000 events instead.
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
 
 import gradio as gr
 from fastapi import FastAPI

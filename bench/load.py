@@ -53,7 +53,8 @@ def running_app(artifacts: Path, **env: str):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    environment = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "FTRAG_TEACH_PER_MINUTE": "1000000", **env}
+    environment = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "FTRAG_TEACH_SHARED": "1",
+                   "FTRAG_TEACH_PER_MINUTE": "1000000", **env}  # fmt: skip
     log = (work / "app.log").open("w")  # a file, not a pipe: a full pipe would stall the app mid-benchmark
     command = [sys.executable, str(REPO / "app.py"), "--artifacts", str(work), "--no-build", "--port", str(port)]
     server = subprocess.Popen([*command, "--no-compare-at-start", "--no-curve-at-start"], env=environment, stdout=log,
@@ -137,6 +138,8 @@ def compare_batching(artifacts: Path, tweets: list[str], args) -> None:
     for label, wait in (("unbatched", "0"), ("batched", str(args.batch_wait_ms))):
         with running_app(artifacts, FTRAG_BATCH_WAIT_MS=wait) as (url, work, backends):
             server = app_process(work)
+            for kind in KINDS:  # warm-up, not measured: first calls trace graphs and open Gradio sessions
+                run_one_kind(url, tweets, backends, kind, clients=4, requests=5)
             for kind in KINDS:
                 server_cpu, client_cpu = cpu_seconds(server), cpu_seconds(psutil.Process())
                 results = run_one_kind(url, tweets, backends, kind, args.clients, args.requests)
@@ -222,7 +225,7 @@ def answered_by_all(body: dict, backends: list[str]) -> bool:
 def labelled_by_all(outputs, backends: list[str]) -> bool:
     """The UI's classify outputs (a label and a latency line per backend column, then the neighbours) hold a label
     for every backend served."""
-    labels = [o for o in outputs if isinstance(o, dict) and o.get("label")]
+    labels = [o for o in outputs if isinstance(o, dict) and o.get("label") and "confidences" in o]
     return len(labels) == len(backends)
 
 

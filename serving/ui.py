@@ -133,8 +133,9 @@ def start_up_html(service: Service) -> str:
 # --- Compare ---------------------------------------------------------------------------------------------------------
 
 
-def compare_tab(state: App) -> dict[str, gr.Markdown]:
-    """The Compare tab; returns each column's "what is it" line by backend (they change while the backends build)."""
+def compare_tab(state: App) -> tuple[dict[str, gr.Markdown], gr.Dataframe]:
+    """The Compare tab; returns each column's "what is it" line by backend and the evidence table, whose labels
+    change while the backends build (the start-up timer updates them)."""
     service = state.service
     names = column_names(service)
     what_lines: dict[str, gr.Markdown] = {}
@@ -170,11 +171,13 @@ def compare_tab(state: App) -> dict[str, gr.Markdown]:
             out.append(f"**{escape_markdown(result['label'])}** in {result['latency_ms']:.1f} ms" if result
                        else what_is(service, name))  # fmt: skip
         rag_result = row["results"].get("rag")
-        return [*out, gr.update(value=neighbours(rag_result) if rag_result else [], label=evidence_label(service))]
+        # A plain value, not an update of the table's label: Gradio would rebuild the component and its config (a
+        # signature inspection and a JSON schema) on every call. The start-up timer keeps the label current.
+        return [*out, neighbours(rag_result) if rag_result else []]
 
     go.click(on_compare, text, [*outputs, evidence], api_name="classify")
     text.submit(on_compare, text, [*outputs, evidence], api_visibility="private")
-    return what_lines
+    return what_lines, evidence
 
 
 # --- Batch evaluation ------------------------------------------------------------------------------------------------
@@ -734,7 +737,7 @@ def build_demo(state: App) -> gr.Blocks:
         start_up = gr.HTML(start_up_html(service))
         visitor_report = gr.State(None)  # this visitor's latest batch evaluation: theirs alone
         with gr.Tab("Compare"):
-            what_lines = compare_tab(state)
+            what_lines, evidence = compare_tab(state)
         with gr.Tab("Batch evaluation"):
             batch_tab(state, visitor_report, keep)
         with gr.Tab("Decide"):
@@ -763,13 +766,14 @@ def build_demo(state: App) -> gr.Blocks:
             return [
                 start_up_html(service),
                 *(what_is(service, name) for name in what_lines),
+                gr.update(label=evidence_label(service)),
                 models_markdown(service),
                 training_curves(service),
                 gr.update(choices=labels),
                 gr.Timer(active=not done),
             ]
 
-        outputs = [start_up, *what_lines.values(), shown, curves, label_choice, timer]
+        outputs = [start_up, *what_lines.values(), evidence, shown, curves, label_choice, timer]
         timer.tick(on_tick, None, outputs, api_visibility="private")
     return demo
 
