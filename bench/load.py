@@ -5,6 +5,9 @@ then every client sends its mix of calls; afterwards every acknowledged teach mu
 
     python bench/load.py --artifacts artifacts [--clients 32] [--requests 50]
     python bench/load.py --compare-batching --clients 32 --requests 20   # micro-batching off vs on, and teaching
+
+The artifacts are what ``python app.py --artifacts DIR`` builds (finetune/, rag/); the app serves the hybrid of the
+two as well, and every answer must hold a label from each backend served.
 """
 
 from __future__ import annotations
@@ -97,6 +100,11 @@ def main() -> None:
     )
     parser.add_argument("--batch-wait-ms", type=float, default=5.0, help="the wait when batching is on")
     args = parser.parse_args()
+    missing = [name for name in ("finetune", "rag") if not (Path(args.artifacts) / name).is_dir()]
+    if missing:
+        dirs = " or ".join(f"{name}/" for name in missing)
+        parser.error(f"{args.artifacts} has no {dirs}: run `python app.py --artifacts {args.artifacts}` once to build "
+                     "the demo line-up, then stop it")  # fmt: skip
     tweets = list(load_tweets(args.data, split="test", limit=500, seed=2)["text"])
     if args.compare_batching:
         compare_batching(Path(args.artifacts), tweets, args)
@@ -145,6 +153,7 @@ def compare_batching(artifacts: Path, tweets: list[str], args) -> None:
                 results = run_one_kind(url, tweets, backends, kind, args.clients, args.requests)
                 rows.append(load_row(f"{label}, {kind}", results))
                 rows[-1]["app CPU s"] = round(cpu_seconds(server) - server_cpu, 1)
+                rows[-1]["app CPU ms per request"] = round(rows[-1]["app CPU s"] * 1000 / rows[-1]["requests"], 1)
                 rows[-1]["client CPU s"] = round(cpu_seconds(psutil.Process()) - client_cpu, 1)
                 summary["errors"] += rows[-1]["errors"]
                 summary["p95_ms"][f"{label} {kind}"] = round(rows[-1]["p95 ms"], 1)
@@ -160,6 +169,14 @@ def compare_batching(artifacts: Path, tweets: list[str], args) -> None:
     summary["gradio_rps"] = {name: value for name, value in rps.items() if "gradio" in name}
     rest, gradio_http = rps["batched, rest classify"], rps["batched, gradio http classify"]
     summary["rest_over_gradio_http_batched"] = round(rest / gradio_http, 2)
+    summary["rest_over_gradio_client_batched"] = round(rest / rps["batched, gradio_client classify"], 2)
+    # What each route costs the app, whatever the client on the same cores costs (gradio_client's own CPU caps the
+    # requests a second it can send here; the app's CPU per request is what bounds its capacity)
+    cpu = {r["load"]: r["app CPU ms per request"] for r in rows if "app CPU ms per request" in r}
+    summary["app_cpu_ms_per_request"] = cpu
+    summary["gradio_client_over_rest_app_cpu_batched"] = round(
+        cpu["batched, gradio_client classify"] / cpu["batched, rest classify"], 2
+    )
     summary["teach_p95_ms"] = {r["load"]: round(r["p95 ms"], 1) for r in rows if r["load"].startswith("teach:")}
     quiet, flood, paced = (next(r["requests/s"] for r in rows if r["load"] == name) for name in TEACH_LOADS)
     summary["classify_rps_while_teaching_vs_not"] = {
