@@ -292,7 +292,7 @@ def run_tuned_retrieval(embedder, tune: TuneEmbedderConfig, fit, validation, see
     model = copy.deepcopy(embedder.model)
     start = time.perf_counter()
     tuning = tune_embedder(dataclasses.replace(tune, seed=seed), fit, model)
-    tuned = Embedder(model, f"{embedder.name} (tuned)", batch_size=embedder.batch_size, compile_single=False)
+    tuned = Embedder(model, f"{embedder.name} (tuned)", batch_size=embedder.batch_size, trace=False)
     result = run_retrieval(tuned, fit, validation, seed, test)
     seconds = time.perf_counter() - start
     return {**result, "tuning_steps": tuning["steps"], "seconds": round(seconds, 2)}

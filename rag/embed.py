@@ -38,11 +38,11 @@ class Embedder:
     model's vector for an empty input.
     """
 
-    def __init__(self, model, name: str, batch_size: int = 32, compile_single: bool = True) -> None:
+    def __init__(self, model, name: str, batch_size: int = 32, trace: bool = True) -> None:
         self.model = model
         self.name = name
         self.batch_size = batch_size
-        self.compile_single = compile_single
+        self.trace = trace
         self._traced: Any = None  # None = not tried yet, False = not available
         self._trace_lock = threading.Lock()
 
@@ -122,12 +122,13 @@ class Embedder:
 
     def _forward(self, texts: list[str]) -> np.ndarray:
         # The model's own modules (transformer, pooling...) without encode()'s batching machinery: ~1.5 ms less per
-        # single query, the same vectors. A single text goes through a frozen TorchScript trace of the transformer
-        # when one could be made (~2.5 ms less again for MiniLM on 2 cores), the rest of the modules stay as they are.
+        # single query, the same vectors. The transformer runs as a frozen TorchScript trace when one could be made
+        # and matched the eager model (~2.5 ms less again for a single MiniLM query on 2 cores, 9% less per text in
+        # batches on one core); the rest of the modules stay as they are.
         with torch.inference_mode():
             features = self.model.preprocess(texts)
-            traced = self._single_text_graph() if len(texts) == 1 else None
-            if traced:
+            traced = self._graph()
+            if traced and (len(texts) == 1 or traced.batches):
                 features["token_embeddings"] = traced(*(features[k] for k in traced.input_names))
                 for module in list(self.model)[1:]:
                     features = module(features)
@@ -137,9 +138,9 @@ class Embedder:
             vectors = torch.nn.functional.normalize(vectors.float(), dim=1)
         return np.ascontiguousarray(vectors.numpy(), dtype=np.float32)
 
-    def _single_text_graph(self):
-        """The transformer traced and frozen for one text, checked against the eager model; False when unusable."""
-        if self._traced is not None or not self.compile_single:
+    def _graph(self):
+        """The transformer traced and frozen, checked against the eager model; False when unusable."""
+        if self._traced is not None or not self.trace:
             return self._traced
         with self._trace_lock:
             if self._traced is None:
@@ -150,8 +151,10 @@ class Embedder:
 class _Traced:
     """A frozen TorchScript graph of a Hugging Face encoder: token ids (and masks) in, token embeddings out."""
 
-    def __init__(self, graph, input_names: tuple[str, ...]) -> None:
+    def __init__(self, graph, input_names: tuple[str, ...], batches: bool = False) -> None:
         self.graph, self.input_names = graph, input_names
+        self.batches = batches
+        """Whether it matched the eager model on a padded batch too (else it serves single texts only)."""
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.graph(*inputs)
@@ -184,17 +187,25 @@ def _trace_transformer(model) -> _Traced | bool:
             graph = torch.jit.trace(Encoder().eval(), tuple(sample[k] for k in names), check_trace=False)
             graph = torch.jit.optimize_for_inference(torch.jit.freeze(graph.eval()))
         traced = _Traced(graph, names)
-        for text in ("ok", PROBE_TEXT + " and then some more words to make it longer"):
-            with torch.inference_mode():
-                features = model.preprocess([text])
-                eager = model(dict(features))["sentence_embedding"]
-                features["token_embeddings"] = traced(*(features[k] for k in names))
-                for module in list(model)[1:]:
-                    features = module(features)
-                if not torch.allclose(eager, features["sentence_embedding"], atol=1e-4):
-                    logger.warning("The traced encoder differs from the eager one; single queries run eagerly")
-                    return False
+        short, long = "ok", PROBE_TEXT + " and then some more words to make it longer"
+        if not all(_matches(model, traced, [text]) for text in (short, long)):
+            logger.warning("The traced encoder differs from the eager one; the embedder runs eagerly")
+            return False
+        traced.batches = _matches(model, traced, [short, long])  # the short one padded: the mask must be honoured
+        if not traced.batches:
+            logger.warning("The traced encoder differs from the eager one on a padded batch; batches run eagerly")
         return traced
     except (RuntimeError, TypeError, ValueError, AttributeError, IndexError, KeyError) as err:  # tracing failures
-        logger.warning("Could not trace the embedder (%s: %s); single queries run eagerly", type(err).__name__, err)
+        logger.warning("Could not trace the embedder (%s: %s); it runs eagerly", type(err).__name__, err)
         return False
+
+
+def _matches(model, traced: _Traced, texts: list[str]) -> bool:
+    """Whether `model` gives the same sentence embeddings for `texts` with `traced` as its transformer as without."""
+    with torch.inference_mode():
+        features = model.preprocess(texts)
+        eager = model(dict(features))["sentence_embedding"]
+        features["token_embeddings"] = traced(*(features[k] for k in traced.input_names))
+        for module in list(model)[1:]:
+            features = module(features)
+        return torch.allclose(eager, features["sentence_embedding"], atol=1e-4)

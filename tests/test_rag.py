@@ -421,12 +421,23 @@ def test_a_process_killed_while_adding_leaves_a_loadable_index(rag_dir, tmp_path
         before = loaded.size
 
 
-def test_single_text_fast_path_matches_the_eager_model(embedder):
-    eager = rag.Embedder(embedder.model, embedder.name, compile_single=False)
-    for text in ["hi", "my flight got cancelled again and nobody will tell us anything", "", "😀 " * 400]:
+def test_the_traced_encoder_matches_the_eager_model_on_single_texts_and_padded_batches(embedder, monkeypatch):
+    from rag.embed import _Traced
+
+    embedder.encode(["warm"])  # traced (and checked) before the count starts
+    rows: list[int] = []
+    call = _Traced.__call__
+    monkeypatch.setattr(_Traced, "__call__", lambda self, *inputs: rows.append(len(inputs[0])) or call(self, *inputs))
+    eager = rag.Embedder(embedder.model, embedder.name, trace=False)
+    texts = ["hi", "my flight got cancelled again and nobody will tell us anything", "", "😀 " * 400]
+    for text in texts:
         fast, slow = embedder.encode([text]), eager.encode([text])
         assert float(fast[0] @ slow[0]) == pytest.approx(1.0, abs=1e-5)
-    assert embedder._traced is not False  # MiniLM traces
+    batch = [*texts, *(f"tweet {i} " * (i % 7 + 1) for i in range(16))]  # lengths differ: most rows are padded
+    fast, slow = embedder.encode(batch), eager.encode(batch)
+    assert np.allclose((fast * slow).sum(axis=1), 1.0, atol=1e-5)
+    assert embedder._traced is not False and embedder._traced.batches  # MiniLM traces, padded batches too
+    assert 1 in rows and max(rows) > 1  # and the trace ran them
 
 
 def test_an_embedder_that_cannot_be_traced_runs_eagerly(embedder, monkeypatch):
