@@ -138,7 +138,11 @@ class TextClassifier:
         if self._traced is None:
             self._traced = trace_logits(self.model, self.tokenizer) if self.trace else False
         if self._traced:
-            return self._traced(*(batch[k] for k in self._traced.input_names))
+            try:
+                return self._traced(*(batch[k] for k in self._traced.input_names))
+            except RuntimeError as err:  # an input the checks did not cover: answer it, and every later one, eagerly
+                logger.warning("The traced classifier failed (%s); it runs eagerly from now on", err)
+                self._traced = False
         return self.model(**batch).logits
 
     # --- loading -------------------------------------------------------------------------------------------------

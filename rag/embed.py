@@ -128,12 +128,19 @@ class Embedder:
         with torch.inference_mode():
             features = self.model.preprocess(texts)
             traced = self._graph()
+            vectors = None
             if traced and (len(texts) == 1 or traced.batches):
-                features["token_embeddings"] = traced(*(features[k] for k in traced.input_names))
-                for module in list(self.model)[1:]:
-                    features = module(features)
-                vectors = features["sentence_embedding"]
-            else:
+                try:
+                    tokens = traced(*(features[k] for k in traced.input_names))
+                except RuntimeError as err:  # an input the checks did not cover: this and later ones run eagerly
+                    logger.warning("The traced encoder failed (%s); the embedder runs eagerly from now on", err)
+                    self._traced = False
+                else:
+                    features = {**features, "token_embeddings": tokens}
+                    for module in list(self.model)[1:]:
+                        features = module(features)
+                    vectors = features["sentence_embedding"]
+            if vectors is None:
                 vectors = self.model(features)["sentence_embedding"]
             vectors = torch.nn.functional.normalize(vectors.float(), dim=1)
         return np.ascontiguousarray(vectors.numpy(), dtype=np.float32)

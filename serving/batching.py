@@ -76,7 +76,7 @@ class MicroBatcher:
             with _THREADS_LOCK:
                 before = torch.get_num_threads()
                 self._worker.start()
-                self._pinned.wait()
+                self._pinned.wait()  # set by the worker whether or not pinning worked
                 torch.set_num_threads(before)
 
     def submit(self, text: str) -> Future:
@@ -112,8 +112,12 @@ class MicroBatcher:
 
     def _run(self) -> None:
         if self.threads is not None:
-            _use_torch_threads(self.threads)
-            self._pinned.set()
+            try:
+                _use_torch_threads(self.threads)
+            except Exception:  # the worker serves on the process's thread count rather than not at all
+                logger.exception("Could not set the %s batcher's threads", self.classifier.name)
+            finally:
+                self._pinned.set()
         while True:
             batch = self._take()
             if not batch:
@@ -147,7 +151,8 @@ def _use_torch_threads(threads: int) -> None:
 
     PyTorch keeps one process-wide count, which each thread copies into its own OpenMP setting at its first parallel
     op. So this sets the count and runs a parallel op at once: the calling thread's copy is then `threads`. The
-    caller (`MicroBatcher.__init__`) sets the count back afterwards, so every other thread keeps the old one.
+    caller (`MicroBatcher.__init__`) sets the count back afterwards, so every other thread keeps the old one. A thread
+    whose first parallel op falls within those few microseconds would keep `threads` too: a matter of speed only.
     """
     import torch
 

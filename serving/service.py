@@ -6,6 +6,7 @@ same functions. Inputs are checked here, once, with messages meant for the perso
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -401,7 +402,8 @@ class Service:
         A single text goes through each backend's micro-batcher (see `serving.batching`) when batching is on, so
         concurrent single-text requests share batched model calls; ``latency_ms`` is then the request's own wait.
         A hybrid whose two parts are asked for too is combined from their answers (`HybridClassifier.merge`), not
-        run a second time; its ``latency_ms`` is then the time until both parts had answered.
+        run a second time; its ``latency_ms`` is then the time both parts took: the longer of the two when they ran
+        side by side (a batched single text), their sum when they ran one after the other.
 
         Returns ``[{"text", "results": {backend: {label, scores, evidence, latency_ms}}}]``.
         """
@@ -409,14 +411,13 @@ class Service:
         chosen = self._pick(backends)
         derived = derived_hybrids(chosen)
         run = {name: clf for name, clf in chosen.items() if name not in derived}
-        if len(texts) == 1 and self.batch_wait_ms > 0:
-            answers = [self._classify_one(texts[0], run)]
-        else:
-            answers = self._classify_many(texts, run)
+        # A single text goes to every backend's batcher at once (side by side); otherwise one backend after the other.
+        side_by_side = len(texts) == 1 and self.batch_wait_ms > 0
+        answers = [self._classify_one(texts[0], run)] if side_by_side else self._classify_many(texts, run)
         for name, (hybrid, first, second) in derived.items():
             for row in answers:
                 (a, a_ms), (b, b_ms) = row[first], row[second]
-                row[name] = (hybrid.merge(a, b), max(a_ms, b_ms))
+                row[name] = (hybrid.merge(a, b), max(a_ms, b_ms) if side_by_side else a_ms + b_ms)
         return [
             {"text": text, "results": {name: {**row[name][0].to_dict(), "latency_ms": round(row[name][1], 2)}
                                        for name in chosen}}
@@ -449,12 +450,15 @@ class Service:
         return answers
 
     def _batcher(self, name: str, clf: Classifier) -> MicroBatcher:
+        share = self._share()  # changes while the line-up comes up: a batcher made earlier is replaced
         batcher = self._batchers.get(name)
-        if batcher is None or batcher.classifier is not clf:
+        if batcher is None or batcher.classifier is not clf or batcher.threads != share:
             with self._batchers_lock:
                 batcher = self._batchers.get(name)
-                if batcher is None or batcher.classifier is not clf:
-                    batcher = self._batchers[name] = MicroBatcher(clf, self.batch_wait_ms, threads=self._share())
+                if batcher is None or batcher.classifier is not clf or batcher.threads != share:
+                    if batcher is not None:
+                        batcher.close()  # it still answers what it holds, then its worker ends
+                    batcher = self._batchers[name] = MicroBatcher(clf, self.batch_wait_ms, threads=share)
         return batcher
 
     def _share(self) -> int | None:
@@ -463,7 +467,14 @@ class Service:
         running = len(self.backends) - len(derived_hybrids(self.backends))
         if running < 2:
             return None
-        return max(1, len(os.sched_getaffinity(0)) // running)
+        return max(1, self._cores // running)
+
+    @functools.cached_property
+    def _cores(self) -> int:
+        """PyTorch's intra-op thread count when the first batcher is made (OMP_NUM_THREADS or the cores)."""
+        import torch
+
+        return torch.get_num_threads()
 
     def teach(self, texts: Any, labels: Any, token: str | None = None, client: str = "") -> dict[str, Any]:
         """Add labeled examples to the shared retrieval index, if `teach_policy` allows this client.

@@ -204,6 +204,22 @@ def test_the_traced_classifier_answers_as_the_eager_model_and_serves_batches(ft_
     assert finetune.load(ft_dir, quantize=True).trace is False  # int8 models stay eager
 
 
+def test_a_trace_that_fails_on_an_input_falls_back_to_the_eager_model(ft_dir, monkeypatch):
+    from finetune.model import TracedLogits
+
+    clf, eager = finetune.load(ft_dir), finetune.load(ft_dir)
+    eager.trace = False
+    clf.predict(["warm"])
+
+    def broken(self, *inputs):
+        raise RuntimeError("shape the trace never saw")
+
+    monkeypatch.setattr(TracedLogits, "__call__", broken)
+    texts = ["still answered", "and this one"]
+    assert clf.predict_proba(texts) == pytest.approx(eager.predict_proba(texts), abs=1e-5)
+    assert clf._traced is False  # eager from now on
+
+
 def test_predict_handles_empty_and_very_long_texts(finetuned):
     empty, long = finetuned.predict(["", "word " * 4000])  # 20,000 characters
     assert empty.label in LABELS and long.label in LABELS

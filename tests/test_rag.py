@@ -440,6 +440,23 @@ def test_the_traced_encoder_matches_the_eager_model_on_single_texts_and_padded_b
     assert 1 in rows and max(rows) > 1  # and the trace ran them
 
 
+def test_a_trace_that_fails_on_an_input_falls_back_to_the_eager_model(embedder, monkeypatch):
+    from rag.embed import _Traced
+
+    fresh = rag.Embedder(embedder.model, embedder.name)
+    fresh.encode(["warm"])
+    assert fresh._traced
+
+    def broken(self, *inputs):
+        raise RuntimeError("shape the trace never saw")
+
+    monkeypatch.setattr(_Traced, "__call__", broken)
+    vectors = fresh.encode(["still embedded"])
+    assert fresh._traced is False
+    eager = rag.Embedder(embedder.model, embedder.name, trace=False).encode(["still embedded"])
+    assert float(vectors[0] @ eager[0]) == pytest.approx(1.0, abs=1e-5)
+
+
 def test_an_embedder_that_cannot_be_traced_runs_eagerly(embedder, monkeypatch):
     def refuse(*args, **kwargs):
         raise RuntimeError("not traceable")
