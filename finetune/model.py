@@ -95,14 +95,15 @@ class TextClassifier:
         return f"{what}{trained}{', int8' if self.quantized else ''}"
 
     def memory_bytes(self) -> int:
-        """Approximate memory held by the weights (int8 layers count their packed int8 weights)."""
+        """Approximate memory held by the weights (int8 layers count their packed int8 weights), twice over once the
+        frozen trace exists: it keeps its own copy."""
         total = 0
         for value in self.model.state_dict().values():
             if isinstance(value, torch.Tensor):
                 total += value.numel() * value.element_size()
             elif isinstance(value, tuple):  # packed quantized linear params: (weight, bias)
                 total += sum(v.numel() * v.element_size() for v in value if isinstance(v, torch.Tensor))
-        return int(total)
+        return int(total * (2 if self._traced else 1))
 
     # --- the Classifier contract ---------------------------------------------------------------------------------
 

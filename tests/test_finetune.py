@@ -191,6 +191,7 @@ def test_the_traced_classifier_answers_as_the_eager_model_and_serves_batches(ft_
     eager.trace = False
     traced.predict(["warm"]), eager.predict(["warm"])  # traced (and checked) before the count starts
     assert isinstance(traced._traced, TracedLogits) and eager._traced is False
+    assert traced.memory_bytes() == 2 * eager.memory_bytes()  # the frozen trace holds its own copy of the weights
     rows: list[int] = []
     call = TracedLogits.__call__
     monkeypatch.setattr(
