@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,6 +15,7 @@ from tqdm.auto import tqdm
 from core.batches import length_batches
 from core.limits import clip_for_tokenizer
 from core.settings import Source, resolve
+from core.tracing import Traced, trace_frozen
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class Embedder:
             vectors = None
             if traced and (len(texts) == 1 or traced.batches):
                 try:
-                    tokens = traced(*(features[k] for k in traced.input_names))
+                    tokens = traced.run(features)
                 except RuntimeError as err:  # an input the checks did not cover: this and later ones run eagerly
                     logger.warning("The traced encoder failed (%s); the embedder runs eagerly from now on", err)
                     self._traced = False
@@ -155,45 +155,17 @@ class Embedder:
         return self._traced
 
 
-class _Traced:
-    """A frozen TorchScript graph of a Hugging Face encoder: token ids (and masks) in, token embeddings out."""
-
-    def __init__(self, graph, input_names: tuple[str, ...], batches: bool = False) -> None:
-        self.graph, self.input_names = graph, input_names
-        self.batches = batches
-        """Whether it matched the eager model on a padded batch too (else it serves single texts only)."""
-
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.graph(*inputs)
-
-
-def _trace_transformer(model) -> _Traced | bool:
+def _trace_transformer(model) -> Traced | bool:
     """Trace ``model[0].auto_model`` (input_ids, attention_mask[, token_type_ids] -> last_hidden_state) and freeze it.
 
     Returns False, and the model keeps running eagerly, when the first module is not a plain Hugging Face encoder,
-    tracing fails, or the traced vectors differ from the eager ones on two texts of different lengths.
+    tracing fails, or the traced vectors differ from the eager ones on two texts of different lengths. Batches use
+    the trace only if it also matched on a padded batch of the two (`Traced.batches`).
     """
     try:
-        first = model[0]
-        encoder = first.auto_model
-        sample = model.preprocess([PROBE_TEXT])
-        names = tuple(k for k in ("input_ids", "attention_mask", "token_type_ids") if k in sample)
-        if names[:2] != ("input_ids", "attention_mask"):
+        traced = trace_frozen(model[0].auto_model, model.preprocess([PROBE_TEXT]), "last_hidden_state")
+        if traced is None:
             return False
-
-        class Encoder(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.encoder = encoder
-
-            def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-                return self.encoder(**dict(zip(names, inputs, strict=True))).last_hidden_state
-
-        with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore")
-            graph = torch.jit.trace(Encoder().eval(), tuple(sample[k] for k in names), check_trace=False)
-            graph = torch.jit.optimize_for_inference(torch.jit.freeze(graph.eval()))
-        traced = _Traced(graph, names)
         short, long = "ok", PROBE_TEXT + " and then some more words to make it longer"
         if not all(_matches(model, traced, [text]) for text in (short, long)):
             logger.warning("The traced encoder differs from the eager one; the embedder runs eagerly")
@@ -207,12 +179,12 @@ def _trace_transformer(model) -> _Traced | bool:
         return False
 
 
-def _matches(model, traced: _Traced, texts: list[str]) -> bool:
+def _matches(model, traced: Traced, texts: list[str]) -> bool:
     """Whether `model` gives the same sentence embeddings for `texts` with `traced` as its transformer as without."""
     with torch.inference_mode():
         features = model.preprocess(texts)
         eager = model(dict(features))["sentence_embedding"]
-        features["token_embeddings"] = traced(*(features[k] for k in traced.input_names))
+        features["token_embeddings"] = traced.run(features)
         for module in list(model)[1:]:
             features = module(features)
         return torch.allclose(eager, features["sentence_embedding"], atol=1e-4)

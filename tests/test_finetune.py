@@ -185,18 +185,16 @@ def test_loaded_model_predicts_valid_scores(finetuned):
 
 
 def test_the_traced_classifier_answers_as_the_eager_model_and_serves_batches(ft_dir, monkeypatch):
-    from finetune.model import TracedLogits
+    from core.tracing import Traced
 
     traced, eager = finetune.load(ft_dir), finetune.load(ft_dir)
     eager.trace = False
     traced.predict(["warm"]), eager.predict(["warm"])  # traced (and checked) before the count starts
-    assert isinstance(traced._traced, TracedLogits) and eager._traced is False
+    assert isinstance(traced._traced, Traced) and eager._traced is False
     assert traced.memory_bytes() == 2 * eager.memory_bytes()  # the frozen trace holds its own copy of the weights
     rows: list[int] = []
-    call = TracedLogits.__call__
-    monkeypatch.setattr(
-        TracedLogits, "__call__", lambda self, *inputs: rows.append(len(inputs[0])) or call(self, *inputs)
-    )
+    call = Traced.__call__
+    monkeypatch.setattr(Traced, "__call__", lambda self, *inputs: rows.append(len(inputs[0])) or call(self, *inputs))
     texts = ["I love this!", "", "word " * 300, *(f"tweet {i} " * (i % 9 + 1) for i in range(20))]
     for t in texts[:3]:
         assert traced.predict_proba([t]) == pytest.approx(eager.predict_proba([t]), abs=1e-5)
@@ -206,7 +204,7 @@ def test_the_traced_classifier_answers_as_the_eager_model_and_serves_batches(ft_
 
 
 def test_a_trace_that_fails_on_an_input_falls_back_to_the_eager_model(ft_dir, monkeypatch):
-    from finetune.model import TracedLogits
+    from core.tracing import Traced
 
     clf, eager = finetune.load(ft_dir), finetune.load(ft_dir)
     eager.trace = False
@@ -215,7 +213,7 @@ def test_a_trace_that_fails_on_an_input_falls_back_to_the_eager_model(ft_dir, mo
     def broken(self, *inputs):
         raise RuntimeError("shape the trace never saw")
 
-    monkeypatch.setattr(TracedLogits, "__call__", broken)
+    monkeypatch.setattr(Traced, "__call__", broken)
     texts = ["still answered", "and this one"]
     assert clf.predict_proba(texts) == pytest.approx(eager.predict_proba(texts), abs=1e-5)
     assert clf._traced is False  # eager from now on

@@ -422,12 +422,12 @@ def test_a_process_killed_while_adding_leaves_a_loadable_index(rag_dir, tmp_path
 
 
 def test_the_traced_encoder_matches_the_eager_model_on_single_texts_and_padded_batches(embedder, monkeypatch):
-    from rag.embed import _Traced
+    from core.tracing import Traced
 
     embedder.encode(["warm"])  # traced (and checked) before the count starts
     rows: list[int] = []
-    call = _Traced.__call__
-    monkeypatch.setattr(_Traced, "__call__", lambda self, *inputs: rows.append(len(inputs[0])) or call(self, *inputs))
+    call = Traced.__call__
+    monkeypatch.setattr(Traced, "__call__", lambda self, *inputs: rows.append(len(inputs[0])) or call(self, *inputs))
     eager = rag.Embedder(embedder.model, embedder.name, trace=False)
     texts = ["hi", "my flight got cancelled again and nobody will tell us anything", "", "😀 " * 400]
     for text in texts:
@@ -441,7 +441,7 @@ def test_the_traced_encoder_matches_the_eager_model_on_single_texts_and_padded_b
 
 
 def test_a_trace_that_fails_on_an_input_falls_back_to_the_eager_model(embedder, monkeypatch):
-    from rag.embed import _Traced
+    from core.tracing import Traced
 
     fresh = rag.Embedder(embedder.model, embedder.name)
     fresh.encode(["warm"])
@@ -450,7 +450,7 @@ def test_a_trace_that_fails_on_an_input_falls_back_to_the_eager_model(embedder, 
     def broken(self, *inputs):
         raise RuntimeError("shape the trace never saw")
 
-    monkeypatch.setattr(_Traced, "__call__", broken)
+    monkeypatch.setattr(Traced, "__call__", broken)
     vectors = fresh.encode(["still embedded"])
     assert fresh._traced is False
     eager = rag.Embedder(embedder.model, embedder.name, trace=False).encode(["still embedded"])
