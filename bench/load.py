@@ -40,6 +40,8 @@ from core.data import load_tweets
 
 REPO = Path(__file__).resolve().parents[1]
 
+BACKEND_DIRS = ("finetune", "rag")
+"""What the bench copies from the artifacts: the two backends (the app fits the hybrid of them itself)."""
 MIX = [("rest classify", 0.5), ("rest compare", 0.15), ("rest teach", 0.1), ("gradio classify", 0.25)]
 
 
@@ -48,7 +50,7 @@ def running_app(artifacts: Path, **env: str):
     """``python app.py`` on a free local port over a private copy of `artifacts` (its backends, not its reports);
     waits until every backend is up and yields (url, copy, the backends served)."""
     work = Path(tempfile.mkdtemp(prefix="ftrag-load-"))
-    for name in ("finetune", "rag"):
+    for name in BACKEND_DIRS:
         shutil.copytree(artifacts / name, work / name)
     for log in artifacts.glob("rag.teach.sqlite*"):  # the index's taught examples travel with it
         shutil.copy2(log, work / log.name)
@@ -100,7 +102,7 @@ def main() -> None:
     )
     parser.add_argument("--batch-wait-ms", type=float, default=5.0, help="the wait when batching is on")
     args = parser.parse_args()
-    missing = [name for name in ("finetune", "rag") if not (Path(args.artifacts) / name).is_dir()]
+    missing = [name for name in BACKEND_DIRS if not (Path(args.artifacts) / name).is_dir()]
     if missing:
         dirs = " or ".join(f"{name}/" for name in missing)
         parser.error(f"{args.artifacts} has no {dirs}: run `python app.py --artifacts {args.artifacts}` once to build "
@@ -152,8 +154,9 @@ def compare_batching(artifacts: Path, tweets: list[str], args) -> None:
                 server_cpu, client_cpu = cpu_seconds(server), cpu_seconds(psutil.Process())
                 results = run_one_kind(url, tweets, backends, kind, args.clients, args.requests)
                 rows.append(load_row(f"{label}, {kind}", results))
-                rows[-1]["app CPU s"] = round(cpu_seconds(server) - server_cpu, 1)
-                rows[-1]["app CPU ms per request"] = round(rows[-1]["app CPU s"] * 1000 / rows[-1]["requests"], 1)
+                app_cpu = cpu_seconds(server) - server_cpu
+                rows[-1]["app CPU s"] = round(app_cpu, 1)
+                rows[-1]["app CPU ms per request"] = round(app_cpu * 1000 / rows[-1]["requests"], 1)
                 rows[-1]["client CPU s"] = round(cpu_seconds(psutil.Process()) - client_cpu, 1)
                 summary["errors"] += rows[-1]["errors"]
                 summary["p95_ms"][f"{label} {kind}"] = round(rows[-1]["p95 ms"], 1)

@@ -70,10 +70,9 @@ class HybridClassifier:
         first = self.primary.predict(texts)
         if self.mode == "gate":  # the secondary runs only on the texts the primary is unsure of
             unsure = [i for i, p in enumerate(first) if not self.sure(p)]
-            second = dict(
-                zip(unsure, self.secondary.predict([texts[i] for i in unsure]) if unsure else [], strict=True)
-            )
-            return [second.get(i, p) for i, p in enumerate(first)]
+            second = self.secondary.predict([texts[i] for i in unsure]) if unsure else []
+            replaced = dict(zip(unsure, second, strict=True))
+            return [replaced.get(i, p) for i, p in enumerate(first)]
         second = self.secondary.predict(texts)
         return [self.merge(a, b) for a, b in zip(first, second, strict=True)]
 

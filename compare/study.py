@@ -340,8 +340,9 @@ def plan_finetune(rates: dict[str, float], seconds: float, n_train: int, epochs:
     eval_size = min(_default(FinetuneConfig, "eval_size"), max(10, n_train // 5))
     n_fit = n_train - eval_size
     # Every key in the base, so that no branch below can leave one out (one did: a KeyError at the fine-tune).
-    plan: dict[str, Any] = {"epochs": epochs, "eval_size": eval_size, "train_size": None}
-    plan.update(capped=None, skipped=None)
+    plan: dict[str, Any] = {
+        "epochs": epochs, "eval_size": eval_size, "train_size": None, "capped": None, "skipped": None
+    }  # fmt: skip
     full = finetune_seconds(rates, epochs, n_fit, eval_size)
     if full <= seconds:
         return {**plan, "seconds": full}

@@ -403,13 +403,11 @@ class RagClassifier:
             )
 
     def memory_bytes(self) -> int:
-        """Approximate memory held: the index vectors, the example texts and the embedder's weights (twice over once
-        its frozen trace exists: it keeps its own copy)."""
+        """Approximate memory held: the index vectors, the example texts and the embedder's weights
+        (`Embedder.weight_bytes`)."""
         vectors = self.index.index.ntotal * self.index.dim * 4
         texts = sum(len(t.encode("utf-8")) for t in self._texts)
-        weights = sum(p.numel() * p.element_size() for p in self.embedder.model.parameters())
-        weights *= 2 if getattr(self.embedder, "_traced", None) else 1
-        return int(vectors + texts + weights)
+        return int(vectors + texts + self.embedder.weight_bytes())
 
     def _to_ids(self, labels: Sequence[str]) -> np.ndarray:
         return label_ids_of(labels, self.labels)

@@ -68,6 +68,11 @@ class Embedder:
             dim = len(self.model.encode(["x"])[0])
         return int(dim)
 
+    def weight_bytes(self) -> int:
+        """Memory held by the model's weights, twice over once the frozen trace exists: it keeps its own copy."""
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return weights * (2 if self._traced else 1)
+
     @functools.cached_property
     def probe(self) -> np.ndarray:
         """The embedding of `PROBE_TEXT`, computed once per embedder (saved with an index, checked at load)."""
@@ -131,15 +136,10 @@ class Embedder:
             vectors = None
             if traced and (len(texts) == 1 or traced.batches):
                 try:
-                    tokens = traced.run(features)
+                    vectors = _embed_traced(self.model, traced, features)
                 except RuntimeError as err:  # an input the checks did not cover: this and later ones run eagerly
                     logger.warning("The traced encoder failed (%s); the embedder runs eagerly from now on", err)
                     self._traced = False
-                else:
-                    features = {**features, "token_embeddings": tokens}
-                    for module in list(self.model)[1:]:
-                        features = module(features)
-                    vectors = features["sentence_embedding"]
             if vectors is None:
                 vectors = self.model(features)["sentence_embedding"]
             vectors = torch.nn.functional.normalize(vectors.float(), dim=1)
@@ -179,12 +179,18 @@ def _trace_transformer(model) -> Traced | bool:
         return False
 
 
+def _embed_traced(model, traced: Traced, features: dict) -> torch.Tensor:
+    """`model`'s sentence embeddings of the tokenized `features`, with `traced` as its transformer (the first module)
+    and its other modules (pooling, normalisation...) as they are; `features` is left unchanged."""
+    features = {**features, "token_embeddings": traced.run(features)}
+    for module in list(model)[1:]:
+        features = module(features)
+    return features["sentence_embedding"]
+
+
 def _matches(model, traced: Traced, texts: list[str]) -> bool:
     """Whether `model` gives the same sentence embeddings for `texts` with `traced` as its transformer as without."""
     with torch.inference_mode():
         features = model.preprocess(texts)
         eager = model(dict(features))["sentence_embedding"]
-        features["token_embeddings"] = traced.run(features)
-        for module in list(model)[1:]:
-            features = module(features)
-        return torch.allclose(eager, features["sentence_embedding"], atol=1e-4)
+        return torch.allclose(eager, _embed_traced(model, traced, features), atol=1e-4)

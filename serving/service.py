@@ -440,8 +440,9 @@ class Service:
         start = time.perf_counter()
         done: dict[str, float] = {}
         futures = {}
+        share = self._share()
         for name, clf in chosen.items():  # every backend works on it at once, each in its own batch
-            futures[name] = self._batcher(name, clf).submit(text)
+            futures[name] = self._batcher(name, clf, share).submit(text)
             futures[name].add_done_callback(lambda _, name=name: done.__setitem__(name, time.perf_counter()))
         answers = {}
         for name, future in futures.items():
@@ -449,8 +450,9 @@ class Service:
             answers[name] = (prediction, (done.get(name, time.perf_counter()) - start) * 1000)
         return answers
 
-    def _batcher(self, name: str, clf: Classifier) -> MicroBatcher:
-        share = self._share()  # changes while the line-up comes up: a batcher made earlier is replaced
+    def _batcher(self, name: str, clf: Classifier, share: int | None) -> MicroBatcher:
+        """`name`'s batcher for `clf` on `share` threads (`_share`): the share changes while the line-up comes up, and
+        a batcher made earlier is then replaced."""
         batcher = self._batchers.get(name)
         if batcher is None or batcher.classifier is not clf or batcher.threads != share:
             with self._batchers_lock:

@@ -437,6 +437,7 @@ def test_the_traced_encoder_matches_the_eager_model_on_single_texts_and_padded_b
     fast, slow = embedder.encode(batch), eager.encode(batch)
     assert np.allclose((fast * slow).sum(axis=1), 1.0, atol=1e-5)
     assert embedder._traced is not False and embedder._traced.batches  # MiniLM traces, padded batches too
+    assert embedder.weight_bytes() == 2 * eager.weight_bytes()  # the frozen trace holds its own copy of the weights
     assert 1 in rows and max(rows) > 1  # and the trace ran them
 
 
