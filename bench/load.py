@@ -152,8 +152,10 @@ def compare_batching(artifacts: Path, tweets: list[str], args) -> None:
                 run_one_kind(url, tweets, backends, kind, clients=4, requests=5)
             for kind in KINDS:
                 server_cpu, client_cpu = cpu_seconds(server), cpu_seconds(psutil.Process())
+                counts = batch_counts(url)
                 results = run_one_kind(url, tweets, backends, kind, args.clients, args.requests)
                 rows.append(load_row(f"{label}, {kind}", results))
+                rows[-1]["mean batch"] = mean_batch(counts, batch_counts(url))
                 app_cpu = cpu_seconds(server) - server_cpu
                 rows[-1]["app CPU s"] = round(app_cpu, 1)
                 rows[-1]["app CPU ms per request"] = round(app_cpu * 1000 / rows[-1]["requests"], 1)
@@ -197,6 +199,22 @@ KINDS = ("rest classify", "gradio http classify", "gradio_client classify")
 def app_process(work: Path):
     """The app serving `work` (to read its CPU time)."""
     return next(p for p in psutil.process_iter(["cmdline"]) if str(work) in " ".join(p.info["cmdline"] or []))
+
+
+def batch_counts(url: str) -> dict[str, tuple[int, int]]:
+    """(batches, texts) each backend's micro-batcher has answered so far, as `/api/models` reports them."""
+    backends = httpx.get(url + "/api/models", timeout=30).json()["batching"]["backends"]
+    return {name: (b["batches"], b["texts"]) for name, b in backends.items()}
+
+
+def mean_batch(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> str:
+    """Texts per batched `predict` between two `batch_counts`, per backend ("" when batching is off)."""
+    means = []
+    for name, (batches, texts) in sorted(after.items()):
+        batches0, texts0 = before.get(name, (0, 0))
+        if batches > batches0:
+            means.append(f"{name} {(texts - texts0) / (batches - batches0):.1f}")
+    return ", ".join(means)
 
 
 def cpu_seconds(process) -> float:

@@ -600,8 +600,8 @@ class Service:
 
     def models(self) -> dict[str, Any]:
         """What is loaded: each backend's description and run.json essentials (how many labeled examples it learned
-        from, ``train_size``, and chose its settings on, ``validation_size``), what is unavailable and why, and how
-        far the start-up is."""
+        from, ``train_size``, and chose its settings on, ``validation_size``), what is unavailable and why, how far
+        the start-up is, and how micro-batching runs (`batching`)."""
         out: dict[str, Any] = {"backends": {}, "unavailable": dict(self.unavailable), "start_up": self.status()}
         for name, clf in self.backends.items():
             meta = dict(getattr(clf, "meta", {}) or {})
@@ -624,7 +624,17 @@ class Service:
                 "size": getattr(clf, "size", None),
                 "labels": list(clf.labels),
             }
+        out["batching"] = self.batching()
         return out
+
+    def batching(self) -> dict[str, Any]:
+        """Micro-batching as it runs: the wait (0 = off) and, per backend whose batcher has started, the batches and
+        texts it has answered and its intra-op threads (counts start again when a batcher is replaced)."""
+        counts = {
+            name: {"batches": b.batches, "texts": b.texts, "threads": b.threads}
+            for name, b in dict(self._batchers).items()
+        }
+        return {"wait_ms": self.batch_wait_ms, "backends": dict(sorted(counts.items()))}
 
 
 def fetch_artifacts(repo_id: str, dest: str | Path, revision: str | None = None) -> Path:

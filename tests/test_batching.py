@@ -87,6 +87,9 @@ def test_the_service_batches_single_texts_and_not_multi_text_calls(app_artifacts
     assert rows[3]["results"]["rag"]["scores"] == pytest.approx(direct.scores)
     service.classify(["a", "b"])
     assert batcher.texts - warm == 16  # a multi-text call is a batch already
+    reported = service.models()["batching"]  # what /api/models tells an operator (and bench/load.py)
+    assert reported["wait_ms"] == 20
+    assert reported["backends"]["rag"] == {"batches": batcher.batches, "texts": warm + 16, "threads": batcher.threads}
     service.close()
 
 
