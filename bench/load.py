@@ -151,15 +151,16 @@ def compare_batching(artifacts: Path, tweets: list[str], args) -> None:
             for kind in KINDS:  # warm-up, not measured: first calls trace graphs and open Gradio sessions
                 run_one_kind(url, tweets, backends, kind, clients=4, requests=5)
             for kind in KINDS:
+                counts = batch_counts(url)  # read outside the CPU measurement
                 server_cpu, client_cpu = cpu_seconds(server), cpu_seconds(psutil.Process())
-                counts = batch_counts(url)
                 results = run_one_kind(url, tweets, backends, kind, args.clients, args.requests)
+                app_cpu = cpu_seconds(server) - server_cpu
+                client_cpu = cpu_seconds(psutil.Process()) - client_cpu
                 rows.append(load_row(f"{label}, {kind}", results))
                 rows[-1]["mean batch"] = mean_batch(counts, batch_counts(url))
-                app_cpu = cpu_seconds(server) - server_cpu
                 rows[-1]["app CPU s"] = round(app_cpu, 1)
                 rows[-1]["app CPU ms per request"] = round(app_cpu * 1000 / rows[-1]["requests"], 1)
-                rows[-1]["client CPU s"] = round(cpu_seconds(psutil.Process()) - client_cpu, 1)
+                rows[-1]["client CPU s"] = round(client_cpu, 1)
                 summary["errors"] += rows[-1]["errors"]
                 summary["p95_ms"][f"{label} {kind}"] = round(rows[-1]["p95 ms"], 1)
             if label == "batched":
