@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
-from bench.common import machine, table
+from bench.common import machine, table, time_calls
 from core.data import load_tweets
 
 BATCHES = (1, 8, 16, 32)
@@ -31,11 +30,8 @@ BATCHES = (1, 8, 16, 32)
 
 def ms_per_text(predict: Callable[[list[str]], object], texts: list[str], batch: int) -> float:
     """Milliseconds per text of `predict` over `texts` in calls of `batch` texts, after one untimed call."""
-    predict(texts[:batch])
-    start = time.perf_counter()
-    for i in range(0, len(texts), batch):
-        predict(texts[i : i + batch])
-    return (time.perf_counter() - start) * 1000 / len(texts)
+    calls = [texts[i : i + batch] for i in range(0, len(texts), batch)]
+    return float(time_calls(predict, calls, warmup=1).sum()) / len(texts)
 
 
 def load_models(artifacts: Path, dtype: torch.dtype):

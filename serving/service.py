@@ -453,11 +453,15 @@ class Service:
     def _batcher(self, name: str, clf: Classifier, share: int | None) -> MicroBatcher:
         """`name`'s batcher for `clf` on `share` threads (`_share`): the share changes while the line-up comes up, and
         a batcher made earlier is then replaced."""
+
+        def current(batcher: MicroBatcher | None) -> bool:
+            return batcher is not None and batcher.classifier is clf and batcher.threads == share
+
         batcher = self._batchers.get(name)
-        if batcher is None or batcher.classifier is not clf or batcher.threads != share:
+        if not current(batcher):
             with self._batchers_lock:
                 batcher = self._batchers.get(name)
-                if batcher is None or batcher.classifier is not clf or batcher.threads != share:
+                if not current(batcher):
                     if batcher is not None:
                         batcher.close()  # it still answers what it holds, then its worker ends
                     batcher = self._batchers[name] = MicroBatcher(clf, self.batch_wait_ms, threads=share)
