@@ -12,9 +12,10 @@ weighting, retrieval over a tuned embedder tunes its embedder on the four fifths
 None refits on all n, so none sees an example the others do not. All are scored on the same slice of the test
 split.
 
-The fine-tune gets the budget a practitioner would give it at that size (measured on tweets: 20 steps teach nothing at
-100 examples, 200 steps at 1e-4 do): at least `min_steps` optimizer steps (the epochs are raised to reach them) and,
-for a pretrained model, the small-data learning rate SMALL_DATA_LR. The tuned embedder (the same MiniLM body, by
+The fine-tune gets the budget a practitioner would give it at that size, the one every fine-tune gets
+(`finetune.protocol`; measured on tweets: 20 steps teach nothing at 100 examples, 200 steps at 1e-4 do): at least
+`min_steps` optimizer steps (the epochs are raised to reach them) and, for a pretrained model on small data, the
+small-data learning rate. The tuned embedder (the same MiniLM body, by
 default) gets the same compute (``--embedder-budget compute``): as many text encodings, forward and backward, as the
 fine-tune's training makes (its steps times its batch; a contrastive pair is two texts), kept between
 ``--embedder-min-steps`` and ``--embedder-max-steps``; ``--embedder-budget pairs`` gives it one pass over SetFit-style
@@ -47,6 +48,7 @@ from core.data import DataError, label_names, load_tweets, stratified_sample
 from core.files import ArtifactError, atomic_write, dumps_json
 from core.types import check_labels, check_same_labels, normalise_label
 from finetune.config import SCRATCH_PRESETS, FinetuneConfig
+from finetune.protocol import MIN_STEPS, apply_protocol
 from rag.config import RagConfig
 from rag.tune_embedder import TuneEmbedderConfig
 from rag.tuning import choose_vote
@@ -55,14 +57,8 @@ logger = logging.getLogger(__name__)
 
 CONTENDERS = ("finetune", "rag", "rag-tuned")
 LINE_NAMES = {"finetune": "fine-tune", "rag": "RAG (kNN vote)", "rag-tuned": "RAG over a tuned embedder"}
-MIN_STEPS = 200
-"""Fewest fine-tuning optimizer steps at any size (on tweets, 20 steps at 100 examples learned nothing, 200 did)."""
-SMALL_DATA_LR = 1e-4
-"""Learning rate for a pretrained model on small data (on tweets, 1e-4 beat 5e-5 at 100 examples and 200 steps)."""
 EMBEDDER_BUDGETS = ("compute", "pairs")
 """How the tuned embedder's steps are set: the fine-tune's compute, or one pass over its contrastive pairs."""
-EVALUATIONS = 5
-"""Validation passes per fine-tuning run: the best of them is kept."""
 PROTOCOL = (
     "hold-out fifth: per size and seed, a stratified fifth of the n examples is every contender's validation slice "
     "and the other four fifths its fitting set; no contender refits on all n"
@@ -116,8 +112,7 @@ class CurveConfig:
         tokenizer: tokenizer of the fine-tune; None = the base model's own.
         epochs: fine-tuning epochs, raised where needed to reach `min_steps`.
         batch_size: fine-tuning batch size.
-        learning_rate: fine-tuning learning rate; None = 1e-4 (the small-data rate) for a pretrained model,
-            `FinetuneConfig`'s from-scratch default otherwise.
+        learning_rate: fine-tuning learning rate; None = the protocol's (`finetune.protocol`).
         min_steps: fewest fine-tuning optimizer steps at any size.
         embedder: sentence-transformers model of both retrieval contenders; None = ``FTRAG_EMBEDDER`` or the default.
         tune_embedder: also draw retrieval over an embedder tuned on the same examples (``rag-tuned``).
@@ -205,32 +200,17 @@ def embedder_steps(tune: TuneEmbedderConfig, fit_size: int, finetune: dict[str, 
 
 
 def finetune_budget(cfg: FinetuneConfig, fit_size: int, validation_size: int, seed: int, min_steps: int):
-    """`cfg` under the curve's protocol and budget; returns ``(config, budget record)``.
-
-    The epochs are raised to reach `min_steps` optimizer steps; a pretrained model without a learning rate gets
-    SMALL_DATA_LR; the validation slice is the hold-out fifth, evaluated EVALUATIONS times, the best kept, no early
-    stop (the budget is the budget).
+    """`cfg` for one curve run, and the budget the fine-tune's own protocol (`finetune.protocol`) gives it at
+    `fit_size` examples; returns ``(config, budget record)``. The protocol itself is applied by `finetune.train`.
 
     >>> _, b = finetune_budget(FinetuneConfig(epochs=3, batch_size=16), 80, 20, 0, 200)
     >>> b["steps"], b["epochs"], b["learning_rate"]
     (200, 40.0, 0.0001)
     """
-    per_epoch = math.ceil(fit_size / cfg.batch_size)
-    epochs = float(max(cfg.epochs, math.ceil(min_steps / per_epoch)))
-    steps = math.ceil(epochs * per_epoch)
-    lr = cfg.learning_rate or (cfg.lr if cfg.from_scratch else SMALL_DATA_LR)
-    budgeted = dataclasses.replace(
-        cfg,
-        train_size=None,
-        eval_size=validation_size,
-        seed=seed,
-        epochs=epochs,
-        learning_rate=lr,
-        patience=0,
-        checkpoint_every=max(1, math.ceil(steps / EVALUATIONS)),
-    )
-    record = {"steps": steps, "epochs": epochs, "learning_rate": lr, "batch_size": cfg.batch_size}
-    return budgeted, record
+    run_cfg = dataclasses.replace(cfg, train_size=None, eval_size=validation_size, seed=seed, min_steps=min_steps)
+    _, protocol = apply_protocol(run_cfg, fit_size)
+    record = {k: protocol[k] for k in ("steps", "epochs", "learning_rate", "batch_size")}
+    return run_cfg, record
 
 
 # --- one run of each contender ---------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from core.types import check_labels, normalise_label
+from finetune.protocol import MIN_STEPS
 
 SCRATCH_PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 128},
@@ -45,8 +46,13 @@ class FinetuneConfig:
             no names or to rename them; None = the labels the data carries (see `core.data.load_tweets`).
         train_size: training examples (seeded, stratified, disjoint from the evaluation slice); None = all the rest.
         eval_size: evaluation examples carved from the training split (the test split is never used here).
-        epochs: training epochs (the best epoch's weights are kept).
-        learning_rate: peak learning rate; None = 5e-5 for a pretrained model, 5e-4 from scratch.
+        epochs: training epochs (the best epoch's weights are kept); raised where they make fewer than `min_steps`
+            optimizer steps (see `finetune.protocol`).
+        min_steps: fewest optimizer steps, however small the data (`finetune.protocol`).
+        protocol: apply the training protocol (`finetune.protocol`: `min_steps`, the small-data learning rate and
+            evaluations); ``--no-protocol`` trains exactly as configured.
+        learning_rate: peak learning rate; None = 5e-4 from scratch, for a pretrained model 1e-4 on small data and
+            5e-5 otherwise (`finetune.protocol`).
         batch_size: training batch size per process.
         eval_batch_size: evaluation batch size per process.
         max_length: tokens kept per text (longer texts are truncated, at training and at prediction).
@@ -74,6 +80,8 @@ class FinetuneConfig:
     train_size: int | None = None
     eval_size: int = 1000
     epochs: float = 3.0
+    min_steps: int = MIN_STEPS
+    protocol: bool = True
     learning_rate: float | None = None
     batch_size: int = 16
     eval_batch_size: int = 64
@@ -101,6 +109,8 @@ class FinetuneConfig:
             raise ValueError(f"eval_size must be at least 1, got {self.eval_size}")
         if not self.epochs > 0:
             raise ValueError(f"epochs must be positive, got {self.epochs}")
+        if self.min_steps < 0:
+            raise ValueError(f"min_steps must not be negative, got {self.min_steps}")
         if self.learning_rate is not None and not 0 < self.learning_rate < 1:
             raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
         for name in ("batch_size", "eval_batch_size", "logging_steps"):
@@ -123,7 +133,8 @@ class FinetuneConfig:
 
     @property
     def lr(self) -> float:
-        """The learning rate in use (`learning_rate`, or the default for pretrained / from-scratch training)."""
+        """The learning rate before the protocol (`learning_rate`, or the default for pretrained / from-scratch
+        training); `finetune.protocol.apply_protocol` gives a pretrained model on small data its own."""
         if self.learning_rate is not None:
             return self.learning_rate
         return DEFAULT_LR_SCRATCH if self.from_scratch else DEFAULT_LR_PRETRAINED

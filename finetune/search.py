@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import tempfile
 import time
@@ -27,6 +28,7 @@ from core.cli import run_job
 from core.files import atomic_write_json, check_new_output
 from core.types import check_labels, normalise_label
 from finetune.config import FinetuneConfig
+from finetune.protocol import MIN_STEPS, protocol_epochs
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +167,7 @@ def search(cfg: SearchConfig, overwrite: bool = False) -> dict[str, Any]:
         trainer, setup = _trainer(cfg, workdir)
         warmup = prune_after(setup["train_size"], cfg.batch_sizes)
         best = trainer.hyperparameter_search(
-            hp_space=cfg.space,
+            hp_space=lambda trial: with_min_steps(cfg.space(trial), setup["train_size"]),
             compute_objective=lambda metrics: metrics["eval_accuracy"],
             n_trials=cfg.trials,
             direction="maximize",
@@ -190,6 +192,17 @@ def search(cfg: SearchConfig, overwrite: bool = False) -> dict[str, Any]:
     plot_trials(result, out / PLOT_FILE)
     atomic_write_json(out / SEARCH_FILE, result)
     return result
+
+
+def with_min_steps(params: dict[str, Any], n_train: int) -> dict[str, Any]:
+    """A trial's `TrainingArguments` fields with its epochs raised to the protocol's fewest optimizer steps
+    (`finetune.protocol`), so that no trial on small data is a token run that the search would rank.
+
+    >>> with_min_steps({"num_train_epochs": 2, "per_device_train_batch_size": 16}, 160)["num_train_epochs"]
+    20
+    """
+    epochs = protocol_epochs(params["num_train_epochs"], n_train, params["per_device_train_batch_size"], MIN_STEPS)
+    return {**params, "num_train_epochs": math.ceil(epochs)}
 
 
 def prune_after(n_train: int, batch_sizes) -> int:

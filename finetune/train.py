@@ -30,6 +30,7 @@ from finetune.config import SCRATCH_PRESETS, FinetuneConfig
 from finetune.history import overfitting_note
 from finetune.history import plot as plot_history
 from finetune.model import CARD_FILE, FORMAT_VERSION, LABELS_FILE, RUN_FILE, ensure_pad_token
+from finetune.protocol import apply_protocol
 
 logger = logging.getLogger(__name__)
 
@@ -323,6 +324,10 @@ def train(
     start = time.perf_counter()
     args = cfg.to_training_args(show_progress=show_progress)
     setup = prepare_training(cfg, dataset, args, tell, eval_dataset)
+    cfg, protocol = apply_protocol(cfg, setup.train_ds.num_rows, args.world_size)
+    logger.info("Training protocol: %d optimizer steps, %g epochs, learning rate %g (%s)", protocol["steps"],
+                protocol["epochs"], protocol["learning_rate"], protocol["why"])  # fmt: skip
+    args = cfg.to_training_args(show_progress=show_progress)
     resume = _prepare_checkpoints(cfg, args)
     counter = epoch_counter()
     trainer = build_trainer(setup, args, [*callbacks, counter, *_run_callbacks(cfg, progress, tell)])
@@ -334,6 +339,7 @@ def train(
     final = trainer.evaluate()
     run = run_record(cfg, args, setup, trainer, final, history=history, resume=resume, counter=counter,
                      train_seconds=train_seconds, start=start)  # fmt: skip
+    run["protocol"] = protocol
     if args.should_save:
         tell(0.99, f"saving to {out}")
         _save_run(cfg, trainer.model, setup.tokenizer, run, out, train_seconds)

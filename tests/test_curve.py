@@ -9,7 +9,6 @@ import pytest
 
 from compare import curve as curve_module
 from compare.curve import (
-    SMALL_DATA_LR,
     CurveConfig,
     crossover,
     crossover_range,
@@ -21,6 +20,7 @@ from compare.curve import (
 )
 from core.types import LABELS
 from finetune.config import FinetuneConfig
+from finetune.protocol import SMALL_DATA_LR
 
 
 def banded(ft, ft_std, rag, rag_std, sizes=(100, 300, 1000, 3000)):
@@ -92,7 +92,8 @@ def test_the_cli_runs_every_contender_over_two_seeds_on_the_same_examples(
 def test_budget_reaches_the_minimum_steps_with_the_small_data_rate():
     cfg, budget = finetune_budget(FinetuneConfig(epochs=3, batch_size=16), 80, 20, seed=2, min_steps=200)
     assert budget == {"steps": 200, "epochs": 40.0, "learning_rate": SMALL_DATA_LR, "batch_size": 16}
-    assert (cfg.epochs, cfg.lr, cfg.eval_size, cfg.seed, cfg.patience, cfg.train_size) == (40, 1e-4, 20, 2, 0, None)
+    # The run's config: the curve's slices and seed; the fine-tune's own protocol (applied by `train`) does the rest.
+    assert (cfg.eval_size, cfg.seed, cfg.train_size, cfg.min_steps, cfg.protocol) == (20, 2, None, 200, True)
     _, many = finetune_budget(FinetuneConfig(epochs=3, batch_size=16), 8000, 2000, seed=0, min_steps=200)
     assert (many["steps"], many["epochs"]) == (1500, 3.0)  # enough steps already: the epochs as given
     _, scratch = finetune_budget(FinetuneConfig(from_scratch=True), 80, 20, seed=0, min_steps=200)

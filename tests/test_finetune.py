@@ -37,8 +37,12 @@ RUN_KEYS = {
 
 
 def tiny_cfg(shared_dir: Path, out: Path, **overrides) -> FinetuneConfig:
-    """The tiny random GPT-2 (2-wide, 1 layer) on a slice of real tweets: a full run takes a second or two."""
+    """The tiny random GPT-2 (2-wide, 1 layer) on a slice of real tweets: a full run takes a second or two.
+
+    Trained exactly as configured (no protocol): these tests pin the Trainer's mechanics (epochs, checkpoints, early
+    stopping); the protocol has tests of its own (test_protocol.py, and `ft_dir`, trained under it)."""
     settings = {
+        "protocol": False,
         "base_model": str(shared_dir / "models" / "tiny-random-gpt2"),
         "eval_size": 60,
         "epochs": 1,
@@ -52,6 +56,7 @@ def tiny_cfg(shared_dir: Path, out: Path, **overrides) -> FinetuneConfig:
 def scratch_cfg(shared_dir: Path, out: Path, **overrides) -> FinetuneConfig:
     """GPT-2 of the `tiny` preset from scratch, with the real GPT-2 tokenizer."""
     settings = {
+        "protocol": False,  # these tests are about what a scratch model says of itself, not its training budget
         "from_scratch": True,
         "scratch_size": "tiny",
         "tokenizer": str(shared_dir / "models" / "gpt2-tokenizer"),
@@ -167,7 +172,12 @@ def test_training_saves_a_complete_model_directory(ft_dir):
     assert run["from_scratch"] is False and run["backend"] == "finetune"
     assert run["train_size"] == 240 and run["eval_size"] == 60
     assert 0.0 <= run["eval_accuracy"] <= 1.0 and run["train_seconds"] > 0 and run["train_samples_per_second"] > 0
-    assert len(run["history"]) == 2  # evaluated after each epoch
+    # Trained under the protocol by default: 240 examples make 15 steps an epoch, so the 2 epochs asked are raised
+    # to reach 200 optimizer steps, evaluated 5 times, the best kept.
+    protocol = run["protocol"]
+    assert (protocol["steps"], protocol["epochs"], protocol["evaluations"]) == (210, 14.0, 5)
+    assert protocol["learning_rate"] == 1e-4 and run["config"]["patience"] == 0
+    assert len(run["history"]) == 5 and run["history"][-1]["step"] == 210
     assert json.loads((ft_dir / "labels.json").read_text()) == list(LABELS)
     assert not ft_dir.with_name("model-checkpoints").exists()  # removed after a successful run
     assert [p.name for p in ft_dir.parent.iterdir()] == ["model"]  # no staging leftovers
@@ -235,7 +245,8 @@ def test_a_pretrained_encoder_fine_tuned_on_real_tweets_beats_the_majority_class
     """The whole loop learns: all-MiniLM-L6-v2 fine-tuned on 260 real tweets (3 epochs, about 20 s) labels 200
     held-out test tweets far better than always answering their commonest label (about 0.70 against 0.39)."""
     cfg = FinetuneConfig(base_model=packaged_embedder_path(), eval_size=40, epochs=3, batch_size=16,
-                         learning_rate=1e-4, max_length=64, threads=1, out=str(tmp_path / "model"))  # fmt: skip
+                         learning_rate=1e-4, max_length=64, threads=1, protocol=False,
+                         out=str(tmp_path / "model"))  # fmt: skip
     before = torch.get_num_threads()
     try:  # one thread: two fight any other work on a small machine (7x slower beside a busy process)
         train(cfg, small_train, show_progress=False)
@@ -578,7 +589,7 @@ def test_a_training_process_killed_mid_epoch_resumes_and_finishes(shared_dir, da
         sys.executable, "-m", "finetune.train",
         "--base-model", str(shared_dir / "models" / "tiny-random-gpt2"), "--data", str(data_dir),
         "--train-size", "640", "--eval-size", "32", "--epochs", "3", "--checkpoint-every", "10", "--patience", "0",
-        "--out", str(out),
+        "--no-protocol", "--out", str(out),
     ]  # fmt: skip
     first = subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = tmp_path / "m-checkpoints"
