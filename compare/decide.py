@@ -20,6 +20,7 @@ from typing import Any
 
 from compare.curve import crossover, crossover_range, describe_crossover, series
 from compare.evaluation import check_report
+from compare.latency import p95_interval
 from core.cli import parse_config
 from core.files import read_json
 from core.types import check_same_labels
@@ -62,6 +63,9 @@ INSTANT_UPDATE_SHARE = {"finetune": 0.0, "rag": 1.0, "rag-tuned": 1.0, "hybrid":
 UPDATE_FREQUENCY = {"daily": 1.0, "weekly": 0.5, "rarely": 0.0}
 UPDATES = tuple(UPDATE_FREQUENCY)
 HARDWARE = ("cpu", "gpu")
+MIN_LATENCY_SAMPLES = 20
+"""Fewest timed queries behind a p95 for its interval to be judged; with fewer, latencies are taken as measured."""
+SAME_SCORE = 1e-9
 
 
 @dataclass
@@ -99,14 +103,20 @@ class Constraints:
 
 @dataclass
 class Recommendation:
-    """The choice (None when the measurements cannot support one), the reasons behind it, and what to keep in mind."""
+    """The choice (None when the measurements cannot support one), what decided it in one sentence, a statistical
+    tie named as one (``tie``: the contenders either of which will do), the reasons for the choice and the runner-up,
+    what to keep in mind, and every constraint given with what it changed."""
 
     choice: str | None
     backend: str | None = None
+    decided_by: str | None = None
+    tie: list[str] = field(default_factory=list)
+    runner_up: str | None = None
     reasons: list[dict[str, str]] = field(default_factory=list)
     caveats: list[str] = field(default_factory=list)
     scores: dict[str, float] = field(default_factory=dict)
     excluded: dict[str, str] = field(default_factory=dict)
+    constraints: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -260,14 +270,21 @@ def freshness(f: Contenders) -> list[Score]:
     text = None
     if added.get("seconds") is not None and retrain.get("seconds") is not None:
         text = (
-            f"labeled data changes {f.constraints.updates}: adding {update.get('new_examples')} examples took "
+            f"adding {update.get('new_examples')} examples took "
             f"retrieval {added['seconds']:.1f} s (measured, held-out accuracy "
             f"{100 * added.get('accuracy_change', 0.0):+.2f} points); the fine-tune needs a retrain of about "
             f"{retrain['seconds'] / 60:.0f} min (estimated from its run.json)"
         )
-    scores = [Score(k, frequency * INSTANT_UPDATE_SHARE[k]) for k in f.feasible]
-    first = next((s for s in scores if s.value == max(x.value for x in scores) and s.value > 0), None)
-    return [Score(s.kind, s.value, text if s is first else None) for s in scores]
+    how = {
+        1.0: "takes new labeled examples at once, by adding them to its index",
+        0.5: "takes new labeled examples at once in its retrieval half only; its fine-tuned half waits for a retrain",
+        0.0: "takes new labeled examples only by retraining",
+    }
+    return [
+        Score(k, frequency * INSTANT_UPDATE_SHARE[k], f"labeled data changes {f.constraints.updates}: {k} "
+              f"{how[INSTANT_UPDATE_SHARE[k]]}" + (f"; {text}" if text else ""))
+        for k in f.feasible
+    ]  # fmt: skip
 
 
 def explainability(f: Contenders) -> list[Score]:
@@ -294,15 +311,34 @@ def resource_limits(f: Contenders) -> list[Score]:
     if len(p95) < 2:
         return []
     fastest = min(p95, key=p95.get)
+    spans = {k: _p95_span(f.measured[k]) for k in p95}
+
+    def overlap(a: str, b: str) -> bool:
+        return bool(spans[a] and spans[b] and spans[a][0] <= spans[b][1] and spans[b][0] <= spans[a][1])
+
     scores = []
     for kind, value in p95.items():
+        # Each is scored by the best p95 within its own noise: two latencies whose intervals overlap score alike.
+        peer = min((k for k in p95 if k == kind or overlap(kind, k)), key=p95.get)
         if kind == fastest:
             text = f"lowest p95 latency of the contenders: {value:.1f} ms here"
+        elif peer != kind:
+            text = (
+                f"p95 latency {value:.1f} ms, within the noise of {peer}'s {p95[peer]:.1f} ms (their p95 intervals "
+                f"[{spans[kind][0]:.1f}, {spans[kind][1]:.1f}] and [{spans[peer][0]:.1f}, {spans[peer][1]:.1f}] ms "
+                f"overlap); {p95[peer] / p95[fastest]:.1f}x the fastest ({fastest}, {p95[fastest]:.1f} ms)"
+            )
         else:
             ratio = value / p95[fastest]
             text = f"p95 latency {value:.1f} ms, {ratio:.1f}x the fastest ({fastest}, {p95[fastest]:.1f} ms)"
-        scores.append(Score(kind, p95[fastest] / value, text))
+        scores.append(Score(kind, p95[fastest] / p95[peer], text))
     return scores
+
+
+def _p95_span(backend: dict[str, Any]) -> list[float] | None:
+    """The bootstrap interval of a backend's p95 from its timed queries; None with too few to judge by."""
+    samples = backend.get("latency_samples_ms") or []
+    return p95_interval(samples) if len(samples) >= MIN_LATENCY_SAMPLES else None
 
 
 CRITERIA: dict[str, Callable[[Contenders], list[Score]]] = {
@@ -376,6 +412,11 @@ def violation(kind: str, b: dict[str, Any], constraints: Constraints) -> str | N
         return (
             f"the hybrid shows labeled evidence only when its fine-tuned part is unsure (confidence below "
             f"{gate.get('threshold', 0):.2f}), not with every answer (explainability)"
+        )
+    if constraints.need_evidence and 0.0 < EVIDENCE_SHARE[kind] < 1.0:
+        return (
+            f"its label blends in a fine-tuned classifier, so the neighbours it shows do not justify its answer "
+            f"(explainability), though its accuracy is {b['accuracy']:.4f}"
         )
     if constraints.need_evidence and EVIDENCE_SHARE[kind] == 0.0:
         return (
@@ -460,36 +501,117 @@ def caveats(f: Contenders, rec: Recommendation, totals: dict[str, float]) -> Non
 
 def decide(report: dict[str, Any], constraints: Constraints, curve: dict[str, Any] | None = None) -> Recommendation:
     """Recommend finetune, rag-tuned, rag or hybrid for `constraints`, from the measured `report` (and the learning
-    `curve`), with a reason per criterion and contender."""
+    `curve`): what decided it, or the tie, with the reasons for the choice and the runner-up."""
     report = check_report(report)
     if curve and curve.get("labels") and report.get("labels"):  # one label set, or the curve says nothing here
         check_same_labels("the report", report["labels"], "the learning curve", curve["labels"])
     rec = Recommendation(choice=None)
-    by_kind = group(report)
+    by_kind = learned_only(group(report), rec)
     if not by_kind:
         rec.caveats.append(f"the report holds none of the backends {list(KINDS)}; nothing to choose from")
         return rec
     curve_size = apply_curve(by_kind, constraints, curve, rec)
     measured = pick(by_kind, constraints, rec)
     feasible = [kind for kind in measured if kind not in rec.excluded]
+    rec.constraints = constraint_effects(constraints, rec, curve_size)
     if not feasible:
         misses = "; ".join(f"{k}: {v}" for k, v in rec.excluded.items())
         rec.caveats.append(f"no measured backend meets every constraint: {misses}. Relax a constraint, or measure on "
                            "other hardware.")  # fmt: skip
+        rec.decided_by = "nothing: no contender meets every constraint"
         return rec
     f = Contenders(measured, feasible, constraints, report, curve, curve_size)
     weighted = weigh(f, rec)
     totals = {kind: sum(points.values()) for kind, points in weighted.items()}
     ranked = sorted(feasible, key=lambda k: (totals[k], f.accuracy(k)), reverse=True)
-    rec.choice, rec.backend = ranked[0], measured[ranked[0]]["name"]
-    verdict = tie_break(f, ranked[0], ranked[1], weighted) if len(ranked) > 1 else None
-    if verdict:
-        rec.reasons.insert(0, {"criterion": "verdict", "backend": ranked[0], "text": verdict})
+    choice = ranked[0]
+    runner = ranked[1] if len(ranked) > 1 else None
+    rec.choice, rec.backend, rec.runner_up = choice, measured[choice]["name"], runner
+    if runner is None:
+        rec.decided_by = f"{choice} is the only contender left: " + (
+            "; ".join(f"{k} {v}" for k, v in rec.excluded.items()) or "no other was measured"
+        )
+    else:
+        tie = [k for k in ranked if abs(totals[k] - totals[choice]) <= SAME_SCORE and
+               (k == choice or noise(f, choice, k)["within"])]  # fmt: skip
+        rec.tie = tie if len(tie) > 1 else []
+        rec.decided_by = tie_sentence(f, rec.tie) if rec.tie else deciding(f, rec, weighted, totals)
+        verdict = None if rec.tie else tie_break(f, choice, runner, weighted)
+        if verdict:
+            rec.reasons.insert(0, {"criterion": "verdict", "backend": choice, "text": verdict})
+    shown = {choice, runner, *rec.tie}
+    rec.reasons = [r for r in rec.reasons if r["backend"] in shown]
     for name, why in rec.excluded.items():
         rec.reasons.append({"criterion": "constraint", "backend": name, "text": f"excluded: {why}"})
     rec.scores = {k: round(totals[k], 3) for k in ranked}
     caveats(f, rec, totals)
     return rec
+
+
+def learned_only(by_kind: dict[str, list[dict[str, Any]]], rec: Recommendation) -> dict[str, list[dict[str, Any]]]:
+    """`by_kind` without the backends that did not learn (report ``learned: false``); a kind left with none is
+    excluded, with why: such a contender is never ranked, so it neither wins nor loses a verdict."""
+    kept = {}
+    for kind, items in by_kind.items():
+        learned = [b for b in items if b.get("learned", True) is not False]
+        if learned:
+            kept[kind] = learned
+        else:
+            rec.excluded[kind] = f"did not learn ({items[0].get('why') or 'no better than the majority class'})"
+    return kept
+
+
+def tie_sentence(f: Contenders, tie: list[str]) -> str:
+    """The decision when the best are a statistical tie: either will do."""
+    how = "; ".join(noise(f, tie[0], k)["how"] for k in tie[1:])
+    figures = ", ".join(f"{k} {f.accuracy(k):.4f}" for k in tie)
+    return (
+        f"a tie: {' and '.join(tie)} ({figures}) differ by less than the interval ({how}), and nothing else weighed "
+        "here separates them beyond its noise; either will do"
+    )
+
+
+def deciding(f: Contenders, rec: Recommendation, weighted: dict[str, dict[str, float]], totals) -> str:
+    """One sentence: the criterion that gave the choice its largest edge over the runner-up, with the numbers."""
+    choice, runner = rec.choice, rec.runner_up
+    edges = {c: weighted[choice].get(c, 0.0) - weighted[runner].get(c, 0.0) for c in CRITERIA}
+    top = max(edges, key=edges.get)
+    scores = f"{choice} scores {totals[choice]:.2f} against {runner}'s {totals[runner]:.2f}"
+    if top == "task nature":
+        judged = noise(f, choice, runner)
+        return (
+            f"accuracy: {choice} ({f.accuracy(choice):.4f}) is {100 * judged['diff']:.1f} points more accurate than "
+            f"{runner} ({f.accuracy(runner):.4f}), beyond the noise ({judged['how']}); {scores}"
+        )
+    reason = next((r["text"] for r in rec.reasons if r["criterion"] == top and r["backend"] == choice), top)
+    return f"{top}: {reason}. That outweighs the rest: {scores} ({top} {edges[top]:+.2f})"
+
+
+def constraint_effects(constraints: Constraints, rec: Recommendation, curve_size: int | None) -> dict[str, Any]:
+    """Every constraint the team set, echoed with what it changed (a budget that ruled nothing out says so)."""
+    effects = []
+
+    def ruled_out(marker: str) -> str:
+        out = [k for k, why in rec.excluded.items() if marker in why]
+        return f"ruled out {', '.join(out)}" if out else "every contender meets it; it changed nothing"
+
+    if constraints.latency_budget_ms is not None:
+        effects.append(f"latency budget {constraints.latency_budget_ms:g} ms (p95): {ruled_out('resource limits')}")
+    if constraints.accuracy_target is not None:
+        effects.append(f"accuracy target {constraints.accuracy_target:.4f}: {ruled_out('task nature')}")
+    if constraints.need_evidence:
+        effects.append(f"evidence with every answer: {ruled_out('explainability')}")
+    if constraints.labeled_examples is not None:
+        effects.append(
+            f"{constraints.labeled_examples} labeled examples: "
+            + (f"accuracy taken from the learning curve at {curve_size}" if curve_size else
+               "the report's accuracies stand (measured with as many or fewer, or no curve to read)")
+        )  # fmt: skip
+    weight = WEIGHTS["freshness"][0] * UPDATE_FREQUENCY[constraints.updates]
+    effects.append(f"labeled data changes {constraints.updates}: instant updates weigh {weight:g}")
+    if constraints.hardware == "gpu":
+        effects.append("served on a GPU: measured on a CPU, see the caveats")
+    return {"given": asdict(constraints), "effects": effects}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -507,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps({"constraints": asdict(constraints), **recommendation.to_dict()}, indent=2))
+    print(json.dumps(recommendation.to_dict(), indent=2))  # its "constraints" echo what was given
     return 0
 
 

@@ -7,6 +7,8 @@ so one visitor's 50-text run never changes what Decide tells everyone else.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,15 @@ STARTUP_CURVE_SIZES = (100, 300, 1000)
 """The small learning curve measured after the start-up comparison when the artifacts hold none (one seed, no
 tuned embedder, 300 test texts: a few minutes on 2 cores); `python -m compare.curve` measures a full one."""
 STARTUP_CURVE_TEST = 300
+
+
+def studies_root(artifacts: Path | None) -> Path:
+    """The one folder visitors' studies work in: ``FTRAG_STUDIES_DIR``, else ``<artifacts>/studies``, else
+    ``<temp>/ftrag-studies``. One app per folder: the queue deletes the job folders it finds there at start."""
+    chosen = os.environ.get("FTRAG_STUDIES_DIR", "").strip()
+    if chosen:
+        return Path(chosen)
+    return artifacts / "studies" if artifacts is not None else Path(tempfile.gettempdir()) / "ftrag-studies"
 
 
 class App:
@@ -157,7 +168,7 @@ class App:
         from serving.studies import StudyQueue
 
         if self._studies is None:
-            self._studies = StudyQueue()
+            self._studies = StudyQueue.from_env(studies_root(self.service.artifacts))
         return self._studies
 
     @property
@@ -192,7 +203,7 @@ class App:
             if self.comparing and not self.comparing.startswith("failed"):
                 raise Refused(f"the start-up comparison is still running ({self.comparing}); ask again soon", 503, 10)
             raise InputError("no comparison report yet: run one in the Batch evaluation tab (or compare.run)")
-        return {"constraints": constraints.__dict__, **decide(report, constraints, self.curve).to_dict()}
+        return decide(report, constraints, self.curve).to_dict()  # its "constraints" echo what was given
 
     def evaluate_file(self, path: Any, use_test_split: bool, size: int, progress=None) -> dict[str, Any]:
         """Score every backend on an uploaded file or on `size` texts of the test split (one of the two, never both).

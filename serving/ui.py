@@ -28,7 +28,7 @@ from compare.report import (
     write_report,
 )
 from core.files import read_json
-from core.limits import MAX_CHARS, MAX_UPLOAD_ROWS
+from core.limits import MAX_CHARS, MAX_LABEL_CHARS, MAX_LABELS, MAX_UPLOAD_ROWS, clip_message
 from serving.access import Refused, client_of
 from serving.service import InputError, Service, hide_paths, uploaded_file, validate_texts
 from serving.state import LATENCY_QUERIES, App
@@ -72,8 +72,8 @@ LATENCY_NOTE = (
 
 
 def ui_error(err: Exception) -> gr.Error:
-    """An error for the page: it stays until dismissed and names no server path."""
-    return gr.Error(hide_paths(str(err)), duration=None)
+    """An error for the page: it stays until dismissed, names no server path and is cut to MAX_ERROR_CHARS."""
+    return gr.Error(clip_message(hide_paths(str(err))), duration=None)
 
 
 def neighbours(result: dict[str, Any]) -> list[list[Any]]:
@@ -311,9 +311,16 @@ def share(text: Any) -> float | None:
 
 def recommendation_markdown(rec: dict[str, Any], report: dict[str, Any]) -> str:
     choice = rec["choice"] or "no choice: the measurements do not support one"
+    if len(rec.get("tie") or []) > 1:
+        choice = "a tie between " + " and ".join(rec["tie"])
     lines = [f"## Recommendation: {escape_markdown(choice)}", ""]
+    if rec.get("decided_by"):
+        lines += [f"**What decided it:** {escape_markdown(rec['decided_by'], 800)}", ""]
     lines += [f"- *{r['criterion']}* ({escape_markdown(r['backend'])}): {escape_markdown(r['text'], 500)}"
               for r in rec["reasons"]]  # fmt: skip
+    effects = (rec.get("constraints") or {}).get("effects") or []
+    if effects:
+        lines += ["", "**Your constraints**", ""] + [f"- {escape_markdown(e, 300)}" for e in effects]
     if rec["caveats"]:
         lines += ["", "**Caveats**", ""] + [f"- {escape_markdown(c, 500)}" for c in rec["caveats"]]
     data = report["dataset"]
@@ -483,8 +490,9 @@ def teach_tab(state: App) -> gr.Radio:
 
 
 STUDY_INTRO = """\
-Decide on **your own task**. Upload labeled text (CSV or JSONL with a text column and a label column; any labels,
-{min_rows:,} to {max_rows:,} rows). The study holds out a test set (your file's own `split` column is not needed: a
+Decide on **your own task**. Upload labeled text (CSV or JSONL with a text column and a label column;
+{min_rows:,} to {max_rows:,} rows; 2 to {max_labels} labels of at most {label_chars} characters, each with at least
+{per_label} examples). The study holds out a test set (your file's own `split` column is not needed: a
 stratified 20% is held out, with no text on both sides), fine-tunes the pretrained model, builds the retrieval index
 (and one over an embedder tuned on your examples), compares them on the test set with 95% intervals, draws a learning
 curve with the time left, and recommends, all within the budget you pick. One study runs at a time on this machine;
@@ -500,6 +508,8 @@ def study_status_markdown(state: App, job) -> str:
         head = f"**Running** (budget {job.budget_minutes:g} minutes)."
     elif job.state == "failed":
         head = f"**Failed**: {escape_markdown(job.error or 'unknown error', 500)}"
+    elif job.state == "cancelled":
+        head = "**Cancelled.**"
     else:
         head = "**Done.**"
     recent = "\n".join(line.replace("`", "'") for line in job.lines[-8:])
@@ -557,7 +567,7 @@ def study_view(state: App, current: str | None) -> list:
         said = "*Your study is over and its files were deleted; run another.*" if current else ""
         return [said, "", None, gr.update(visible=False), None, gr.Timer(active=False)]
     busy = job.state in {"queued", "running"}
-    if busy or job.state == "failed":
+    if busy or job.state in {"failed", "cancelled"}:
         return [study_status_markdown(state, job), "", None, gr.update(visible=False), None, gr.Timer(active=busy)]
     report = read_json(job.out / "report.json", "report")
     curve_png = job.out / "curve.png"
@@ -575,9 +585,10 @@ def your_data_tab(state: App) -> None:
     """The "Your data" tab: upload, preview, budget, the visitor's own study as a background job, its report and
     its models. The handlers that need more than a few lines are `study_preview_view` and `study_view`; what is left
     is the tab's layout, its components in the order the page shows them, and their wiring."""
-    from serving.studies import BUDGETS, MAX_STUDY_ROWS, MIN_STUDY_ROWS, max_minutes, preview
+    from serving.studies import BUDGETS, MAX_STUDY_ROWS, MIN_PER_LABEL, MIN_STUDY_ROWS, max_minutes, preview
 
-    gr.Markdown(STUDY_INTRO.format(min_rows=MIN_STUDY_ROWS, max_rows=MAX_STUDY_ROWS))
+    gr.Markdown(STUDY_INTRO.format(min_rows=MIN_STUDY_ROWS, max_rows=MAX_STUDY_ROWS, max_labels=MAX_LABELS,
+                                   label_chars=MAX_LABEL_CHARS, per_label=MIN_PER_LABEL))  # fmt: skip
     job_id = gr.State(None)  # this visitor's study: its id is theirs alone
     upload = gr.File(label="Your labeled data (CSV or JSONL)", file_types=[".csv", ".jsonl"],
                      elem_id="study-upload")  # fmt: skip
@@ -586,7 +597,9 @@ def your_data_tab(state: App) -> None:
     budgets = [b for b in BUDGETS if b <= max_minutes()] or [max_minutes()]
     budget = gr.Radio([str(b) for b in budgets], value=str(budgets[min(1, len(budgets) - 1)]),
                       label="Budget (minutes of this machine)")  # fmt: skip
-    run = gr.Button("Run the study", variant="primary")
+    with gr.Row():
+        run = gr.Button("Run the study", variant="primary")
+        cancel = gr.Button("Cancel my study")
     status = gr.Markdown(elem_id="study-status")
     verdict = gr.Markdown(elem_id="study-verdict")
     table = gr.Dataframe(headers=list(HEADLINE_COLUMNS), label="Each contender on your test set", wrap=True)
@@ -613,6 +626,13 @@ def your_data_tab(state: App) -> None:
             raise ui_error(err) from err
         return job.id, study_status_markdown(state, job), gr.Timer(active=True)
 
+    def on_cancel(current):
+        try:
+            job = state.studies.cancel(current)
+        except InputError as err:
+            raise ui_error(err if current else InputError("you have no study to cancel")) from err
+        return study_status_markdown(state, job)
+
     def on_ask(text, current):
         if not current:
             raise ui_error(InputError("run a study first: its models answer here"))
@@ -626,6 +646,7 @@ def your_data_tab(state: App) -> None:
 
     upload.change(partial(study_preview_view, state), upload, [found, first_rows], api_name="study_preview")
     run.click(on_run, [upload, budget, job_id], [job_id, status, timer], api_name="study")
+    cancel.click(on_cancel, job_id, status, api_name="study_cancel")
     outputs = [status, verdict, table, curve, download, timer]
     on_tick = partial(study_view, state)
     timer.tick(on_tick, job_id, outputs, api_visibility="private")

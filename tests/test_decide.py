@@ -97,7 +97,7 @@ def texts(scores):
         ({"hybrid_acc": 0.85}, Constraints(), None, "hybrid", ["0.8500", "excludes 0"]),
         ({}, Constraints(latency_budget_ms=20), None, "rag", ["p95 latency 30.0 ms exceeds the 20 ms budget"]),
         ({"rag_acc": 0.795}, Constraints(updates="daily"), None, "rag", ["2.1 s", "33 min", "freshness (+1.00)"]),
-        ({}, Constraints(need_evidence=True), None, "hybrid", ["shows no labeled examples"]),
+        ({}, Constraints(need_evidence=True), None, "rag", ["shows no labeled examples", "blends in a fine-tuned"]),
         ({}, Constraints(labeled_examples=3000), CURVE, "finetune", ["ahead of retrieval from 1000"]),
         (
             {"ft_acc": 0.66, "hybrid_acc": 0.64},
@@ -186,9 +186,11 @@ def test_freshness_counts_instant_updates_by_how_often_labels_change():
     report = synthetic_report(tuned_acc=0.78)
     daily = freshness(field(report, Constraints(updates="daily")))
     assert {s.kind: s.value for s in daily} == {"finetune": 0.0, "rag": 1.0, "hybrid": 0.5, "rag-tuned": 1.0}
-    reason = next(s.reason for s in daily if s.reason)
-    assert reason.startswith("labeled data changes daily: adding 500 examples took retrieval 2.1 s")
-    assert "retrain of about 33 min" in reason
+    reasons = texts(daily)
+    assert reasons["rag"].startswith("labeled data changes daily: rag takes new labeled examples at once")
+    assert reasons["finetune"].startswith("labeled data changes daily: finetune takes new labeled examples only by")
+    assert "in its retrieval half only" in reasons["hybrid"]
+    assert all("took retrieval 2.1 s" in r and "retrain of about 33 min" in r for r in reasons.values())
     assert {s.kind: s.value for s in freshness(field(report, Constraints(updates="weekly")))}["rag"] == 0.5
     assert freshness(field(report, Constraints(updates="rarely"))) == []
 
@@ -274,11 +276,11 @@ def test_decide_cli(tmp_path, capsys):
     path.write_text(json.dumps(synthetic_report()))
     assert decide_main(["--report", str(path), "--latency-budget-ms", "20", "--updates", "daily"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["choice"] == "rag" and out["constraints"]["updates"] == "daily"
+    assert out["choice"] == "rag" and out["constraints"]["given"]["updates"] == "daily"
     curve = tmp_path / "curve.json"
     curve.write_text(json.dumps(banded_curve()))
     assert decide_main(["--report", str(path), "--curve", str(curve), "--labeled-examples", "300"]) == 0
-    assert json.loads(capsys.readouterr().out)["constraints"]["labeled_examples"] == 300
+    assert json.loads(capsys.readouterr().out)["constraints"]["given"]["labeled_examples"] == 300
     path.write_text(json.dumps({**synthetic_report(), "format_version": 99}))
     assert decide_main(["--report", str(path)]) == 2
     assert "format 99 is not supported" in capsys.readouterr().err
@@ -327,3 +329,51 @@ def test_decide_refuses_a_curve_of_other_labels():
     with pytest.raises(ValueError, match="label sets differ: the report has"):
         decide(report, Constraints(labeled_examples=300), {**CURVE, "labels": list(LABELS)})
     assert decide(report, Constraints(labeled_examples=300), {**CURVE, "labels": report["labels"]}).choice == "rag"
+
+
+def test_a_statistical_tie_is_reported_as_one_and_not_broken_by_latency_inside_its_noise():
+    report = synthetic_report(ft_acc=0.80, hybrid_acc=0.80, rag_acc=0.60, ft_p95=13.8, rag_p95=0.4)
+    noisy = [10.0] * 90 + [11.0 + 0.7 * i for i in range(10)]  # a tail, as real timings have: p95 13.8 ms
+    report["backends"]["finetune"].update(latency_ms={"p50": 10.0, "p95": 13.8}, latency_samples_ms=noisy)
+    report["backends"]["hybrid"].update(
+        latency_ms={"p50": 10.4, "p95": 14.2}, latency_samples_ms=[t + 0.4 for t in noisy]
+    )
+    rec = decide(report, Constraints())
+    assert rec.tie == ["finetune", "hybrid"] and rec.decided_by.startswith("a tie: finetune and hybrid")
+    assert "either will do" in rec.decided_by and rec.scores["finetune"] == rec.scores["hybrid"]
+    assert not any("broke the tie" in r["text"] for r in rec.reasons)
+    # Latencies far apart (beyond their intervals) are a real difference: no tie, and the sentence says why.
+    report["backends"]["hybrid"]["latency_samples_ms"] = [3 * t for t in noisy]
+    report["backends"]["hybrid"]["latency_ms"]["p95"] = 3 * 13.8
+    rec = decide(report, Constraints())
+    assert (
+        rec.tie == []
+        and rec.choice == "finetune"
+        and rec.decided_by.startswith("resource limits: p95 latency 13.8 ms")
+    )
+
+
+def test_a_contender_that_did_not_learn_is_never_ranked():
+    report = synthetic_report(ft_acc=0.90)
+    report["backends"]["finetune"].update(learned=False, why="answers 'neutral' for 100% of the 60 texts")
+    rec = decide(report, Constraints())
+    assert rec.choice != "finetune" and "finetune" not in rec.scores
+    assert rec.excluded["finetune"].startswith("did not learn (answers 'neutral' for 100%")
+
+
+def test_the_decision_names_what_decided_it_and_reasons_only_for_the_choice_and_the_runner_up():
+    rec = decide(synthetic_report(rag_acc=0.795), Constraints(updates="daily"))
+    assert rec.choice == "rag" and rec.runner_up in {"finetune", "hybrid"}
+    assert rec.decided_by.startswith("freshness: labeled data changes daily: rag takes new labeled examples at once")
+    assert "rag scores" in rec.decided_by and f"against {rec.runner_up}'s" in rec.decided_by
+    assert {r["backend"] for r in rec.reasons} == {"rag", rec.runner_up}
+    accuracy = decide(synthetic_report(), Constraints(updates="rarely"))
+    assert accuracy.choice == "finetune"
+
+
+def test_every_constraint_is_echoed_with_what_it_changed():
+    rec = decide(synthetic_report(), Constraints(latency_budget_ms=500, accuracy_target=0.7, labeled_examples=50))
+    effects = " | ".join(rec.constraints["effects"])
+    assert "latency budget 500 ms (p95): every contender meets it; it changed nothing" in effects
+    assert "accuracy target 0.7000: ruled out rag" in effects and "50 labeled examples" in effects
+    assert rec.constraints["given"]["latency_budget_ms"] == 500
