@@ -305,27 +305,11 @@ def plot(report: dict[str, Any], out: str | Path) -> list[Path]:
 
     The order is kept (new plots go at the end): callers take the first two as the confusion and latency images.
     """
-    import numpy as np
-
     with plotting() as plt:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         names = list(report["backends"])
-        labels = report["labels"]
-        written = []
-
-        fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
-        for ax, name in zip(axes[0], names, strict=True):
-            matrix = np.array(report["backends"][name]["confusion_matrix"])
-            shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-            ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-            for (i, j), count in np.ndenumerate(matrix):
-                ax.text(j, i, str(count), ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black")
-            ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xlabel="predicted", ylabel="reference")
-            ax.set_xticklabels(labels, rotation=30)
-            ax.set_yticklabels(labels)
-            ax.set_title(f"{name}: accuracy {_plus_minus(report['backends'][name])}")
-        written.append(save_figure(fig, out / "confusion_matrices.png"))
+        written = [_confusion_matrices(report, out / "confusion_matrices.png")]
 
         fig, ax = plt.subplots(figsize=(7, 4))
         samples = [report["backends"][n].get("latency_samples_ms") or [0.0] for n in names]
@@ -349,6 +333,59 @@ def plot(report: dict[str, Any], out: str | Path) -> list[Path]:
         written.append(_accuracy_bars(report, out / "accuracy.png"))
     written += _training_curves(report, out)
     return written
+
+
+ANNOTATED_LABELS = 15
+"""Up to this many labels, each cell of a confusion matrix shows its count; beyond, colour alone (a text object per
+cell would cost backends x labels^2 of them)."""
+PLOTTED_LABELS = 30
+"""Beyond this many labels, a confusion matrix shows the most frequent ones (by reference count) only."""
+
+
+def shown_labels(labels: Sequence[str], matrix: Any, limit: int = PLOTTED_LABELS) -> list[int]:
+    """The positions of the labels a confusion matrix plot shows: all of them, or the `limit` most frequent as
+    references (ties in label order), in label order.
+
+    >>> shown_labels(["a", "b", "c"], [[1, 0, 0], [0, 5, 0], [0, 1, 3]], limit=2)
+    [1, 2]
+    """
+    import numpy as np
+
+    if len(labels) <= limit:
+        return list(range(len(labels)))
+    support = np.asarray(matrix).sum(axis=1)
+    return sorted(np.argsort(-support, kind="stable")[:limit].tolist())
+
+
+def _confusion_matrices(report: dict[str, Any], path: Path) -> Path:
+    """confusion_matrices.png: one matrix per backend, shares by colour, counts written in up to ANNOTATED_LABELS
+    labels; beyond PLOTTED_LABELS labels, the most frequent ones only (the title says so). Its cost is bounded by
+    PLOTTED_LABELS whatever the label count."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names, labels = list(report["backends"]), list(report["labels"])
+    keep = shown_labels(labels, report["backends"][names[0]]["confusion_matrix"])
+    ticks = [str(labels[i])[:20] for i in keep]
+    annotate = len(keep) <= ANNOTATED_LABELS
+    side = 4.0 if len(keep) <= ANNOTATED_LABELS else 4.0 + 0.1 * len(keep)
+    fig, axes = plt.subplots(1, len(names), figsize=(side * 1.05 * len(names), side), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        matrix = np.array(report["backends"][name]["confusion_matrix"])[np.ix_(keep, keep)]
+        shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+        ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        if annotate:
+            for (i, j), count in np.ndenumerate(matrix):
+                ax.text(j, i, str(count), ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black")
+        ax.set(xticks=range(len(keep)), yticks=range(len(keep)), xlabel="predicted", ylabel="reference")
+        small = {} if annotate else {"fontsize": 6}
+        ax.set_xticklabels(ticks, rotation=30 if annotate else 90, **small)
+        ax.set_yticklabels(ticks, **small)
+        title = f"{name}: accuracy {_plus_minus(report['backends'][name])}"
+        if len(keep) < len(labels):
+            title += f"\nthe {len(keep)} most frequent of {len(labels)} labels"
+        ax.set_title(title)
+    return save_figure(fig, path)
 
 
 def _training_curves(report: dict[str, Any], out: Path) -> list[Path]:

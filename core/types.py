@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+from core.limits import MAX_LABEL_CHARS, MAX_LABELS
 
 LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 """The label names of the reference task (tweet sentiment), in the order of its integer ids (0, 1, 2). Any other
@@ -87,18 +90,27 @@ def normalise_label(name: str) -> str:
 
 
 def check_labels(labels: Sequence[str]) -> list[str]:
-    """`labels` as a list of two or more distinct, non-empty names, or a ValueError naming the problem.
+    """`labels` as a list of 2 to MAX_LABELS distinct, non-empty names of at most MAX_LABEL_CHARS characters, or a
+    ValueError naming the problem (and at most a few of the names).
 
     >>> check_labels(("non_irony", "irony"))
     ['non_irony', 'irony']
     """
     if isinstance(labels, str):
-        raise ValueError(f"labels must be a list of names, not one string: {labels!r}")
+        raise ValueError(f"labels must be a list of names, not one string: {labels[:MAX_LABEL_CHARS]!r}")
     names = list(labels)
+    if len(names) > MAX_LABELS:
+        shown = ", ".join(repr(str(name)[:20]) for name in names[:5])
+        raise ValueError(f"at most {MAX_LABELS} labels are allowed, got {len(names):,} ({shown}, ...)")
     bad = [name for name in names if not isinstance(name, str) or not name.strip()]
     if bad:
         raise ValueError(f"label names must be non-empty strings, got {bad}")
-    repeated = sorted({name for name in names if names.count(name) > 1})
+    long = [name for name in names if len(name) > MAX_LABEL_CHARS]
+    if long:
+        raise ValueError(
+            f"a label name has at most {MAX_LABEL_CHARS} characters; {long[0][:20]!r}... has {len(long[0]):,}"
+        )
+    repeated = sorted(name for name, n in Counter(names).items() if n > 1)
     if repeated:
         raise ValueError(f"label names must be distinct, got {repeated} more than once")
     if len(names) < 2:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from core.files import ArtifactError
-from core.limits import MAX_CHARS, MAX_TEXTS, MAX_UPLOAD_BYTES, MAX_UPLOAD_ROWS
+from core.limits import MAX_CHARS, MAX_TEXTS, MAX_UPLOAD_BYTES, MAX_UPLOAD_ROWS, check_upload_cells
 from core.settings import screen_name
 from core.types import Classifier, Prediction, Progress
 from serving.access import Refused, TeachPolicy
@@ -112,10 +112,10 @@ def load_upload(
     Every text is held to `MAX_CHARS`, as typed text is, and must be valid Unicode: a bad row is refused with its row
     number, before any model sees it. Past `max_rows` rows (None: no cut; the caller bounds the count itself) the
     file is cut to its first rows (said in the note) when `first_rows`, refused otherwise. `labels` (the backends'
-    label set) name integer ids, and a file may hold any subset of them. Error messages name "the uploaded file",
-    never a server path.
+    label set) name integer ids, and a file may hold any subset of them. The labels are held to `core.limits` (how
+    many, how long, rows x labels). Error messages name "the uploaded file", never a server path.
     """
-    from core.data import DataError, load_tweets
+    from core.data import DataError, label_names, load_tweets
 
     try:
         with tempfile.TemporaryDirectory(prefix="ftrag-upload-") as cache:  # nothing of it stays in any cache
@@ -141,6 +141,10 @@ def load_upload(
     bad = [i for i, text in enumerate(texts) if not _encodable(text)]
     if bad:
         raise InputError(f"row {bad[0] + 1} of the uploaded file is not valid Unicode")
+    try:
+        check_upload_cells(dataset.num_rows, len(label_names(dataset)))
+    except ValueError as err:
+        raise InputError(str(err)) from None
     return dataset, note
 
 

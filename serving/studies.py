@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -29,11 +30,20 @@ logger = logging.getLogger(__name__)
 MAX_STUDY_ROWS = 20_000
 """Rows of an uploaded file a study may use: a file with more is refused (the study would not fit a budget)."""
 MIN_STUDY_ROWS = 60
+MIN_PER_LABEL = 5
+"""Examples of each label a study needs: the stratified fifth held out as its test set then holds one of each, and
+the training side four (the embedder's contrastive tuning pairs examples of the same label)."""
 BUDGETS = (2, 5, 10)
 """Minutes a visitor may give a study (the operator's `FTRAG_STUDY_MAX_MINUTES` caps them, default 10)."""
 MAX_WAITING = 8
 """Studies waiting behind the running one; past that, a new one is refused (try again later)."""
 KEEP_HOURS = 6.0
+PER_CLIENT = 1
+"""Studies one client may have queued or running at once (``FTRAG_STUDIES_PER_CLIENT``)."""
+MAX_GB = 5.0
+"""Gigabytes the study folders may hold together (``FTRAG_STUDIES_MAX_GB``); past it, finished ones go first."""
+_JOB_FOLDER = re.compile(r"[A-Za-z0-9_-]{22}")
+"""A job folder's name (`secrets.token_urlsafe(16)`): the only entries of the root deleted at start."""
 TEST_LIMIT = 1_000
 """Test texts a study scores at most (its intervals say how many)."""
 LINES_KEPT = 30
@@ -59,10 +69,17 @@ def preview(file: Path) -> dict[str, Any]:
         raise InputError(f"the uploaded file has {rows:,} rows; a study takes at most {MAX_STUDY_ROWS:,}")
     if rows < MIN_STUDY_ROWS:
         raise InputError(f"the uploaded file has {rows:,} rows; a study needs at least {MIN_STUDY_ROWS}")
+    counts = collections.Counter(dataset["label"])
+    rare = sorted((n, label) for label, n in counts.items() if n < MIN_PER_LABEL)
+    if rare:
+        shown = ", ".join(f"{label[:20]!r} ({n})" for n, label in rare[:5]) + (", ..." if len(rare) > 5 else "")
+        raise InputError(
+            f"{len(rare)} of the {len(counts)} labels have fewer than {MIN_PER_LABEL} examples: {shown}; a study "
+            f"needs at least {MIN_PER_LABEL} of each label (drop or merge the rare ones)"
+        )
     with tempfile.TemporaryDirectory(prefix="ftrag-study-") as cache:  # it loaded above, so its columns are found
         columns = detected_columns(str(file), cache_dir=cache)
     texts = dataset["text"]
-    counts = collections.Counter(dataset["label"])
     return {
         "rows": rows,
         "columns": columns,

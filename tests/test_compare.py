@@ -277,6 +277,39 @@ def test_plots_read_on_light_and_dark_pages(report, tmp_path):
         assert not np.any(darkest < 0.05) or "confusion" in path.name, path.name  # no black ink (dark-page blind)
 
 
+@pytest.mark.parametrize(("n_labels", "shown", "texts_per_matrix"), [(10, 10, 100), (50, 30, 0), (500, 30, 0)])
+def test_confusion_matrices_cost_no_more_than_30_labels_whatever_the_count(n_labels, shown, texts_per_matrix,
+                                                                            tmp_path, monkeypatch):  # fmt: skip
+    """Counts are written in each cell of up to 15 labels; beyond 30 only the most frequent are drawn. A text object
+    per cell once made 500 labels x 3 backends climb to 9 GB."""
+    import compare.report as report_module
+
+    rng = np.random.default_rng(0)
+    labels = [f"label {i}" for i in range(n_labels)]
+    matrices = {f"backend{b}": rng.integers(0, 9, size=(n_labels, n_labels)) for b in range(3)}
+    matrices["backend0"][n_labels - 1] += 100  # the most frequent reference label is the last one
+    report = {"labels": labels, "backends": {n: {"confusion_matrix": m.tolist(), "accuracy": 0.5}
+                                             for n, m in matrices.items()}}  # fmt: skip
+    drawn = {}
+    save = report_module.save_figure
+
+    def counted(fig, path):
+        drawn[path.name] = [(len(ax.texts), [t.get_text() for t in ax.get_yticklabels()], ax.get_title())
+                            for ax in fig.axes]  # fmt: skip
+        return save(fig, path)
+
+    monkeypatch.setattr(report_module, "save_figure", counted)
+    started = time.perf_counter()
+    plot(report, tmp_path)
+    assert time.perf_counter() - started < 60
+    matrices_drawn = drawn["confusion_matrices.png"]
+    assert len(matrices_drawn) == 3
+    for texts, ticks, title in matrices_drawn:
+        assert texts == texts_per_matrix and len(ticks) == shown
+        assert (f"the 30 most frequent of {n_labels} labels" in title) == (shown < n_labels)
+        assert f"label {n_labels - 1}" in ticks
+
+
 # --- the CLIs end to end ---------------------------------------------------------------------------------------------
 
 
