@@ -22,10 +22,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
 
 import gradio as gr
+import uvicorn
 from fastapi import FastAPI
 
 from core.files import ArtifactError
 from core.limits import MAX_UPLOAD_BYTES
+from serving.access import trusted_proxies
 from serving.api import create_api
 from serving.service import Service, fetch_artifacts
 from serving.state import App
@@ -35,8 +37,12 @@ logger = logging.getLogger(__name__)
 
 GRADIO_CONCURRENCY = 32
 """Gradio events run at once: as many as the micro-batcher gathers into one batch under a crowd."""
+KEEP_ALIVE_S = 5
+"""Seconds an idle keep-alive connection stays open."""
+MAX_CONNECTIONS = 512
+"""Connections served at once (each open page holds one for its event stream); past it, 503."""
 
-__all__ = ["App", "build_demo", "create_api", "create_app", "main", "what_is"]
+__all__ = ["App", "build_demo", "create_api", "create_app", "main", "server_config", "what_is"]
 
 
 def create_app(state: App) -> FastAPI:
@@ -50,6 +56,24 @@ def create_app(state: App) -> FastAPI:
     # the path again themselves (`uploaded_file`).
     demo.has_launched = True
     return mounted
+
+
+def server_config(asgi_app: Any, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's settings for the app: ``X-Forwarded-For`` is read only from the proxies the operator names
+    (`serving.access.trusted_proxies`; by default from nobody, so the client is the socket's peer), idle connections
+    close after KEEP_ALIVE_S, at most MAX_CONNECTIONS at once, and a stop waits at most 3 s for open requests."""
+    proxies = trusted_proxies()
+    return uvicorn.Config(
+        asgi_app,
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=3,
+        proxy_headers=proxies is not None,
+        forwarded_allow_ips=proxies or "",
+        timeout_keep_alive=KEEP_ALIVE_S,
+        limit_concurrency=MAX_CONNECTIONS,
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -102,8 +126,6 @@ def _log_progress():
 
 
 def main(argv: list[str] | None = None) -> None:
-    import uvicorn
-
     from core.cli import setup_logging
 
     args = parse_args(argv)
@@ -134,10 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     if state.report is None and not args.no_compare_at_start:
         state.comparing = "waiting for the backends"  # so Decide says "soon" (503), not "run one yourself"
     state_made.set()
-    config = uvicorn.Config(
-        create_app(state), host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3
-    )
-    uvicorn.Server(config).run()
+    uvicorn.Server(server_config(create_app(state), args.host, args.port)).run()
     # SIGTERM: uvicorn stops serving and waits at most 3 s for open requests. A long evaluation may still be running
     # in a worker thread; the teach log is already on disk, so nothing is lost by not waiting for it.
     service.close()

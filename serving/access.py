@@ -120,8 +120,21 @@ def _same(given: str | None, token: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass"))
 
 
+PROXIES_ENV_VAR = "FTRAG_TRUSTED_PROXIES"
+
+
+def trusted_proxies() -> str | None:
+    """The proxies whose ``X-Forwarded-For`` names the client (``FTRAG_TRUSTED_PROXIES``: comma-separated addresses
+    or networks, as uvicorn's ``forwarded_allow_ips`` takes them), or None: the header is then ignored from everyone.
+
+    Trusting it from a peer that is not a proxy would let that peer pick a new identity per request, and so void
+    every per-client rule (the teach allowance, one study at a time)."""
+    return os.environ.get(PROXIES_ENV_VAR, "").strip() or None
+
+
 def client_of(request) -> str:
-    """Who is asking, for the rate limit: the peer address (behind a proxy, the proxy's unless it forwards it)."""
+    """Who is asking, for the per-client rules: the peer address of the connection, or the address a trusted proxy
+    forwarded (see `trusted_proxies`; uvicorn puts it in place of the peer's)."""
     client = getattr(request, "client", None)
     return getattr(client, "host", None) or "?"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, HTTPException, Path, Request
@@ -12,39 +13,48 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from compare.decide import Constraints
-from core.limits import MAX_BODY_BYTES, MAX_TEXTS
+from core.limits import MAX_BODY_BYTES, MAX_LABEL_CHARS, MAX_NAME_CHARS, MAX_TEXTS, clip_message
 from serving.access import Refused, bearer_token, client_of
 from serving.service import InputError, hide_paths
 from serving.state import App
 
 
 class Body(BaseModel):
-    """Every request body: numbers must be finite (NaN, Infinity and 1e999 are refused with 422, not a 500)."""
+    """Every request body: strict (an unknown field, ``"300"`` or ``true`` for a number, are refused with 422, never
+    ignored or converted), and numbers must be finite (NaN, Infinity and 1e999 are refused with 422, not a 500)."""
 
-    model_config = ConfigDict(allow_inf_nan=False)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", strict=True)
+
+
+Text = Annotated[str, Field(strict=False)]
+"""A text: held to MAX_CHARS and to valid Unicode by `validate_texts`, whose 400 says which text is wrong and why
+(strict mode would refuse a lone surrogate itself, with a vaguer 422)."""
+Label = Annotated[str, Field(max_length=MAX_LABEL_CHARS)]
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+"""A backend's name, an option's value."""
 
 
 class ClassifyBody(Body):
-    texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS, description=f"1 to {MAX_TEXTS} texts")
-    backends: list[str] | None = Field(default=None, max_length=8, description="default: every loaded backend")
+    texts: list[Text] = Field(min_length=1, max_length=MAX_TEXTS, description=f"1 to {MAX_TEXTS} texts")
+    backends: list[Name] | None = Field(default=None, max_length=8, description="default: every loaded backend")
 
 
 class CompareBody(Body):
-    texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS)
-    labels: list[str] | None = Field(default=None, max_length=MAX_TEXTS, description="references, to score")
+    texts: list[Text] = Field(min_length=1, max_length=MAX_TEXTS)
+    labels: list[Label] | None = Field(default=None, max_length=MAX_TEXTS, description="references, to score")
 
 
 class TeachBody(Body):
-    texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS)
-    labels: list[str] = Field(min_length=1, max_length=MAX_TEXTS)
+    texts: list[Text] = Field(min_length=1, max_length=MAX_TEXTS)
+    labels: list[Label] = Field(min_length=1, max_length=MAX_TEXTS)
 
 
 class RecommendBody(Body):
     labeled_examples: int | None = Field(default=None, ge=1)
     accuracy_target: float | None = Field(default=None, gt=0, le=1)
     latency_budget_ms: float | None = Field(default=None, gt=0)
-    updates: str = "rarely"
-    hardware: str = "cpu"
+    updates: Name = "rarely"
+    hardware: Name = "cpu"
     need_evidence: bool = False
 
 
@@ -75,8 +85,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            response = JSONResponse(status_code=413, content={"error": self._too_large().detail})
-            return await response(scope, receive, send)
+            return await error_response(413, self._too_large().detail)(scope, receive, send)
         received = 0
 
         async def counted() -> dict:
@@ -90,12 +99,55 @@ class BodyLimit:
         return await self.app(scope, counted, send)
 
 
+FRAME_ENV_VAR = "FTRAG_FRAME_ANCESTORS"
+
+
+class SecurityHeaders:
+    """ASGI middleware: every response says ``X-Content-Type-Options: nosniff`` (a file is never run as another
+    type) and ``Referrer-Policy: strict-origin-when-cross-origin`` (no page address leaks to other sites).
+
+    Framing is allowed by default: Hugging Face Spaces shows the app in an iframe. With `frame_ancestors` (the
+    operator's ``FTRAG_FRAME_ANCESTORS``, e.g. ``'self'`` or ``'none'``) only those sites may frame it
+    (``Content-Security-Policy: frame-ancestors``, and ``X-Frame-Options`` for old browsers where it can say it).
+    """
+
+    def __init__(self, app: Any, frame_ancestors: str | None = None) -> None:
+        self.app = app
+        self.headers = [(b"x-content-type-options", b"nosniff"),
+                        (b"referrer-policy", b"strict-origin-when-cross-origin")]  # fmt: skip
+        if frame_ancestors:
+            self.headers.append((b"content-security-policy", f"frame-ancestors {frame_ancestors}".encode()))
+            old_browsers = {"'none'": b"DENY", "'self'": b"SAMEORIGIN"}.get(frame_ancestors.strip().lower())
+            if old_browsers:
+                self.headers.append((b"x-frame-options", old_browsers))
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(name, value) for name, value in self.headers if name not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        return await self.app(scope, receive, with_headers)
+
+
+def error_response(status: int, message: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    """Every error the API sends: ``{"error": message}``, the message without server paths and cut to
+    MAX_ERROR_CHARS (a message may quote the input: a 2 MB option value once came back whole)."""
+    return JSONResponse(status_code=status, content={"error": clip_message(hide_paths(str(message)))}, headers=headers)
+
+
 def _validation_message(err: RequestValidationError) -> dict[str, Any]:
     """A 422 body that says what is wrong without echoing the input (which may be huge, or NaN that JSON lacks)."""
     details = [
-        {"loc": [str(part)[:50] for part in e.get("loc", ())][:6], "msg": str(e.get("msg", ""))[:200]}
+        {"loc": [clip_message(str(part), 50) for part in e.get("loc", ())][:6],
+         "msg": clip_message(str(e.get("msg", "")), 200)}
         for e in err.errors()[:10]
-    ]
+    ]  # fmt: skip
     text = "; ".join(f"{'.'.join(d['loc'][1:]) or 'body'}: {d['msg']}" for d in details)
     return {"error": text or "the request body is not valid", "details": details}
 
@@ -110,15 +162,16 @@ def create_api(state: App) -> FastAPI:
         title="Fine-tune vs RAG API", description="Classify with both backends, compare, teach, decide."
     )
     api.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    api.add_middleware(SecurityHeaders, frame_ancestors=os.environ.get(FRAME_ENV_VAR, "").strip() or None)
 
     @api.exception_handler(InputError)
     async def _input_error(request: Request, err: InputError) -> JSONResponse:
-        return JSONResponse(status_code=400, content={"error": hide_paths(str(err))})
+        return error_response(400, err)
 
     @api.exception_handler(Refused)
     async def _refused(request: Request, err: Refused) -> JSONResponse:
         headers = {"Retry-After": str(max(1, round(err.retry_after)))} if err.retry_after else None
-        return JSONResponse(status_code=err.status, content={"error": str(err)}, headers=headers)
+        return error_response(err.status, err, headers)
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -126,7 +179,7 @@ def create_api(state: App) -> FastAPI:
 
     @api.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(status_code=err.status_code, content={"error": str(err.detail)}, headers=err.headers)
+        return error_response(err.status_code, err.detail, err.headers)
 
     @api.get("/api/health")
     def health() -> dict[str, Any]:
