@@ -2,9 +2,12 @@
 
 A visitor uploads a labeled file; `preview` says what was found (the text and label columns, the label counts). A
 study (`compare.study`: split, fine-tune, retrieval, comparison, curve, decision, within a time budget) then runs as
-a job of that visitor's session: one at a time on the machine, the others queued with their position shown. Every
-job works in its own folder under the queue's root, named by an unguessable id that only the visitor's session
-holds, so nothing a visitor trains changes what anyone else sees; finished jobs are deleted after `KEEP_HOURS`.
+a job of that visitor's session: one at a time on the machine, the others queued with their position shown, at most
+``FTRAG_STUDIES_PER_CLIENT`` (default 1) queued or running per client. Its owner (whoever holds its id) may cancel
+it. Every job works in its own folder under the queue's one root, named by an unguessable id that only the visitor's
+session holds, so nothing a visitor trains changes what anyone else sees. Folders left by an earlier run of the app
+are deleted at start; finished jobs are deleted after `KEEP_HOURS`, and sooner, oldest first, when the root holds
+more than ``FTRAG_STUDIES_MAX_GB`` (default 5).
 """
 
 from __future__ import annotations
@@ -58,9 +61,15 @@ def max_minutes() -> float:
     return value
 
 
+class Cancelled(Exception):
+    """Raised through a running study's progress messages once its owner cancelled it (not a ValueError, so that
+    nothing on the way takes it for a data problem)."""
+
+
 def preview(file: Path) -> dict[str, Any]:
     """What a study would see in `file` (uploaded, its path checked by the caller): the rows, the detected columns,
-    the label counts and the first rows. An `InputError` for a file no study can use, before any model runs."""
+    the label counts and the first rows. An `InputError` for a file no study can use (too few or too many rows, too
+    many labels, too few examples of one), before any model runs."""
     from core.data import detected_columns
 
     dataset, _ = load_upload(file, max_rows=None)  # its own labels; every row held to the typed-text limits
@@ -97,12 +106,13 @@ class Job:
     budget_minutes: float
     rows: int
     client: str = ""
-    state: str = "queued"  # queued, running, done, failed
+    state: str = "queued"  # queued, running, done, failed, cancelled
     lines: list[str] = field(default_factory=list)
     decision: dict[str, Any] | None = None
     error: str | None = None
     created: float = field(default_factory=time.time)
     finished: float | None = None
+    cancelling: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
     def out(self) -> Path:
@@ -111,30 +121,62 @@ class Job:
     def say(self, message: str) -> None:
         self.lines = [*self.lines[-(LINES_KEPT - 1) :], hide_paths(message)]
 
+    def progress(self, message: str) -> None:
+        """What the running study says: recorded, or `Cancelled` raised once its owner cancelled it."""
+        if self.cancelling.is_set():
+            raise Cancelled()
+        self.say(message)
+
 
 class StudyQueue:
-    """Runs studies one at a time in a worker thread, in the order they were submitted."""
+    """Runs studies one at a time in a worker thread, in the order they were submitted.
 
-    def __init__(self, root: str | Path | None = None, **settings: Any) -> None:
-        """`settings`: `compare.study.StudyConfig` fields every study here gets (e.g. a smaller one for tests)."""
+    Args:
+        root: the one folder every job's folder goes in; job folders already there (from an earlier run of the
+            app) are deleted.
+        per_client: studies one client may have queued or running at once.
+        max_bytes: what the job folders may hold together before finished ones are deleted, oldest first.
+        settings: `compare.study.StudyConfig` fields every study here gets (e.g. a smaller one for tests).
+    """
+
+    def __init__(
+        self, root: str | Path, per_client: int = PER_CLIENT, max_bytes: float = MAX_GB * 2**30, **settings: Any
+    ) -> None:
+        if per_client < 1:
+            raise ValueError(f"FTRAG_STUDIES_PER_CLIENT must be at least 1, got {per_client}")
+        if not max_bytes > 0:
+            raise ValueError(f"FTRAG_STUDIES_MAX_GB must be positive, got {max_bytes / 2**30:g}")
         self.settings = settings
-        self.root = Path(root or tempfile.mkdtemp(prefix="ftrag-studies-"))
+        self.per_client, self.max_bytes = per_client, max_bytes
+        self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        for old in self.root.iterdir():  # an earlier run's: their jobs are gone with it
+            if old.is_dir() and not old.is_symlink() and _JOB_FOLDER.fullmatch(old.name):
+                shutil.rmtree(old, ignore_errors=True)
         self._jobs: dict[str, Job] = {}
         self._waiting: collections.deque[str] = collections.deque()
         self._cv = threading.Condition()
         self._worker: threading.Thread | None = None
         self._models: dict[str, dict[str, Any]] = {}  # the latest finished jobs' models, for Compare
 
+    @classmethod
+    def from_env(cls, root: str | Path) -> StudyQueue:
+        """The queue with the operator's limits: ``FTRAG_STUDIES_PER_CLIENT``, ``FTRAG_STUDIES_MAX_GB``."""
+        per_client = int(os.environ.get("FTRAG_STUDIES_PER_CLIENT", str(PER_CLIENT)))
+        gigabytes = float(os.environ.get("FTRAG_STUDIES_MAX_GB", str(MAX_GB)))
+        return cls(root, per_client=per_client, max_bytes=gigabytes * 2**30)
+
     def submit(self, file: Path, budget_minutes: float, rows: int, client: str = "") -> Job:
-        """Queue a study of `file` (copied into the job's folder) with `budget_minutes`, at most one per client at
-        a time (`client`: who asks, see `serving.access.client_of`)."""
+        """Queue a study of `file` (copied into the job's folder) with `budget_minutes`, at most `per_client` per
+        client at a time (`client`: who asks, see `serving.access.client_of`)."""
         if budget_minutes > max_minutes():
             raise InputError(f"a study here may take at most {max_minutes():g} minutes")
         self.clean()
         with self._cv:
-            if any(j.client == client and j.state in {"queued", "running"} for j in self._jobs.values()):
-                raise Refused("a study of yours is already queued or running here; wait for it to finish", 429, 60)
+            held = sum(j.client == client and j.state in {"queued", "running"} for j in self._jobs.values())
+            if held >= self.per_client:
+                mine = "a study" if self.per_client == 1 else f"{self.per_client} studies"
+                raise Refused(f"{mine} of yours already queued or running here; wait for it, or cancel it", 429, 60)
             if len(self._waiting) >= MAX_WAITING:
                 raise Refused(f"{len(self._waiting)} studies are waiting already; try again in a few minutes", 503, 60)
             job = Job(id=secrets.token_urlsafe(16), folder=Path(), budget_minutes=budget_minutes, rows=rows,
@@ -161,6 +203,22 @@ class StudyQueue:
         """The job, or None when there is none by that id (never started here, or finished and deleted)."""
         return self._jobs.get(job_id) if isinstance(job_id, str) else None
 
+    def cancel(self, job_id: Any) -> Job:
+        """Cancel the study `job_id` names (whoever holds the id owns it): a queued one leaves the queue at once, a
+        running one stops at its next step (its folder is deleted with the finished jobs')."""
+        job = self.job(job_id)
+        with self._cv:
+            if job.state == "queued":
+                self._waiting.remove(job.id)
+                job.state, job.finished = "cancelled", time.time()
+                job.say("cancelled before it started")
+            elif job.state == "running":
+                job.cancelling.set()
+                job.say("cancelling: the study stops at its next step")
+            else:
+                raise InputError(f"the study is over ({job.state}): there is nothing to cancel")
+        return job
+
     def position(self, job: Job) -> int:
         """0 while it runs (or is over), else how many studies run or wait before it."""
         with self._cv:
@@ -178,6 +236,7 @@ class StudyQueue:
                 self._waiting.popleft()
                 job.state = "running"
             self._run(job)
+            self.clean()
 
     def _run(self, job: Job) -> None:
         from compare.study import Study, StudyConfig
@@ -187,8 +246,12 @@ class StudyQueue:
             settings = {"test_limit": TEST_LIMIT, "latency_queries": 30, "data_name": UPLOAD_NAME, **self.settings}
             cfg = StudyConfig(data=str(data), out=str(job.out), budget_minutes=job.budget_minutes, **settings)
             with TRAINING_LOCK:  # after the app's own builds and start-up curve, never beside them
-                job.decision = Study(cfg, say=job.say).run()
+                job.progress("starting")
+                job.decision = Study(cfg, say=job.progress).run()
             job.state = "done"
+        except Cancelled:
+            job.say("cancelled")
+            job.state = "cancelled"
         except Exception as err:  # a study that fails must end the job with its reason, never the worker
             logger.warning("A study failed: %s: %s", type(err).__name__, err)
             job.error = hide_paths(str(err).replace(str(job.folder), "your study"))
@@ -214,10 +277,21 @@ class StudyQueue:
         return self._models[job.id]
 
     def clean(self) -> None:
-        """Delete the folders of jobs finished more than KEEP_HOURS ago."""
+        """Delete the folders of jobs finished more than KEEP_HOURS ago, then those of the oldest finished ones
+        while all the folders hold more than `max_bytes` (a queued or running job's folder is kept)."""
         cutoff = time.time() - 3600 * KEEP_HOURS
         with self._cv:
-            for job in [j for j in self._jobs.values() if j.finished and j.finished < cutoff]:
+            finished = sorted((j for j in self._jobs.values() if j.finished), key=lambda j: j.finished)
+            total = sum(_size(j.folder) for j in self._jobs.values())
+            for job in finished:
+                if job.finished >= cutoff and total <= self.max_bytes:
+                    break
+                total -= _size(job.folder)
                 shutil.rmtree(job.folder, ignore_errors=True)
                 self._models.pop(job.id, None)
                 del self._jobs[job.id]
+
+
+def _size(folder: Path) -> int:
+    """Bytes of the files under `folder` (0 when it is gone)."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
