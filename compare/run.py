@@ -25,7 +25,7 @@ from compare.report import write_report
 from compare.update import knowledge_update
 from core.cli import parse_config, setup_logging
 from core.data import DataError, label_names, load_tweets, stratified_indices
-from core.files import ArtifactError, read_json
+from core.files import ArtifactError, check_writable, read_json
 from core.settings import SourceError, resolve
 from core.types import check_labels, check_same_labels, normalise_label
 from rag.chain import LlmUnavailable
@@ -226,9 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     try:
+        check_writable(args.out, "the report")  # before the evaluation, not after it
         report = run(args)
         write_report(report, args.out)
-    except (ValueError, ArtifactError, LlmUnavailable) as err:  # DataError, SourceError, bad backends, no LLM
+    except (ValueError, ArtifactError, LlmUnavailable) as err:  # OutputError, DataError, SourceError, no LLM
         print(f"error: {err}", file=sys.stderr)
         return 2
     summary = {

@@ -167,12 +167,29 @@ _ABSOLUTE_PATH = re.compile(r"(?<![\w/.~:])/[^\s'\"()\[\],;]+")
 
 
 def hide_paths(text: str) -> str:
-    """`text` with every absolute path cut to its last two parts: answers never show where files live on the server.
+    """`text` with every path on this server cut to its last two parts: answers never show where files live.
 
-    >>> hide_paths("/srv/app/artifacts/rag/index.faiss: index file is missing")
-    'rag/index.faiss: index file is missing'
+    A server path is an absolute path whose first folder exists here (``/tmp/...``, ``/home/...``), whether or not
+    the rest does; anything else is a user's text and is left as it is (``$5 /month``, ``/r/funny/comments/x``).
+
+    >>> hide_paths("/tmp/app/artifacts/rag/index.faiss: index file is missing; 3 tweets /day")
+    'rag/index.faiss: index file is missing; 3 tweets /day'
     """
-    return _ABSOLUTE_PATH.sub(lambda m: "/".join(Path(m.group()).parts[-2:]), str(text))
+    roots = {entry.name for entry in _top_folders()}
+
+    def hidden(match: re.Match) -> str:
+        parts = Path(match.group()).parts[1:]  # without the leading "/"
+        return "/".join(parts[-2:]) if len(parts) > 1 and parts[0] in roots else match.group()
+
+    return _ABSOLUTE_PATH.sub(hidden, str(text))
+
+
+def _top_folders() -> list[os.DirEntry]:
+    try:
+        with os.scandir("/") as entries:
+            return [entry for entry in entries if entry.is_dir()]
+    except OSError:
+        return []
 
 
 def _few(items: Sequence[Any], n: int = 5, chars: int = 40) -> list[str]:
@@ -492,10 +509,10 @@ class Service:
         Recorded in the teach log first (one fsynced insert), searchable as soon as this returns; exact duplicates
         of a taught example are merged. Returns the ids (for `forget`), and what retraining the fine-tune would cost.
         """
-        rag = self._teachable()
         texts = validate_texts(texts, "example")
+        self.teach_policy.check(token, client, examples=len(texts))  # who may, before anything about the index
+        rag = self._teachable()
         labels = validate_labels([labels] if isinstance(labels, str) else labels, len(texts), rag.labels, "example")
-        self.teach_policy.check(token, client, examples=len(texts))
         start = time.perf_counter()
         written = rag.teach(list(texts), list(labels), client=client)
         seconds = time.perf_counter() - start
@@ -512,10 +529,10 @@ class Service:
 
     def forget(self, teach_id: Any, token: str | None = None, client: str = "") -> dict[str, Any]:
         """Remove one taught example from the shared index (the undo of `teach`), if `teach_policy` allows it."""
-        rag = self._teachable()
         if isinstance(teach_id, bool) or not isinstance(teach_id, int) or teach_id < 1:
-            raise InputError(f"a taught example's id is a positive integer, got {teach_id!r}")
+            raise InputError(f"a taught example's id is a positive integer, got {str(teach_id)[:40]!r}")
         self.teach_policy.check(token, client, examples=1)
+        rag = self._teachable()
         try:
             forgotten = rag.forget(teach_id)
         except ValueError as err:  # an index that cannot remove examples (approximate ones)
@@ -549,15 +566,18 @@ class Service:
     def _retrieval(self):
         rag = self.backends.get("rag")
         if rag is None:
-            why = self.unavailable.get("rag", "still building")
+            if "rag" not in self.unavailable and not self.ready.is_set():
+                raise still_building()
+            why = self.unavailable.get("rag", "not served")
             raise InputError(f"the retrieval backend is not available: {why}")
         return rag
 
     def _teachable(self):
+        """The shared index to teach; callers check `teach_policy` first, so a caller without the right to teach
+        learns nothing about the index (401 or 403, not 400 or 503)."""
         rag = self._retrieval()
         if getattr(rag, "log", None) is None:
             raise InputError("this retrieval index has no teach log (it was loaded without a directory)")
-        self.teach_policy.require_open()
         return rag
 
     def start_compactor(self, interval_s: float) -> threading.Thread | None:
