@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from compare.latency import measure
-from compare.metrics import agreement, bootstrap_ci, paired_difference, summary
+from compare.metrics import agreement, bootstrap_ci, learning_check, macro_f1, paired_difference, summary
 from core.types import Classifier, Progress
 
 logger = logging.getLogger(__name__)
@@ -191,9 +191,14 @@ def evaluate(
     batch_rounds: int = 3,
     hourly_price: float = DEFAULT_HOURLY_PRICE_USD,
     max_disagreements: int = 25,
+    learning: Mapping[str, dict[str, Any]] | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Score every backend on `dataset` (``text`` / ``label``) and time them; returns the report dict.
+
+    Every backend's entry says whether it ``learned`` (and ``why`` not: `compare.metrics.learning_check`), from
+    `learning` where the caller checked it on a validation part (``{name: check}``), else on these texts; the report's
+    ``baseline`` is the majority class scored on the same texts.
 
     Raises:
         ValueError: no backends, different label sets, labels the backends do not know, an empty dataset, a
@@ -213,6 +218,8 @@ def evaluate(
     _add_timings(backends, classifiers, texts[:latency_queries], batch_size=batch_size, batch_rounds=batch_rounds,
                  hourly_price=hourly_price, report_progress=report_progress)  # fmt: skip
     comparisons = _comparisons(texts, references, predictions, max_disagreements)
+    for name, b in backends.items():
+        b.update(learned_entry((learning or {}).get(name), predictions[name], references, labels))
     report_progress(1.0, "done")
     return {
         "format_version": FORMAT_VERSION,
@@ -224,7 +231,32 @@ def evaluate(
         "intervals": dict(INTERVALS),
         "hourly_price_usd": hourly_price,
         "backends": backends,
+        "baseline": majority_baseline(references, labels),
         **comparisons,
+    }
+
+
+def learned_entry(check: dict[str, Any] | None, predictions: list[str], references: list[str], labels) -> dict:
+    """A backend's ``learned``, ``why`` and ``learning_check`` (what it was checked on): the caller's check on a
+    validation part when given, else one on the evaluated texts."""
+    on = "the validation part"
+    if check is None:
+        check, on = learning_check(predictions, references, labels), "the evaluated texts"
+    return {"learned": check["learned"], "why": check["why"], "learning_check": {**check, "on": check.get("on", on)}}
+
+
+def majority_baseline(references: list[str], labels: Sequence[str]) -> dict[str, Any]:
+    """The floor every contender must clear: always answering the commonest label of the evaluated texts, with the
+    same intervals as the backends."""
+    label = Counter(references).most_common(1)[0][0]
+    answers = [label] * len(references)
+    return {
+        "name": "majority class",
+        "description": f"always answers {label!r}, the commonest label of the evaluated texts",
+        "label": label,
+        "accuracy": round(sum(r == label for r in references) / len(references), 4),
+        "macro_f1": round(macro_f1(answers, references, labels), 4),
+        **backend_intervals(answers, references, labels),
     }
 
 

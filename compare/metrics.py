@@ -6,6 +6,8 @@ tables have the same shape). scikit-learn does the counting.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -255,3 +257,46 @@ def paired_difference(
         "diff_ci95": _percentiles(diffs, confidence),
         "mcnemar_p": mcnemar_p(predictions_a, predictions_b, references),
     }
+
+
+COLLAPSE_SHARE = 0.95
+"""A contender that answers one label for at least this share of the texts has collapsed (unless the references are
+that lopsided themselves)."""
+LEARNING_MARGIN = 0.02
+"""How far above the majority-class baseline (accuracy or macro-F1) a contender must be to have learned something, at
+least; on few texts the margin is 1/sqrt(n) (about two standard errors of an accuracy), so that luck on a small
+validation part is not taken for learning."""
+
+
+def learning_check(predictions: Sequence[str], references: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
+    """Whether a contender learned anything: it must beat always answering the commonest reference label by
+    LEARNING_MARGIN (or 1/sqrt(n) on n texts, if more) on accuracy or macro-F1, and must not have collapsed onto one
+    label (COLLAPSE_SHARE).
+
+    Returns ``learned``, ``why`` (None when it learned), its accuracy and macro-F1, the ``majority`` baseline's, and
+    the share of its commonest answer.
+
+    >>> check = learning_check(["a"] * 10, ["a"] * 5 + ["b"] * 5, ["a", "b"])
+    >>> check["learned"], check["why"]
+    (False, "answers 'a' for 100% of the 10 texts, where the commonest label is 50% of them")
+    >>> learning_check(["a", "b"] * 50, ["a", "b"] * 45 + ["a", "a"] * 5, ["a", "b"])["learned"]
+    True
+    """
+    _check(predictions, references)
+    n = len(references)
+    majority, majority_n = Counter(references).most_common(1)[0]
+    top, top_n = Counter(predictions).most_common(1)[0]
+    base = {"label": majority, "accuracy": majority_n / n, "macro_f1": macro_f1([majority] * n, references, labels)}
+    acc, f1, share = accuracy(predictions, references), macro_f1(predictions, references, labels), top_n / n
+    why, margin = None, max(LEARNING_MARGIN, 1 / math.sqrt(n))
+    if share >= max(COLLAPSE_SHARE, base["accuracy"] + LEARNING_MARGIN):
+        why = f"answers {top!r} for {share:.0%} of the {n} texts, where the commonest label is {base['accuracy']:.0%}"
+        why += " of them"
+    elif acc <= base["accuracy"] + margin and f1 <= base["macro_f1"] + margin:
+        why = (
+            f"accuracy {acc:.3f} and macro-F1 {f1:.3f} on {n} texts are within {margin:.3f} of always answering "
+            f"{majority!r} ({base['accuracy']:.3f} and {base['macro_f1']:.3f})"
+        )
+    rounded = {k: round(v, 4) if isinstance(v, float) else v for k, v in base.items()}
+    return {"learned": why is None, "why": why, "accuracy": round(acc, 4), "macro_f1": round(f1, 4),
+            "majority": rounded, "top_answer_share": round(share, 4), "n": n}  # fmt: skip

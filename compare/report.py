@@ -113,7 +113,7 @@ def headline_rows(report: dict[str, Any]) -> list[dict[str, str]]:
         cost = b.get("cost") or {}
         rows.append(
             {
-                "backend": name,
+                "backend": name if b.get("learned", True) else f"{name} (did not learn)",
                 "accuracy": with_interval(b["accuracy"], b.get("accuracy_ci95")),
                 "macro-F1": with_interval(b["macro_f1"], b.get("macro_f1_ci95")),
                 "ECE": f"{calibration['ece']:.3f}" if "ece" in calibration else "n/a",
@@ -125,7 +125,27 @@ def headline_rows(report: dict[str, Any]) -> list[dict[str, str]]:
                 "disk MB": _num(b.get("size_on_disk_mb")),
             }
         )
+    if rows and (baseline := report.get("baseline")):  # the floor every contender must clear
+        rows.append({
+            **dict.fromkeys(rows[0], "n/a"),
+            "backend": f"baseline: {baseline['name']}",
+            "accuracy": with_interval(baseline["accuracy"], baseline.get("accuracy_ci95")),
+            "macro-F1": with_interval(baseline["macro_f1"], baseline.get("macro_f1_ci95")),
+        })  # fmt: skip
     return rows
+
+
+def learning_lines(report: dict[str, Any]) -> list[str]:
+    """The report.md lines that name each contender that did not learn, and why (it is never ranked)."""
+    failed = {name: b for name, b in report["backends"].items() if b.get("learned") is False}
+    if not failed:
+        return []
+    lines = ["## Contenders that did not learn", ""]
+    for name, b in failed.items():
+        on = (b.get("learning_check") or {}).get("on", "the evaluated texts")
+        lines.append(f"- **{escape_markdown(name)}** {escape_markdown(b.get('why') or '', 300)} (checked on {on}); "
+                     "it is not ranked.")  # fmt: skip
+    return [*lines, ""]
 
 
 def markdown_table(
@@ -203,6 +223,7 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
         f"${report['hourly_price_usd']:.2f} per machine-hour. ECE: expected calibration error (0 = a score of 0.9 "
         "is right 90% of the time). " + _intervals_note(report),
         "",
+        *learning_lines(report),
         *paired_lines(report),
         "## Backends",
         "",

@@ -41,6 +41,7 @@ from core.files import ArtifactError, OutputError, atomic_write_json, check_writ
 from core.settings import SourceError, resolve
 from core.types import check_labels, normalise_label
 from finetune.config import FinetuneConfig
+from finetune.protocol import apply_protocol, steps_per_epoch
 from rag.config import RagConfig
 
 logger = logging.getLogger(__name__)
@@ -48,13 +49,12 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 STAGES = ("split", "plan", "index", "finetune", "tune", "evaluate", "curve", "decide")
 STUDY_FILE, DECISION_FILE, CURVE_FILE = "study.json", "decision.json", "curve.json"
-MIN_TRAIN, MIN_TEST, MIN_FINETUNE_TRAIN, MIN_CURVE_SIZE = 40, 10, 20, 30
+MIN_TRAIN, MIN_TEST, MIN_CURVE_SIZE = 40, 10, 30
 BUILD_SHARE_WITH_CURVE = 0.6
 """Of the time the essential stages leave, the fine-tune and the tuned embedder may plan this share when a curve is
 wanted (the rest is the curve's); without a curve they may plan all of it."""
 FINETUNE_SHARE = 0.6
 """Of the building time, the fine-tune's share when an embedder is tuned too; the tuning gets what it leaves."""
-MIN_TUNE_STEPS = 10
 TRAINER_OVERHEAD = 1.3
 """Trainer steps cost more than the probe's bare steps (data loading, logging, checkpoints)."""
 CURVE_TEST_MAX = 500
@@ -67,6 +67,7 @@ _OUTPUTS = (
     "rag",
     "finetune",
     "finetune-checkpoints",
+    "finetune-first",
     "embedder-tuned",
     "rag-tuned",
     "report.json",
@@ -81,6 +82,19 @@ _OUTPUTS = (
 def _default(config_cls: type, name: str) -> Any:
     """The default of field `name` of `config_cls`: the study composes the backends' defaults, never restates them."""
     return next(f.default for f in dataclasses.fields(config_cls) if f.name == name)
+
+
+def finetune_settings(cfg: StudyConfig, **overrides: Any) -> FinetuneConfig:
+    """The fine-tune's config in a study: the study's base model, epochs and seed, the backend's defaults (and its
+    training protocol) for the rest."""
+    values = {
+        "base_model": cfg.base_model,
+        "from_scratch": cfg.from_scratch,
+        "seed": cfg.seed,
+        "epochs": cfg.epochs,
+        "out": str(Path(cfg.out) / "finetune"),
+    }
+    return FinetuneConfig(**{**values, **overrides})
 
 
 class StudyError(ValueError):
@@ -299,14 +313,16 @@ def probe_finetune(ft_cfg: FinetuneConfig, texts: list[str], labels: list[str]) 
     return {"load_s": load_s, "train_s_per_text": train, "infer_s_per_text": infer, "ft_single_s": single}
 
 
-def finetune_seconds(rates: dict[str, float], epochs: float, n_train: int, n_eval: int) -> float:
-    """Estimated seconds of a fine-tune: `epochs` over `n_train` texts, an evaluation of `n_eval` per epoch.
+def finetune_seconds(rates: dict[str, float], steps: int, batch_size: int, n_eval: int, evaluations: int) -> float:
+    """Estimated seconds of a fine-tune of `steps` optimizer steps of `batch_size` texts, evaluated `evaluations`
+    times on `n_eval` texts.
 
-    >>> finetune_seconds({"load_s": 1.0, "train_s_per_text": 0.01, "infer_s_per_text": 0.001}, 2, 100, 50)
+    >>> finetune_seconds({"load_s": 1.0, "train_s_per_text": 0.01, "infer_s_per_text": 0.001}, 20, 10, 50, 2)
     8.1
     """
-    per_epoch = n_train * rates["train_s_per_text"] + n_eval * rates["infer_s_per_text"]
-    return round(rates["load_s"] + FIXED_SECONDS["finetune"] + math.ceil(epochs) * per_epoch, 3)
+    train = steps * batch_size * rates["train_s_per_text"]
+    evaluate = evaluations * n_eval * rates["infer_s_per_text"]
+    return round(rates["load_s"] + FIXED_SECONDS["finetune"] + train + evaluate, 3)
 
 
 def essential_seconds(rates: dict[str, float], n_train: int, n_test: int, cfg: StudyConfig) -> dict[str, float]:
@@ -331,39 +347,39 @@ def essential_seconds(rates: dict[str, float], n_train: int, n_test: int, cfg: S
     }
 
 
-def plan_finetune(rates: dict[str, float], seconds: float, n_train: int, epochs: float) -> dict[str, Any]:
-    """The fine-tune that fits in `seconds`: all epochs wanted, else fewer whole epochs, else fewer examples.
+def plan_finetune(rates: dict[str, float], seconds: float, n_train: int, cfg: FinetuneConfig) -> dict[str, Any]:
+    """The fine-tune that fits in `seconds` under its training protocol (`finetune.protocol`): the steps the
+    protocol wants, else fewer (a share of the epochs wanted), never fewer than its fewest (``cfg.min_steps``).
 
-    Returns ``epochs``, ``eval_size``, ``train_size`` (None = all), ``seconds``, and ``capped`` (why, or None);
-    ``skipped`` says why when not even a minimal fine-tune fits.
+    Returns ``epochs`` (what to ask `finetune.train` for), ``steps``, ``eval_size``, ``train_size`` (None = all),
+    ``seconds``, ``capped`` (why, or None) and ``protocol``; ``skipped`` says why when not even the fewest steps fit,
+    and ``needs_seconds`` how long they would take.
     """
     eval_size = min(_default(FinetuneConfig, "eval_size"), max(10, n_train // 5))
     n_fit = n_train - eval_size
-    # Every key in the base, so that no branch below can leave one out (one did: a KeyError at the fine-tune).
+    _, wanted = apply_protocol(cfg, n_fit)
+    evaluations = wanted.get("evaluations") or math.ceil(wanted["epochs"])
     plan: dict[str, Any] = {
-        "epochs": epochs, "eval_size": eval_size, "train_size": None, "capped": None, "skipped": None
+        "epochs": cfg.epochs, "steps": wanted["steps"], "eval_size": eval_size, "train_size": None,
+        "protocol": wanted["why"], "capped": None, "skipped": None,
     }  # fmt: skip
-    full = finetune_seconds(rates, epochs, n_fit, eval_size)
+    full = finetune_seconds(rates, wanted["steps"], cfg.batch_size, eval_size, evaluations)
     if full <= seconds:
         return {**plan, "seconds": full}
-    base = finetune_seconds(rates, 0, n_fit, eval_size)
-    one_epoch = finetune_seconds(rates, 1, n_fit, eval_size)
-    if one_epoch <= seconds:  # (a wanted fraction of an epoch costs a whole one, so `full` fitted already)
-        fits = min(math.floor((seconds - base) / (one_epoch - base)), math.floor(epochs))
-        why = f"{fits:g} of the {epochs:g} epochs wanted fit in the budget ({full / 60:.1f} min needed)"
-        return {**plan, "epochs": fits, "seconds": finetune_seconds(rates, fits, n_fit, eval_size), "capped": why}
-    spare = seconds - finetune_seconds(rates, 1, 0, eval_size)
-    n = min(n_fit, int(spare / rates["train_s_per_text"])) if spare > 0 else 0
-    if n < MIN_FINETUNE_TRAIN:
-        return {
-            **plan,
-            "seconds": 0.0,
-            "skipped": f"the budget leaves {seconds / 60:.2f} min for the fine-tune; "
-            f"a minimal one ({MIN_FINETUNE_TRAIN} examples, 1 epoch) needs more",
-        }
-    why = f"1 epoch over {n} of the {n_fit} training examples fits in the budget ({full / 60:.1f} min needed for all)"
-    seconds_used = finetune_seconds(rates, 1, n, eval_size)
-    return {**plan, "epochs": 1.0, "train_size": n, "seconds": seconds_used, "capped": why}
+    fewest = cfg.min_steps if cfg.protocol else 1
+    least = finetune_seconds(rates, fewest, cfg.batch_size, eval_size, evaluations)
+    if least > seconds:
+        why = (
+            f"the budget leaves {max(seconds, 0) / 60:.2f} min for the fine-tune; its training protocol "
+            f"({fewest} optimizer steps) needs about {least / 60:.1f} min"
+        )
+        return {**plan, "seconds": 0.0, "steps": 0, "skipped": why, "needs_seconds": least}
+    base = finetune_seconds(rates, 0, cfg.batch_size, eval_size, evaluations)
+    steps = max(fewest, int((seconds - base) / (cfg.batch_size * rates["train_s_per_text"])))
+    epochs = steps / steps_per_epoch(n_fit, cfg.batch_size)
+    why = f"{steps} of the {wanted['steps']} optimizer steps wanted fit in the budget ({full / 60:.1f} min needed)"
+    used = finetune_seconds(rates, steps, cfg.batch_size, eval_size, evaluations)
+    return {**plan, "epochs": epochs, "steps": steps, "seconds": used, "capped": why}
 
 
 def plan_budget(
@@ -379,8 +395,17 @@ def plan_budget(
             f"alone need about {need:.1f} min; give a larger --budget-minutes or a smaller --train-size / --test-limit"
         )
     building = spare * (BUILD_SHARE_WITH_CURVE if cfg.curve else 1.0)
-    finetune = plan_finetune(rates, building * (FINETUNE_SHARE if cfg.tune_embedder else 1.0), n_train, cfg.epochs)
+    ft_cfg = finetune_settings(cfg)
+    finetune = plan_finetune(rates, building * (FINETUNE_SHARE if cfg.tune_embedder else 1.0), n_train, ft_cfg)
+    if finetune["skipped"]:  # the contenders' protocols come first: they may take what the curve would have had
+        finetune = plan_finetune(rates, spare, n_train, ft_cfg)
+    if finetune["skipped"]:
+        spent = 60 * cfg.budget_minutes - seconds_left
+        need = (spent + sum(fixed.values()) + finetune["needs_seconds"]) / 60
+        finetune["skipped"] += f"; a budget of about {math.ceil(need)} min would fit it"
     tune = plan_tuning(rates, building - finetune["seconds"], n_train, cfg)
+    if tune.get("needs_seconds"):
+        tune = plan_tuning(rates, spare - finetune["seconds"], n_train, cfg)
     curve = max(spare - finetune["seconds"] - tune["seconds"], 0.0) if cfg.curve else 0.0
     stages = {**fixed, "finetune": finetune["seconds"], "tune": tune["seconds"], "curve": round(curve, 3)}
     return {"rates": rates, "seconds": stages, "finetune": finetune, "tune": tune}
@@ -398,8 +423,9 @@ def tuning_seconds(rates: dict[str, float], steps: int, batch_size: int, n_train
 
 
 def plan_tuning(rates: dict[str, float], seconds: float, n_train: int, cfg: StudyConfig) -> dict[str, Any]:
-    """The embedder tuning that fits in `seconds`: `rag.tune_embedder`'s steps for `n_train` examples, else fewer
-    (at least MIN_TUNE_STEPS); ``skipped`` says why when it is not built."""
+    """The embedder tuning that fits in `seconds`: `rag.tune_embedder`'s steps for `n_train` examples, else fewer,
+    never fewer than its own fewest (``TuneEmbedderConfig.min_steps``) unless ``--tune-steps`` asks for fewer;
+    ``skipped`` says why when it is not built (and ``needs_seconds`` how long its fewest steps would take)."""
     from rag.tune_embedder import TuneEmbedderConfig
 
     if not cfg.tune_embedder:
@@ -411,10 +437,14 @@ def plan_tuning(rates: dict[str, float], seconds: float, n_train: int, cfg: Stud
         return {"steps": wanted, "seconds": full, "capped": None, "skipped": None}
     per_step = tuning_seconds(rates, 1, tune.batch_size, n_train) - tuning_seconds(rates, 0, tune.batch_size, n_train)
     steps = int((seconds - tuning_seconds(rates, 0, tune.batch_size, n_train)) / per_step)
-    if steps < MIN_TUNE_STEPS:
-        left = max(seconds, 0) / 60
-        why = f"the budget leaves {left:.2f} min for tuning the embedder; {MIN_TUNE_STEPS} steps need more"
-        return {"steps": 0, "seconds": 0.0, "capped": None, "skipped": why}
+    fewest = min(tune.min_steps, wanted)
+    if steps < fewest:
+        least = tuning_seconds(rates, fewest, tune.batch_size, n_train)
+        why = (
+            f"the budget leaves {max(seconds, 0) / 60:.2f} min for tuning the embedder; its fewest steps ({fewest}) "
+            f"need about {least / 60:.1f} min"
+        )
+        return {"steps": 0, "seconds": 0.0, "capped": None, "skipped": why, "needs_seconds": least}
     why = f"{steps} of the {wanted} tuning steps wanted fit in the budget ({full / 60:.1f} min needed)"
     return {
         "steps": steps,
@@ -572,15 +602,8 @@ class Study:
         return self._split
 
     def finetune_config(self, **overrides: Any) -> FinetuneConfig:
-        """The fine-tune's config: the study's base model and seed, the backend's defaults for the rest."""
-        values = {
-            "base_model": self.cfg.base_model,
-            "from_scratch": self.cfg.from_scratch,
-            "seed": self.cfg.seed,
-            "epochs": self.cfg.epochs,
-            "out": str(self.out / "finetune"),
-        }
-        return FinetuneConfig(**{**values, **overrides})
+        """The fine-tune's config (`finetune_settings`)."""
+        return finetune_settings(self.cfg, **overrides)
 
     # --- the stages --------------------------------------------------------------------------------------------------
 
@@ -643,18 +666,71 @@ class Study:
                 f"no time left for the fine-tune ({self.seconds_left() / 60:.2f} min left, the later stages need it)"
             )
         cfg = self.finetune_config(epochs=plan["epochs"], eval_size=plan["eval_size"], train_size=plan["train_size"])
+        fit, held = self.validation_split()
         stopper = deadline_callback(deadline)
-        run = train(cfg, self.split[0], overwrite=True, callbacks=[stopper])
+        run = train(cfg, fit, eval_dataset=held, overwrite=True, callbacks=[stopper])
+        check = self.check_finetune(held)
         self.state["finetune"] = {
             "capped": plan["capped"],
             "stopped_at_deadline": stopper.fired,
             "epochs_run": run["epochs_run"],
             "train_size": run["train_size"],
+            "protocol": run.get("protocol"),
+            "learning_check": check,
         }
         self.remeasure(run)
         if stopper.fired:
             self.say(f"[finetune] stopped at its deadline after {run['epochs_run']} epochs (recorded)")
+        if not check["learned"]:
+            self.retry_finetune(cfg, fit, held, check, reserve)
         return None
+
+    def validation_split(self):
+        """``(fit, validation)``: the fine-tune's validation part carved from the training examples (as planned),
+        and the rest. Every contender's learning is checked on the same validation part."""
+        from finetune.train import split_train_eval
+
+        plan = self.state["plan"]["finetune"]
+        return split_train_eval(self.split[0], plan["train_size"], plan["eval_size"], seed=self.cfg.seed)
+
+    def check_finetune(self, held) -> dict[str, Any]:
+        """`compare.metrics.learning_check` of the saved fine-tune on the validation part."""
+        import finetune
+        from compare.metrics import learning_check
+
+        answers = finetune.load(self.out / "finetune").predict(list(held["text"]))
+        labels = self.split[2]["labels"]
+        return {**learning_check([a.label for a in answers], list(held["label"]), labels), "on": "the validation part"}
+
+    def retry_finetune(self, cfg: FinetuneConfig, fit, held, check: dict[str, Any], reserve: float) -> None:
+        """A fine-tune that did not learn is trained once more (another seed, the same protocol) when the budget
+        leaves the time of a whole run; the better of the two by the validation part's macro-F1 is kept."""
+        from finetune.train import train
+
+        planned = self.state["plan"]["finetune"]["seconds"]
+        if self.seconds_left() - reserve < planned:
+            self.say(f"[finetune] did not learn ({check['why']}); no time left to retry it (recorded)")
+            self.state["finetune"]["retry"] = {"skipped": "the budget leaves no time for a second run"}
+            return
+        self.say(f"[finetune] did not learn ({check['why']}): training it once more with another seed")
+        first = self.out / "finetune-first"
+        shutil.rmtree(first, ignore_errors=True)
+        (self.out / "finetune").rename(first)
+        stopper = deadline_callback(time.monotonic() + self.seconds_left() - reserve)
+        retry_cfg = dataclasses.replace(cfg, seed=cfg.seed + 1)
+        train(retry_cfg, fit, eval_dataset=held, overwrite=True, callbacks=[stopper])
+        again = self.check_finetune(held)
+        better = (again["learned"], again["macro_f1"]) >= (check["learned"], check["macro_f1"])
+        if better:
+            shutil.rmtree(first)
+            self.state["finetune"]["learning_check"] = again
+        else:
+            shutil.rmtree(self.out / "finetune")
+            first.rename(self.out / "finetune")
+        self.state["finetune"]["retry"] = {"seed": retry_cfg.seed, "learning_check": again, "kept": "retry" if better
+                                           else "first run"}  # fmt: skip
+        self.say(f"[finetune] retry {'learned' if again['learned'] else 'did not learn either'}; kept the "
+                 f"{self.state['finetune']['retry']['kept']}")  # fmt: skip
 
     def do_tune(self) -> str | None:
         from rag.classifier import RagClassifier
@@ -721,6 +797,7 @@ class Study:
             data_source=info["source"],
             split=info["test_from"],
             latency_queries=self.cfg.latency_queries,
+            learning=self.learning_checks(classifiers),
         )
         if "hybrid" in classifiers:
             report["backends"]["hybrid"]["fit"] = {
@@ -729,6 +806,23 @@ class Study:
         report["notes"] = self.notes()
         report["study"] = {"leaks": info["leaks"], "finetune": self.state.get("finetune")}
         write_report_into(report, self.out)
+
+    def learning_checks(self, classifiers: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Whether each contender learned, checked on the validation part (`compare.metrics.learning_check`): the
+        fine-tune's from its stage, retrieval's leaving each text's own entry out of its index. The hybrid, fitted
+        on that part, is checked by `evaluate` on the test texts."""
+        from compare.metrics import learning_check
+
+        _, held = self.validation_split()
+        texts, references, labels = list(held["text"]), list(held["label"]), self.split[2]["labels"]
+        checks = {}
+        if "finetune" in classifiers and (self.state.get("finetune") or {}).get("learning_check"):
+            checks["finetune"] = self.state["finetune"]["learning_check"]
+        for name in ("rag", "rag-tuned"):
+            if name in classifiers:
+                answers = [a.label for a in classifiers[name].predict(texts, exclude_identical=True)]
+                checks[name] = {**learning_check(answers, references, labels), "on": "the validation part"}
+        return checks
 
     def classifiers(self, train) -> dict[str, Any]:
         """The built contenders, loaded from `out`: retrieval, the fine-tune when built, and their hybrid."""
@@ -763,6 +857,9 @@ class Study:
                 notes.append(f"no {what}: {stage.get('reason')}")
             elif plan["capped"]:
                 notes.append(f"{what} capped by the time budget: {plan['capped']}")
+        check = finetune.get("learning_check") or {}
+        if check and not check["learned"]:
+            notes.append(f"the fine-tune did not learn: it {check['why']} (on the validation part); it is not ranked")
         if finetune.get("stopped_at_deadline"):
             notes.append(f"fine-tune stopped at its deadline after {finetune['epochs_run']} epochs")
         return notes
@@ -775,9 +872,19 @@ class Study:
         train, test, _ = self.split
         seconds = self.seconds_left() - self.state["plan"]["seconds"]["decide"]
         curve_test = stratified_sample(test, min(CURVE_TEST_MAX, test.num_rows), seed=self.cfg.seed, what="test")
-        sizes = curve_sizes(train.num_rows, seconds, self.curve_cost(curve_test.num_rows))
+        cost = self.curve_cost(curve_test.num_rows)
+        sizes = curve_sizes(train.num_rows, seconds, cost)
         if not sizes:
-            return f"the budget leaves {max(seconds, 0) / 60:.2f} min, too little for a curve of two sizes"
+            smallest = curve_sizes(train.num_rows, math.inf, cost)[:2]
+            if len(smallest) < 2:
+                return f"{train.num_rows} training examples are too few for a curve of two sizes of {MIN_CURVE_SIZE}+"
+            need = sum(cost(size) for size in smallest) - max(seconds, 0)
+            more = math.ceil((self.cfg.budget_minutes * 60 + need) / 60)
+            return (
+                f"the budget leaves {max(seconds, 0) / 60:.2f} min; a curve of two sizes ({smallest[0]} and "
+                f"{smallest[1]} examples) needs about {(need + max(seconds, 0)) / 60:.1f} min: a budget of about "
+                f"{more} min would give one"
+            )
         epochs = self.state["plan"]["finetune"]["epochs"]
 
         def config(size: int, out: str) -> FinetuneConfig:
@@ -797,21 +904,18 @@ class Study:
         return None
 
     def curve_cost(self, n_test: int) -> Callable[[int], float]:
-        """Estimated seconds of one curve size, from the probe's rates (the same model, epochs and embedder).
-
-        The curve may raise the fine-tune's epochs to reach its fewest optimizer steps (``compare.curve.MIN_STEPS``,
-        where that version has one); the estimate counts them.
-        """
-        import compare.curve
-
-        rates, epochs = self.state["plan"]["rates"], self.state["plan"]["finetune"]["epochs"]
-        min_texts = getattr(compare.curve, "MIN_STEPS", 0) * _default(FinetuneConfig, "batch_size")
+        """Estimated seconds of one curve size, from the probe's rates: the fine-tune under its protocol (the same
+        model and epochs as the study's, on the size's fitting four fifths) and the retrieval on the same."""
+        rates = self.state["plan"]["rates"]
+        cfg = self.finetune_config(epochs=self.state["plan"]["finetune"]["epochs"])
 
         def cost(size: int) -> float:
-            ev = max(10, size // 5)
+            ev = max(1, size // 5)
+            _, protocol = apply_protocol(cfg, size - ev)
+            evaluations = protocol.get("evaluations") or math.ceil(protocol["epochs"])
             embed = (size + n_test) * rates["embed_s_per_text"]
-            predict = (n_test + 5 * ev) * rates["infer_s_per_text"] + 2 * rates["load_s"]
-            train = max(epochs * (size - ev), min_texts) * rates["train_s_per_text"]
+            predict = (n_test + evaluations * ev) * rates["infer_s_per_text"] + 2 * rates["load_s"]
+            train = protocol["steps"] * cfg.batch_size * rates["train_s_per_text"]
             return FIXED_SECONDS["curve_size"] + FIXED_SECONDS["finetune"] + embed + predict + train
 
         return cost

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,8 @@ from compare.study import (
     split_data,
 )
 from core.settings import packaged_embedder_path
+from finetune.config import FinetuneConfig
+from finetune.protocol import MIN_STEPS, apply_protocol
 
 RATES = {
     "embed_s_per_text": 0.005,
@@ -129,7 +133,7 @@ def test_the_curve_is_skipped_with_a_reason_when_no_time_is_left(emotion_study):
     study = Study(StudyConfig(out=str(out), curve=True, budget_minutes=5), say=lambda message: None)
     study.state = read(out / "study.json")
     study.state["resume"] = {"seconds_before_this_run": 5 * 60.0}
-    assert "too little for a curve" in study.do_curve()
+    assert re.search(r"needs about [\d.]+ min: a budget of about \d+ min would give one", study.do_curve())
     assert not (out / "curve.json").exists()
 
 
@@ -240,29 +244,36 @@ def test_data_without_a_test_split_gets_a_stratified_held_out_one_without_shared
     assert abs(share - 1 / 3) < 0.02
 
 
-def test_plan_caps_epochs_then_examples_then_skips_the_fine_tune():
-    full = plan_finetune(RATES, 1e6, 500, 3.0)
-    assert (full["epochs"], full["train_size"], full["capped"], full["skipped"]) == (3.0, None, None, None)
-    assert full["eval_size"] == 100
-    fewer_epochs = plan_finetune(RATES, full["seconds"] * 0.6, 500, 3.0)
-    assert fewer_epochs["epochs"] == 1 and "epochs" in fewer_epochs["capped"] and fewer_epochs["train_size"] is None
-    assert fewer_epochs["seconds"] <= full["seconds"] * 0.6 and fewer_epochs["skipped"] is None
-    fewer_examples = plan_finetune(RATES, 12.0, 500, 3.0)
-    assert fewer_examples["epochs"] == 1 and 20 <= fewer_examples["train_size"] < 400
-    assert fewer_examples["seconds"] <= 12.0 and "examples" in fewer_examples["capped"]
-    skipped = plan_finetune(RATES, 2.0, 500, 3.0)
-    assert skipped["skipped"] and skipped["seconds"] == 0
+def test_the_plan_gives_the_fine_tune_its_protocol_or_says_what_budget_would():
+    cfg = FinetuneConfig(epochs=3.0)
+    full = plan_finetune(RATES, 1e6, 500, cfg)  # 400 to fit: 25 steps an epoch, raised to the protocol's 200
+    assert (full["steps"], full["capped"], full["skipped"], full["eval_size"]) == (MIN_STEPS, None, None, 100)
+    assert "raised from 3 to 8" in full["protocol"]
+    wanted = plan_finetune(RATES, 1e6, 5000, cfg)  # 4,000 to fit: 250 steps an epoch, 750 wanted
+    capped = plan_finetune(RATES, wanted["seconds"] * 0.6, 5000, cfg)
+    assert MIN_STEPS < capped["steps"] < 750 and "optimizer steps wanted" in capped["capped"]
+    assert capped["seconds"] <= wanted["seconds"] * 0.6
+    _, trained = apply_protocol(dataclasses.replace(cfg, epochs=capped["epochs"]), 4000)
+    assert abs(trained["steps"] - capped["steps"]) <= 1  # what `train` then runs is what was planned
+    # Never a token model: fewer than the protocol's steps is no fine-tune, and the plan says what would fit one.
+    short = plan_finetune(RATES, 0.5 * full["seconds"], 500, cfg)
+    assert short["skipped"] and short["seconds"] == 0 and short["steps"] == 0
+    assert f"its training protocol ({MIN_STEPS} optimizer steps) needs about 2.8 min" in short["skipped"]
+    planned = plan_budget(RATES, 120.0, 500, 200, StudyConfig(budget_minutes=2, curve=False))
+    assert planned["finetune"]["skipped"].endswith("a budget of about 4 min would fit it")
 
 
 def test_plan_budget_fits_the_budget_and_leaves_the_rest_to_the_curve():
-    cfg = StudyConfig(budget_minutes=5, curve=True)
-    plan = plan_budget(RATES, 300.0, 500, 200, cfg)
-    assert sum(plan["seconds"].values()) == pytest.approx(300.0, abs=0.01)
-    assert plan["tune"]["steps"] >= 10 and plan["seconds"]["tune"] > 0
+    cfg = StudyConfig(budget_minutes=15, curve=True)
+    plan = plan_budget(RATES, 900.0, 500, 200, cfg)
+    assert sum(plan["seconds"].values()) == pytest.approx(900.0, abs=0.01)
+    assert plan["tune"]["steps"] >= 200 and plan["seconds"]["tune"] > 0  # the tuned embedder's own fewest steps
     assert plan["seconds"]["curve"] > 0 and set(plan["seconds"]) == set(PLANNED_STAGES)
-    no_curve = plan_budget(RATES, 300.0, 500, 200, StudyConfig(budget_minutes=5, curve=False))
-    assert no_curve["seconds"]["curve"] == 0 and sum(no_curve["seconds"].values()) <= 300.0
-    no_tuning = plan_budget(RATES, 300.0, 500, 200, StudyConfig(budget_minutes=5, tune_embedder=False))
+    no_curve = plan_budget(RATES, 900.0, 500, 200, StudyConfig(budget_minutes=15, curve=False))
+    assert no_curve["seconds"]["curve"] == 0 and sum(no_curve["seconds"].values()) <= 900.0
+    short = plan_budget(RATES, 300.0, 500, 200, StudyConfig(budget_minutes=5))  # the fine-tune's protocol first
+    assert short["finetune"]["steps"] == MIN_STEPS and short["tune"]["skipped"].startswith("the budget leaves")
+    no_tuning = plan_budget(RATES, 900.0, 500, 200, StudyConfig(budget_minutes=15, tune_embedder=False))
     assert no_tuning["seconds"]["tune"] == 0 and no_tuning["tune"]["skipped"]
     assert no_tuning["finetune"]["seconds"] >= plan["finetune"]["seconds"]
 
@@ -285,10 +296,11 @@ def test_the_fine_tune_stops_at_its_deadline():
 
 
 def test_a_fine_tune_faster_than_planned_leaves_its_time_to_the_tuned_embedder(tmp_path, monkeypatch):
-    cfg = StudyConfig(budget_minutes=5, curve=True, out=str(tmp_path / "study"))
+    cfg = StudyConfig(budget_minutes=700 / 60, curve=True, out=str(tmp_path / "study"))
     study = Study(cfg, say=lambda message: None)
     (tmp_path / "study").mkdir()
-    plan = plan_budget(dict(RATES), 300.0, 500, 200, cfg)
+    plan = plan_budget(dict(RATES), 700.0, 500, 200, cfg)
+    assert plan["tune"]["capped"]
     study.state = {"plan": plan, "stages": {}}
     monkeypatch.setattr(Study, "split", property(lambda self: (type("T", (), {"num_rows": 500})(), None, None)))
     # The fine-tune measured a rate five times the probe's, and finished early: the time it saved is left.
@@ -298,7 +310,7 @@ def test_a_fine_tune_faster_than_planned_leaves_its_time_to_the_tuned_embedder(t
     planned = dict(plan["tune"])
     saved = plan["seconds"]["finetune"] * 0.8
     monkeypatch.setattr(
-        Study, "seconds_left", lambda self: 300.0 - plan["seconds"]["index"] - plan["seconds"]["finetune"] + saved
+        Study, "seconds_left", lambda self: 700.0 - plan["seconds"]["index"] - plan["seconds"]["finetune"] + saved
     )
     replanned = study.replan_tuning()
     assert replanned["steps"] > planned["steps"] and replanned["replanned_from"]["steps"] == planned["steps"]
