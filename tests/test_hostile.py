@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 
 import pytest
@@ -102,7 +103,7 @@ def client(app_artifacts):
         ({"texts": ["ok"] * 10_000}, 422),
         ({"texts": ["x" * (MAX_CHARS + 1)]}, 400),
         ({"texts": ["\x00\x1b[31m"]}, 200),
-        ({"texts": ["ok"], "labels": ["neutral"], "extra": "ignored"}, 200),
+        ({"texts": ["ok"], "labels": ["neutral"], "extra": "refused"}, 422),
     ],
 )
 def test_api_wrong_types_and_huge_arrays_are_4xx_or_defined(client, body, status):
@@ -131,7 +132,8 @@ def test_non_finite_numbers_are_422_not_500(client, route, raw):
 
 @pytest.mark.parametrize("route", ["/api/classify", "/api/compare", "/api/teach"])
 def test_a_lone_surrogate_is_a_400_with_a_reason(client, route):
-    raw = b'{"texts": ["fine", "\\ud800 broken"], "labels": ["neutral", "neutral"]}'
+    labels = b', "labels": ["neutral", "neutral"]' if route != "/api/classify" else b""
+    raw = b'{"texts": ["fine", "\\ud800 broken"]' + labels + b"}"
     response = client.post(route, content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 400, response.text
     assert "text 2 is not valid Unicode" in response.json()["error"] or "example 2" in response.json()["error"]
@@ -420,6 +422,200 @@ def test_gradio_api_bodies_are_bounded_too(client):
 
 def test_errors_echo_at_most_a_little_of_the_input(client):
     response = client.post("/api/classify", json={"texts": ["ok"], "backends": ["x" * 100_000]})
+    assert response.status_code == 422 and len(response.content) < 1_000  # longer than any name may be
+    response = client.post("/api/classify", json={"texts": ["ok"], "backends": ["x" * 64] * 8})
     assert response.status_code == 400 and len(response.content) < 1_000
-    response = client.post("/api/compare", json={"texts": ["ok"], "labels": ["y" * 1_000]})
+    response = client.post("/api/compare", json={"texts": ["ok"], "labels": ["y" * 64]})
     assert response.status_code == 400 and len(response.content) < 1_000
+
+
+# --- the red team's second round -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["hardware", "updates"])
+def test_a_2_mb_option_value_is_not_echoed_back(client, field):
+    response = client.post("/api/recommend", json={field: "x" * 2_000_000})
+    assert response.status_code == 422 and len(response.content) < 2_000, len(response.content)
+    assert field in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        ("/api/recommend", {"labeled_examples": "300"}, "labeled_examples"),
+        ("/api/recommend", {"labeled_examples": True}, "labeled_examples"),
+        ("/api/recommend", {"need_evidence": 1}, "need_evidence"),
+        ("/api/recommend", {"latency_budget": 50}, "latency_budget"),
+        ("/api/classify", {"texts": ["ok"], "backend": "rag"}, "backend"),
+        ("/api/teach", {"texts": ["ok"], "labels": ["neutral"], "token": "guess"}, "token"),
+    ],
+)
+def test_bodies_are_strict_unknown_fields_and_coerced_types_are_422(client, route, body, field):
+    response = client.post(route, json=body)
+    assert response.status_code == 422 and len(response.content) < 2_000, response.text
+    assert field in response.json()["error"]
+
+
+@pytest.mark.parametrize("raw", [b'{"texts": ["ok"], "backends": ["\\ud800"]}', b'{"texts": ["ok"], "\\ud800": 1}'])
+def test_a_lone_surrogate_anywhere_is_a_4xx_with_a_readable_body(client, raw):
+    response = client.post("/api/classify", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "unicode string" in response.json()["error"]  # not a 500
+
+
+def test_error_bodies_are_cut_whatever_the_message():
+    from serving.api import error_response
+
+    response = error_response(400, "unknown value " + "y" * 1_000_000 + " \ud800")
+    assert len(response.body) < 1_100 and json.loads(response.body)["error"].startswith("unknown value yyy")
+
+
+def _served_as_the_app_serves(asgi_app, servers: list) -> str:
+    """`asgi_app` under uvicorn with the app's own settings (`app.server_config`), on a free local port."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(app.server_config(asgi_app, "127.0.0.1", port))
+    threading.Thread(target=server.run, daemon=True).start()
+    servers.append(server)
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}/"
+
+
+@pytest.mark.parametrize(("proxies", "second_teach"), [(None, 429), ("127.0.0.1", 200)])
+def test_x_forwarded_for_names_the_client_only_behind_a_trusted_proxy(app_artifacts, monkeypatch, proxies,
+                                                                       second_teach):  # fmt: skip
+    """A peer that forges X-Forwarded-For per request gets no new allowance (uvicorn's default trusts 127.0.0.1)."""
+    import httpx
+
+    monkeypatch.setenv("FTRAG_TEACH_PER_MINUTE", "1")
+    if proxies:
+        monkeypatch.setenv("FTRAG_TRUSTED_PROXIES", proxies)
+    else:
+        monkeypatch.delenv("FTRAG_TRUSTED_PROXIES", raising=False)
+    servers: list = []
+    try:
+        url = _served_as_the_app_serves(app.create_app(app.App(Service.start(app_artifacts, build_missing=False))),
+                                        servers)  # fmt: skip
+        statuses = [
+            httpx.post(url + "api/teach", json={"texts": [f"forged {i}"], "labels": ["neutral"]},
+                       headers={"X-Forwarded-For": f"10.0.0.{i}"}, timeout=30).status_code
+            for i in (1, 2)
+        ]  # fmt: skip
+    finally:
+        for server in servers:
+            server.should_exit = server.force_exit = True
+    assert statuses == [200, second_teach]
+    config = app.server_config(None, "127.0.0.1", 0)
+    assert config.timeout_keep_alive == app.KEEP_ALIVE_S and config.limit_concurrency == app.MAX_CONNECTIONS
+
+
+def test_security_headers_and_framing_is_the_operators_choice(app_artifacts, monkeypatch):
+    monkeypatch.delenv("FTRAG_FRAME_ANCESTORS", raising=False)
+    service = Service.start(app_artifacts, build_missing=False)
+    client = TestClient(app.create_app(app.App(service)))
+    for path in ("/api/health", "/", "/docs"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "strict-origin-when-cross-origin"
+        # Hugging Face Spaces shows the app in an iframe: framing is allowed unless the operator says otherwise
+        assert "x-frame-options" not in response.headers
+        assert "frame-ancestors" not in response.headers.get("content-security-policy", "")
+    monkeypatch.setenv("FTRAG_FRAME_ANCESTORS", "'self'")
+    response = TestClient(app.create_app(app.App(service))).get("/")
+    assert response.headers["content-security-policy"] == "frame-ancestors 'self'"
+    assert response.headers["x-frame-options"] == "SAMEORIGIN"
+
+
+def test_the_teach_token_is_checked_before_the_index_is(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTRAG_TEACH_TOKEN", "s3cret")
+    service = Service.start(tmp_path / "no-artifacts", build_missing=False)  # no index here
+    client = TestClient(app.create_app(app.App(service)))
+    teach = {"texts": ["hello"], "labels": ["neutral"]}
+    assert client.post("/api/teach", json=teach).status_code == 401  # nothing said about the index without it
+    assert client.delete("/api/teach/1").status_code == 401
+    answer = client.post("/api/teach", json=teach, headers={"Authorization": "Bearer s3cret"})
+    assert answer.status_code == 400 and "retrieval backend is not available" in answer.json()["error"]
+
+
+def test_hide_paths_hides_server_paths_and_leaves_user_text_alone(tmp_path):
+    from serving.service import hide_paths
+
+    assert hide_paths("$5 per /month") == "$5 per /month"
+    assert hide_paths("see /r/funny/comments/abc") == "see /r/funny/comments/abc"
+    assert hide_paths(f"{tmp_path}/rag/index.faiss is missing") == "rag/index.faiss is missing"
+    assert hide_paths("read /etc/passwd") == "read etc/passwd"
+
+
+def test_compare_run_refuses_an_unwritable_out_before_any_work(tmp_path, capsys, monkeypatch):
+    import compare.run
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setattr(compare.run, "run", lambda args: pytest.fail("evaluated before checking --out"))
+    for out in (blocker / "report", "/proc/ftrag-report"):
+        assert compare.run.main(["--rag", str(tmp_path / "index"), "--out", str(out)]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: cannot write the report to") and error.count("\n") == 1, error
+
+
+def test_studies_can_be_cancelled_are_capped_per_client_and_share_one_bounded_root(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    import serving.studies as studies
+    from serving.access import Refused
+    from serving.state import studies_root
+
+    data = tmp_path / "data.csv"
+    data.write_text("text,label\n" + "".join(f"tweet {i},{'ab'[i % 2]}\n" for i in range(80)))
+    root = tmp_path / "studies"
+    left_over = root / ("x" * 22)  # a job folder of the app's previous run
+    left_over.mkdir(parents=True)
+    (root / "keep-me").mkdir()  # not a job folder: never deleted
+    started, release = threading.Event(), threading.Event()
+
+    def long_study(self, job):  # a study that says something every 10 ms until it is released or cancelled
+        started.set()
+        try:
+            while not release.wait(0.01):
+                job.progress("training")
+            job.state = "done"
+        except studies.Cancelled:
+            job.state = "cancelled"
+        job.finished = time.time()
+
+    monkeypatch.setattr(studies.StudyQueue, "_run", long_study)
+    monkeypatch.setenv("FTRAG_STUDIES_PER_CLIENT", "2")
+    queue = studies.StudyQueue.from_env(root)
+    assert not left_over.exists() and (root / "keep-me").is_dir()
+    running = queue.submit(data, 2, 80, client="1.2.3.4")
+    waiting = queue.submit(data, 2, 80, client="1.2.3.4")
+    with pytest.raises(Refused, match="2 studies of yours already queued or running"):
+        queue.submit(data, 2, 80, client="1.2.3.4")
+    assert started.wait(10) and waiting.state == "queued"
+    assert queue.cancel(waiting.id).state == "cancelled" and queue.position(waiting) == 0
+    queue.cancel(running.id)
+    for _ in range(200):
+        if running.state == "cancelled":
+            break
+        time.sleep(0.02)
+    assert running.state == "cancelled"
+    with pytest.raises(InputError, match="nothing to cancel"):
+        queue.cancel(running.id)
+    with pytest.raises(InputError, match="no such study"):
+        queue.cancel("a-guessed-id")
+    # finished studies go, oldest first, once the folders hold more than the cap (not only after KEEP_HOURS)
+    queue.max_bytes = 1
+    queue.clean()
+    assert queue.find(running.id) is None and not running.folder.exists() and not waiting.folder.exists()
+    monkeypatch.delenv("FTRAG_STUDIES_DIR", raising=False)
+    assert studies_root(tmp_path / "artifacts") == tmp_path / "artifacts" / "studies"  # one root, not one per start
