@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 import secrets
 import shutil
 import tempfile
@@ -505,7 +506,7 @@ def study_status_markdown(state: App, job) -> str:
         ahead = state.studies.position(job)
         head = f"**Waiting**: {ahead} {'study runs' if ahead == 1 else 'studies run or wait'} before yours."
     elif job.state == "running":
-        head = f"**Running** (budget {job.budget_minutes:g} minutes)."
+        head = f"**Running** (budget {job.budget_minutes:g} minutes). {study_progress(job.lines)}"
     elif job.state == "failed":
         head = f"**Failed**: {escape_markdown(job.error or 'unknown error', 500)}"
     elif job.state == "cancelled":
@@ -513,7 +514,38 @@ def study_status_markdown(state: App, job) -> str:
     else:
         head = "**Done.**"
     recent = "\n".join(line.replace("`", "'") for line in job.lines[-8:])
-    return f"{head}\n\n```text\n{recent}\n```" if recent else head
+    if not recent or job.state == "done":
+        return head
+    return f"{head}\n\n<details><summary>What the study said last</summary>\n\n```text\n{recent}\n```\n</details>"
+
+
+STAGE_WORDS = {
+    "split": "holding out your test set",
+    "plan": "planning the budget",
+    "index": "building the retrieval index",
+    "finetune": "fine-tuning",
+    "tune": "tuning the embedder",
+    "evaluate": "scoring every contender on your test set",
+    "curve": "drawing the learning curve",
+    "decide": "deciding",
+}
+"""What each stage of a study (`compare.study.STAGES`) does, in a visitor's words."""
+
+
+def study_progress(lines: list[str]) -> str:
+    """A progress bar of the stage a running study is in, from what it said last.
+
+    >>> study_progress(["[finetune] starting (planned 1.20 min; 3.50 min of the budget left)"])
+    '`▓▓▓▓░░░░` stage 4 of 8: fine-tuning; at most 3.5 min left'
+    """
+    for line in reversed(lines):
+        found = re.match(r"\[(\w+)\] starting \(.*?([\d.]+) min of the budget left", line)
+        if found and found.group(1) in STAGE_WORDS:
+            stage = list(STAGE_WORDS).index(found.group(1)) + 1
+            bar = "▓" * stage + "░" * (len(STAGE_WORDS) - stage)
+            what, left = STAGE_WORDS[found.group(1)], float(found.group(2))
+            return f"`{bar}` stage {stage} of {len(STAGE_WORDS)}: {what}; at most {left:.1f} min left"
+    return "Starting."
 
 
 STUDY_FILES = ("report.md", "report.json", "decision.json", "disagreements.csv", "curve.json")
@@ -581,7 +613,7 @@ def study_view(state: App, current: str | None) -> list:
     ]
 
 
-def your_data_tab(state: App) -> None:
+def your_data_tab(state: App, demo: gr.Blocks) -> None:
     """The "Your data" tab: upload, preview, budget, the visitor's own study as a background job, its report and
     its models. The handlers that need more than a few lines are `study_preview_view` and `study_view`; what is left
     is the tab's layout, its components in the order the page shows them, and their wiring."""
@@ -589,7 +621,9 @@ def your_data_tab(state: App) -> None:
 
     gr.Markdown(STUDY_INTRO.format(min_rows=MIN_STUDY_ROWS, max_rows=MAX_STUDY_ROWS, max_labels=MAX_LABELS,
                                    label_chars=MAX_LABEL_CHARS, per_label=MIN_PER_LABEL))  # fmt: skip
-    job_id = gr.State(None)  # this visitor's study: its id is theirs alone
+    # This visitor's study: its unguessable id is theirs alone, kept by their browser (encrypted in local storage) so
+    # that a reload or a return brings the study back for as long as it is kept.
+    job_id = gr.BrowserState(None, storage_key="ftrag-study")
     upload = gr.File(label="Your labeled data (CSV or JSONL)", file_types=[".csv", ".jsonl"],
                      elem_id="study-upload")  # fmt: skip
     found = gr.Markdown(elem_id="study-preview")
@@ -652,6 +686,7 @@ def your_data_tab(state: App) -> None:
     timer.tick(on_tick, job_id, outputs, api_visibility="private")
     gr.Button("Refresh", size="sm").click(on_tick, job_id, outputs, api_name="study_status")
     ask.click(on_ask, [query, job_id], [yours_ft, yours_rag], api_name="study_classify")
+    demo.load(on_tick, job_id, outputs, api_visibility="private")  # a reload finds the study again
 
 
 # --- Models ----------------------------------------------------------------------------------------------------------
@@ -764,7 +799,7 @@ def build_demo(state: App) -> gr.Blocks:
         with gr.Tab("Decide"):
             decide_tab(state, visitor_report)
         with gr.Tab("Your data"):
-            your_data_tab(state)
+            your_data_tab(state, demo)
         with gr.Tab("Teach"):
             label_choice = teach_tab(state)
         with gr.Tab("Models"):

@@ -241,7 +241,9 @@ def test_batch_evaluation_then_recommendation(service, tmp_path):
     good.write_text("text,label\nI love it,positive\nawful,negative\nthe bus is at 5,neutral\nyay,positive\n")
     scored, table, *images, per_class, disagreements, archive, report = fns["evaluate"](str(good), False, 100)
     assert "all 4 rows of the uploaded file" in scored and "95% bootstrap interval over these 4 texts" in scored
-    assert sorted(row[0] for row in table) == ["finetune", "rag"]
+    # One row per backend (a tiny model may be marked "did not learn"), then the majority-class floor.
+    assert sorted(row[0].split(" (")[0] for row in table[:-1]) == ["finetune", "rag"]
+    assert table[-1][0] == "baseline: majority class"
     assert len(images) == 4 and all(Path(i).read_bytes()[:4] == b"\x89PNG" for i in images)
     assert {row[0] for row in per_class} == {"finetune", "rag"} and len(per_class) == 6  # 2 backends x 3 labels
     assert disagreements["headers"] == ["text", "reference", "rag", "finetune"]  # the line-up order: retrieval first
@@ -287,7 +289,9 @@ def test_the_line_up_builds_in_the_background_on_the_same_examples(data_dir, tmp
 
     monkeypatch.setenv("FTRAG_DATA", str(data_dir))
     monkeypatch.delenv("FTRAG_BASE_MODEL", raising=False)
-    monkeypatch.setattr(build, "demo_sizes", lambda base: build.DemoSizes(fit=150, validation=60, epochs=1.0))
+    # A small sample, and fewer optimizer steps than the protocol's 200 (the real demo, at 10,000 examples, makes 313).
+    sizes = build.DemoSizes(fit=150, validation=60, epochs=1.0, min_steps=10)
+    monkeypatch.setattr(build, "demo_sizes", lambda base: sizes)
     seen: list[tuple[float, str]] = []
     ready = threading.Event()
     service = Service.start(tmp_path / "artifacts", progress=lambda f, m: seen.append((f, m)), background=True,
@@ -438,31 +442,32 @@ def test_your_data_runs_a_study_for_one_visitor_through_gradio_client(service, s
     found, first = client.predict(handle_file(str(upload)), api_name="/study_preview")
     assert "**120 rows**" in found and "labels from `category`" in found and "4 labels" in found
     assert len(first["data"]) == 5
-    client.predict(handle_file(str(upload)), "2", api_name="/study")
+    started = client.predict(handle_file(str(upload)), "2", None, api_name="/study")
+    [job_id] = list(state.studies._jobs)
+    assert job_id in started  # handed to the visitor, whose browser keeps it (local storage) to find the study again
     deadline = time.monotonic() + 240
     while True:
-        status, verdict, table, *_ = client.predict(api_name="/study_status")
+        status, verdict, table, *_ = client.predict(job_id, api_name="/study_status")
         if "Done" in status or "Failed" in status or time.monotonic() > deadline:
             break
         time.sleep(2)
     assert "Done" in status, status
-    assert "## Recommendation:" in verdict and {"finetune", "rag"} <= {row[0] for row in table["data"]}
+    assert "## Recommendation:" in verdict and {"finetune", "rag"} <= {row[0].split(" (")[0] for row in table["data"]}
     assert "your uploaded file" in verdict and str(tmp_path) not in verdict + status  # no server path, no job id
-    archive = client.predict(api_name="/study_status")[4]
+    archive = client.predict(job_id, api_name="/study_status")[4]
     import zipfile
 
-    [job_id] = list(state.studies._jobs)
     with zipfile.ZipFile(archive) as zf:
         names = set(zf.namelist())
         assert {"report.md", "report.json", "decision.json"} <= names and "study.json" not in names
         texts = " ".join(zf.read(n).decode() for n in names if not n.endswith(".png"))
     assert job_id not in texts and str(tmp_path) not in texts  # neither a server folder nor the secret id
-    fine_tuned, retrieved = client.predict("so happy today!", api_name="/study_classify")
+    fine_tuned, retrieved = client.predict("so happy today!", job_id, api_name="/study_classify")
     assert set(label["label"] for label in (fine_tuned, retrieved)) <= {"anger", "joy", "optimism", "sadness"}
     assert service.labels() == ["negative", "neutral", "positive"]  # the app's own backends are untouched
     other = Client(client.src, verbose=False)  # another visitor has no study
     with pytest.raises(Exception, match="run a study first"):
-        other.predict("so happy", api_name="/study_classify")
+        other.predict("so happy", None, api_name="/study_classify")
 
 
 def test_a_study_refuses_files_it_cannot_use_before_any_model_runs(tmp_path, monkeypatch):
@@ -529,7 +534,7 @@ def test_a_small_learning_curve_is_measured_at_start_up_when_none_exists(service
     monkeypatch.setenv("FTRAG_BASE_MODEL", str(shared_dir / "models" / "tiny-random-gpt2"))
     state = app.App(service, report_dir=tmp_path / "report", curve_dir=tmp_path / "curve")
     assert state.curve is None and "No learning curve" in serving_ui.curve_markdown(state)
-    state.start_curve(sizes=(30, 60), test_limit=40)
+    state.start_curve(sizes=(30, 60), test_limit=40, min_steps=20)
     curve = state.curve
     assert curve["sizes"] == [30, 60] and curve["test_size"] == 40 and set(curve["backends"]) == {"finetune", "rag"}
     assert (tmp_path / "curve" / "curve.png").exists() and state.curving is None

@@ -7,6 +7,7 @@ installs both and sets FTRAG_REQUIRE_BROWSER=1, so in CI a missing browser fails
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -207,6 +208,11 @@ def test_your_data_in_the_browser(app_artifacts, serve, shared_dir, monkeypatch,
             page.locator("#study-preview").get_by_text("120 rows").wait_for(timeout=60_000)
             assert "4 labels" in page.locator("#study-preview").inner_text()
             page.get_by_role("button", name="Run the study").click()
+            page.locator("#study-status").get_by_text(re.compile(r"stage \d of 8")).wait_for(timeout=60_000)
+            page.reload()  # mid-study: the browser keeps the study's id, and the page finds the study again
+            page.get_by_role("tab", name="Your data").click()
+            page.get_by_role("button", name="Refresh").click()
+            page.locator("#study-status strong").get_by_text(re.compile("Running|Done")).first.wait_for(timeout=60_000)
             try:
                 page.locator("#study-verdict").get_by_text("Recommendation:").wait_for(timeout=240_000)
             finally:
