@@ -506,9 +506,15 @@ def decide(report: dict[str, Any], constraints: Constraints, curve: dict[str, An
     if curve and curve.get("labels") and report.get("labels"):  # one label set, or the curve says nothing here
         check_same_labels("the report", report["labels"], "the learning curve", curve["labels"])
     rec = Recommendation(choice=None)
-    by_kind = learned_only(group(report), rec)
+    grouped = group(report)
+    by_kind = learned_only(grouped, rec)
     if not by_kind:
-        rec.caveats.append(f"the report holds none of the backends {list(KINDS)}; nothing to choose from")
+        if grouped:
+            rec.decided_by = "nothing: no contender learned anything on this data"
+            rec.caveats.append("no contender learned: " + "; ".join(f"{k} {v}" for k, v in rec.excluded.items()))
+        else:
+            rec.caveats.append(f"the report holds none of the backends {list(KINDS)}; nothing to choose from")
+        rec.constraints = constraint_effects(constraints, rec, None)
         return rec
     curve_size = apply_curve(by_kind, constraints, curve, rec)
     measured = pick(by_kind, constraints, rec)

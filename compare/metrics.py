@@ -264,14 +264,14 @@ COLLAPSE_SHARE = 0.95
 that lopsided themselves)."""
 LEARNING_MARGIN = 0.02
 """How far above the majority-class baseline (accuracy or macro-F1) a contender must be to have learned something, at
-least; on few texts the margin is 1/sqrt(n) (about two standard errors of an accuracy), so that luck on a small
-validation part is not taken for learning."""
+least; on few texts the margin is 1/(2 sqrt(n)) (about one standard error of an accuracy near 0.5), so that luck on
+a small validation part is not taken for learning (collapse is caught whatever the margin)."""
 
 
 def learning_check(predictions: Sequence[str], references: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
     """Whether a contender learned anything: it must beat always answering the commonest reference label by
-    LEARNING_MARGIN (or 1/sqrt(n) on n texts, if more) on accuracy or macro-F1, and must not have collapsed onto one
-    label (COLLAPSE_SHARE).
+    LEARNING_MARGIN (or 1/(2 sqrt(n)) on n texts, if more) on accuracy or macro-F1, and must not have collapsed onto
+    one label (COLLAPSE_SHARE).
 
     Returns ``learned``, ``why`` (None when it learned), its accuracy and macro-F1, the ``majority`` baseline's, and
     the share of its commonest answer.
@@ -288,7 +288,7 @@ def learning_check(predictions: Sequence[str], references: Sequence[str], labels
     top, top_n = Counter(predictions).most_common(1)[0]
     base = {"label": majority, "accuracy": majority_n / n, "macro_f1": macro_f1([majority] * n, references, labels)}
     acc, f1, share = accuracy(predictions, references), macro_f1(predictions, references, labels), top_n / n
-    why, margin = None, max(LEARNING_MARGIN, 1 / math.sqrt(n))
+    why, margin = None, max(LEARNING_MARGIN, 0.5 / math.sqrt(n))
     if share >= max(COLLAPSE_SHARE, base["accuracy"] + LEARNING_MARGIN):
         why = f"answers {top!r} for {share:.0%} of the {n} texts, where the commonest label is {base['accuracy']:.0%}"
         why += " of them"

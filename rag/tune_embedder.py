@@ -17,6 +17,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,9 +171,12 @@ def _training_args(cfg: TuneEmbedderConfig, steps: int, output_dir: str, show_pr
     )
 
 
-def tune_embedder(cfg: TuneEmbedderConfig, dataset, model, show_progress: bool = False) -> dict[str, Any]:
+def tune_embedder(
+    cfg: TuneEmbedderConfig, dataset, model, show_progress: bool = False, callbacks: Sequence[Any] = ()
+) -> dict[str, Any]:
     """Train `model` (a `SentenceTransformer`, changed in place) on `dataset` (``text`` / ``label``) as `cfg` says;
-    `show_progress` draws the trainer's step bar (for command-line jobs).
+    `show_progress` draws the trainer's step bar (for command-line jobs); `callbacks` are extra `TrainerCallback`s
+    (a deadline, say).
 
     Returns the run record: labels, loss, steps, seconds (the data source and base embedder are the caller's).
     """
@@ -193,6 +197,7 @@ def tune_embedder(cfg: TuneEmbedderConfig, dataset, model, show_progress: bool =
             args=_training_args(cfg, steps, tmp, show_progress),
             train_dataset=rows,
             loss=_loss(cfg, model),
+            callbacks=list(callbacks),
         )
         trainer.remove_callback(PrinterCallback)  # the loss goes to the log and run.json, not to stdout
         trainer.train()
@@ -214,7 +219,11 @@ def tune_embedder(cfg: TuneEmbedderConfig, dataset, model, show_progress: bool =
 
 
 def run_tuning(
-    cfg: TuneEmbedderConfig, dataset=None, overwrite: bool = False, show_progress: bool = False
+    cfg: TuneEmbedderConfig,
+    dataset=None,
+    overwrite: bool = False,
+    show_progress: bool = False,
+    callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Load the base embedder and the data, tune (`show_progress`: the step bar), and save the model with its
     run.json to ``cfg.out``."""
@@ -238,7 +247,7 @@ def run_tuning(
         "backend": "tuned-embedder",
         "data_source": source,
         "base_embedder": base.describe(),
-        **tune_embedder(cfg, dataset, model, show_progress),
+        **tune_embedder(cfg, dataset, model, show_progress, callbacks),
         "config": asdict(cfg),
     }
     with staged_dir(out) as stage:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from core.types import Progress
+from finetune.protocol import MIN_STEPS
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +34,12 @@ SEED = 0
 @dataclass(frozen=True)
 class DemoSizes:
     """How many labeled examples the demo's contenders learn from (`fit`) and choose their settings on
-    (`validation`), and the fine-tune's epochs."""
+    (`validation`), and the fine-tune's epochs and fewest optimizer steps (its protocol's, `finetune.protocol`)."""
 
     fit: int
     validation: int
     epochs: float
+    min_steps: int = MIN_STEPS
 
 
 OFFLINE_SIZES = DemoSizes(fit=10_000, validation=1_000, epochs=1.0)
@@ -108,7 +110,7 @@ def build_demo_finetune(out: Path, progress: Progress, data: DemoData) -> None:
     sizes = data.sizes()
     base = resolve("base_model")
     cfg = FinetuneConfig(train_size=sizes.fit, eval_size=sizes.validation, epochs=sizes.epochs, batch_size=32,
-                         seed=SEED, out=str(out))  # fmt: skip
+                         min_steps=sizes.min_steps, seed=SEED, out=str(out))  # fmt: skip
     logger.info("Fine-tuning %s on %d labeled examples", base.name, sizes.fit)
     train(cfg, progress=progress, show_progress=False)
 

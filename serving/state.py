@@ -19,6 +19,7 @@ from compare.metrics import accuracy, agreement
 from core.data import DataError, label_names, load_tweets, stratified_sample
 from core.files import read_json
 from core.limits import MAX_UPLOAD_ROWS
+from finetune.protocol import MIN_STEPS
 from serving.access import Refused
 from serving.service import (
     TRAINING_LOCK,
@@ -129,11 +130,13 @@ class App:
             return
         self.comparing = None
 
-    def start_curve(self, sizes=STARTUP_CURVE_SIZES, test_limit: int = STARTUP_CURVE_TEST) -> None:
+    def start_curve(
+        self, sizes=STARTUP_CURVE_SIZES, test_limit: int = STARTUP_CURVE_TEST, min_steps: int = MIN_STEPS
+    ) -> None:
         """When the artifacts hold no learning curve, measure a small one (see STARTUP_CURVE_SIZES) into
         `curve_dir`, so that Decide can answer for fewer labeled examples than the backends were given. Runs in the
         caller's thread (the start-up thread, after the comparison)."""
-        from compare.curve import MIN_STEPS, learning_curve, save_curve
+        from compare.curve import learning_curve, save_curve
         from finetune.config import FinetuneConfig
 
         if self.curve_dir is None or (self.curve_dir / "curve.json").exists():
@@ -150,7 +153,7 @@ class App:
                     test,
                     finetune_config=lambda size, out: FinetuneConfig(out=out),
                     embedder=rag.embedder if rag is not None else None,
-                    min_steps=MIN_STEPS,
+                    min_steps=min_steps,
                     progress=lambda fraction, message: setattr(self, "curving", f"{fraction:.0%}: {message}"),
                 )
             curve["config"] = {"measured": "at start-up, small: one seed, no tuned embedder", "sizes": list(sizes),

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compare.study import MIN_PER_LABEL
 from serving.access import Refused
 from serving.service import TRAINING_LOCK, InputError, hide_paths, load_upload
 
@@ -33,9 +34,6 @@ logger = logging.getLogger(__name__)
 MAX_STUDY_ROWS = 20_000
 """Rows of an uploaded file a study may use: a file with more is refused (the study would not fit a budget)."""
 MIN_STUDY_ROWS = 60
-MIN_PER_LABEL = 5
-"""Examples of each label a study needs: the stratified fifth held out as its test set then holds one of each, and
-the training side four (the embedder's contrastive tuning pairs examples of the same label)."""
 BUDGETS = (2, 5, 10)
 """Minutes a visitor may give a study (the operator's `FTRAG_STUDY_MAX_MINUTES` caps them, default 10)."""
 MAX_WAITING = 8

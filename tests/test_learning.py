@@ -46,6 +46,10 @@ def test_a_tiny_model_that_collapses_is_reported_as_not_learned_and_never_ranked
     assert (
         rec.choice == "rag" and "finetune" not in rec.scores and rec.excluded["finetune"].startswith("did not learn")
     )
+    rag["learned"] = False  # and when none learned, the decision says so instead of picking one
+    nothing = decide(report, Constraints())
+    assert nothing.choice is None and nothing.decided_by == "nothing: no contender learned anything on this data"
+    assert nothing.caveats[0].startswith("no contender learned: finetune did not learn")
 
 
 def test_a_check_made_on_the_validation_part_is_the_one_reported(rag_built, small_test):

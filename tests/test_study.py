@@ -195,9 +195,11 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> str:
         ("unknown data", "does not exist"),
         ("one label", "label"),
         ("too few examples", "too few examples"),
+        ("a label too rare", "1 of the 3 labels have fewer than 5 examples: 'rare' (1)"),
         ("unwritable out", "cannot write"),
-        ("budget zero", "budget_minutes must be positive"),
-        ("budget negative", "budget_minutes must be positive"),
+        ("budget zero", "budget_minutes must be a positive number"),
+        ("budget negative", "budget_minutes must be a positive number"),
+        ("budget infinite", "budget_minutes must be a positive number of minutes, got inf"),
         ("unknown flag", "unrecognized arguments"),
     ],
 )
@@ -210,11 +212,14 @@ def test_bad_input_exits_2_with_one_line(case, message, shared_dir, tmp_path, ca
         data = write_csv(tmp_path / "one.csv", [(f"tweet number {i}", "joy") for i in range(80)])
     elif case == "too few examples":
         data = write_csv(tmp_path / "few.csv", [(f"tweet number {i}", "ab"[i % 2]) for i in range(30)])
+    elif case == "a label too rare":  # it fails at once, not after the plan and the index
+        rows = [(f"tweet number {i}", "ab"[i % 2]) for i in range(100)] + [("the only one", "rare")]
+        data = write_csv(tmp_path / "rare.csv", rows)
     elif case == "unwritable out":
         (tmp_path / "a-file").write_text("x")
         out = tmp_path / "a-file" / "out"
     elif case.startswith("budget"):
-        budget = "0" if case == "budget zero" else "-1"
+        budget = {"budget zero": "0", "budget negative": "-1", "budget infinite": "inf"}[case]
     else:
         extra = ["--no-such-flag"]
     code = main(["--data", data, "--out", str(out), "--budget-minutes", budget, *extra])
@@ -321,3 +326,21 @@ def test_a_fine_tune_faster_than_planned_leaves_its_time_to_the_tuned_embedder(t
     monkeypatch.setattr(Study, "seconds_left", lambda self: later + replanned["seconds"] - 1.0)
     assert study.replan_tuning() is replanned
     assert json.loads((tmp_path / "study" / "study.json").read_text())["plan"]["tune"]["steps"] == replanned["steps"]
+
+
+def test_a_tuning_skipped_for_time_is_built_when_the_fine_tune_leaves_enough(tmp_path, monkeypatch):
+    cfg = StudyConfig(budget_minutes=5, curve=True, out=str(tmp_path / "study"))
+    study = Study(cfg, say=lambda message: None)
+    (tmp_path / "study").mkdir()
+    plan = plan_budget(dict(RATES), 300.0, 500, 200, cfg)
+    assert plan["tune"]["skipped"] and plan["tune"]["needs_seconds"] and plan["seconds"]["curve"] > 0
+    study.state = {"plan": plan, "stages": {}}
+    monkeypatch.setattr(Study, "split", property(lambda self: (type("T", (), {"num_rows": 500})(), None, None)))
+    # The fine-tune finished early: what is left fits the tuning's fewest steps once the curve yields its time.
+    room = plan["tune"]["needs_seconds"] + plan["seconds"]["evaluate"] + plan["seconds"]["decide"] + 1.0
+    monkeypatch.setattr(Study, "seconds_left", lambda self: room)
+    built = study.replan_tuning()
+    assert not built["skipped"] and built["steps"] >= 200 and built["replanned_from"]["skipped"]
+    # Turned off is never turned back on.
+    study.state["plan"]["tune"] = off = {"steps": 0, "seconds": 0.0, "capped": None, "skipped": "turned off"}
+    assert study.replan_tuning() is off
