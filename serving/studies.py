@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compare.study import MIN_PER_LABEL
+from compare.study import MIN_PER_LABEL, check_label_counts
+from core.data import DataError
 from serving.access import Refused
 from serving.service import TRAINING_LOCK, InputError, hide_paths, load_upload
 
@@ -76,14 +77,11 @@ def preview(file: Path) -> dict[str, Any]:
         raise InputError(f"the uploaded file has {rows:,} rows; a study takes at most {MAX_STUDY_ROWS:,}")
     if rows < MIN_STUDY_ROWS:
         raise InputError(f"the uploaded file has {rows:,} rows; a study needs at least {MIN_STUDY_ROWS}")
+    try:  # the study's own rule, as the command line applies it
+        check_label_counts(list(dataset["label"]), MIN_PER_LABEL, "examples")
+    except DataError as err:
+        raise InputError(str(err)) from err
     counts = collections.Counter(dataset["label"])
-    rare = sorted((n, label) for label, n in counts.items() if n < MIN_PER_LABEL)
-    if rare:
-        shown = ", ".join(f"{label[:20]!r} ({n})" for n, label in rare[:5]) + (", ..." if len(rare) > 5 else "")
-        raise InputError(
-            f"{len(rare)} of the {len(counts)} labels have fewer than {MIN_PER_LABEL} examples: {shown}; a study "
-            f"needs at least {MIN_PER_LABEL} of each label (drop or merge the rare ones)"
-        )
     with tempfile.TemporaryDirectory(prefix="ftrag-study-") as cache:  # it loaded above, so its columns are found
         columns = detected_columns(str(file), cache_dir=cache)
     texts = dataset["text"]
