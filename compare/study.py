@@ -822,16 +822,27 @@ class Study:
 
     def do_evaluate(self) -> None:
         from compare.evaluation import evaluate
+        from compare.hybrid import fit_hybrid
 
-        train, test, info = self.split
-        classifiers = self.classifiers(train)
+        _, test, info = self.split
+        _, held = self.validation_split()
+        texts, references = list(held["text"]), list(held["label"])
+        classifiers = self.contenders()
+        # Retrieval on the validation part, each text's own entry left out of the index: once, for its learning
+        # check and for fitting the hybrid.
+        left_out = {name: classifiers[name].predict(texts, exclude_identical=True)
+                    for name in ("rag", "rag-tuned") if name in classifiers}  # fmt: skip
+        learning = self.learning_checks(references, left_out)
+        if self.cfg.hybrid and "finetune" in classifiers:
+            parts = classifiers["finetune"], classifiers["rag"]
+            classifiers["hybrid"] = fit_hybrid(*parts, texts, references, left_out["rag"])
         report = evaluate(
             classifiers,
             test,
             data_source=info["source"],
             split=info["test_from"],
             latency_queries=self.cfg.latency_queries,
-            learning=self.learning_checks(classifiers),
+            learning=learning,
         )
         if "hybrid" in classifiers:
             report["backends"]["hybrid"]["fit"] = {
@@ -841,29 +852,26 @@ class Study:
         report["study"] = {"leaks": info["leaks"], "finetune": self.state.get("finetune")}
         write_report_into(report, self.out)
 
-    def learning_checks(self, classifiers: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    def learning_checks(self, references: list[str], left_out: dict[str, list]) -> dict[str, dict[str, Any]]:
         """Whether each contender learned, checked on the validation part (`compare.metrics.learning_check`): the
-        fine-tune's from its stage, retrieval's leaving each text's own entry out of its index. The hybrid, fitted
-        on that part, is checked by `evaluate` on the test texts."""
+        fine-tune's from its stage, retrieval's from its answers with each text's own entry left out of its index
+        (`left_out`). The hybrid, fitted on that part, is checked by `evaluate` on the test texts."""
         from compare.metrics import learning_check
 
-        _, held = self.validation_split()
-        texts, references, labels = list(held["text"]), list(held["label"]), self.split[2]["labels"]
+        labels = self.split[2]["labels"]
         checks = {}
-        if "finetune" in classifiers and (self.state.get("finetune") or {}).get("learning_check"):
+        if (self.state.get("finetune") or {}).get("learning_check"):
             checks["finetune"] = self.state["finetune"]["learning_check"]
-        for name in ("rag", "rag-tuned"):
-            if name in classifiers:
-                answers = [a.label for a in classifiers[name].predict(texts, exclude_identical=True)]
-                checks[name] = {**learning_check(answers, references, labels), "on": "the validation part"}
+        for name, answers in left_out.items():
+            check = learning_check([a.label for a in answers], references, labels)
+            checks[name] = {**check, "on": "the validation part"}
         return checks
 
-    def classifiers(self, train) -> dict[str, Any]:
-        """The built contenders, loaded from `out`: retrieval, the fine-tune when built, and their hybrid."""
+    def contenders(self) -> dict[str, Any]:
+        """The built contenders, loaded from `out`: retrieval, the fine-tune and the tuned retrieval when built (the
+        hybrid is fitted by the evaluation)."""
         import finetune
         import rag
-        from compare.hybrid import fit_hybrid
-        from finetune.train import split_train_eval
 
         classifiers: dict[str, Any] = {}
         if (self.out / "finetune").is_dir():
@@ -873,12 +881,6 @@ class Study:
             from compare.run import load_tuned
 
             classifiers["rag-tuned"] = load_tuned(str(self.out / "rag-tuned"))
-        if self.cfg.hybrid and "finetune" in classifiers:
-            plan = self.state["plan"]["finetune"]
-            _, held = split_train_eval(train, plan["train_size"], plan["eval_size"], seed=self.cfg.seed)
-            texts, labels = list(held["text"]), list(held["label"])
-            left_out = classifiers["rag"].predict(texts, exclude_identical=True)
-            classifiers["hybrid"] = fit_hybrid(classifiers["finetune"], classifiers["rag"], texts, labels, left_out)
         return classifiers
 
     def notes(self) -> list[str]:
