@@ -81,6 +81,8 @@ def _size_on_disk(directory: Path | None) -> float | None:
 
 
 def _describe(clf: Classifier) -> dict[str, Any]:
+    from core.precision import served
+
     meta = getattr(clf, "meta", {}) or {}
     describe = getattr(clf, "describe", None)
     one_off = meta.get("train_seconds", meta.get("build_seconds"))
@@ -95,6 +97,7 @@ def _describe(clf: Classifier) -> dict[str, Any]:
         "one_off_kind": "train" if "train_seconds" in meta else ("build" if "build_seconds" in meta else None),
         "size_on_disk_mb": _size_on_disk(getattr(clf, "directory", None)),
         "memory_mb": round(memory() / 2**20, 1) if callable(memory) else None,
+        "serving": served(clf),  # the precision and runtime every figure of this row was measured on
         **({"training": _training(meta)} if meta.get("history") else {}),
     }
 

@@ -93,6 +93,7 @@ def _p_value(p: float) -> str:
 
 HEADLINE_COLUMNS = (
     "backend",
+    "served as",
     "accuracy",
     "macro-F1",
     "ECE",
@@ -107,6 +108,8 @@ HEADLINE_COLUMNS = (
 
 def headline_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     """One row per backend: the numbers of the headline table (README, app, report.md)."""
+    from core.precision import served_name  # (torch comes with it: imported once a report exists)
+
     rows = []
     for name, b in report["backends"].items():
         calibration = b.get("calibration") or {}
@@ -114,6 +117,7 @@ def headline_rows(report: dict[str, Any]) -> list[dict[str, str]]:
         rows.append(
             {
                 "backend": name if b.get("learned", True) else f"{name} (did not learn)",
+                "served as": served_name(b.get("serving")),
                 "accuracy": with_interval(b["accuracy"], b.get("accuracy_ci95")),
                 "macro-F1": with_interval(b["macro_f1"], b.get("macro_f1_ci95")),
                 "ECE": f"{calibration['ece']:.3f}" if "ece" in calibration else "n/a",

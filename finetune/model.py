@@ -1,4 +1,4 @@
-"""A fine-tuned sequence classifier behind the `Classifier` contract: batched, length-sorted, optionally int8.
+"""A fine-tuned sequence classifier behind the `Classifier` contract: batched, length-sorted, at a chosen precision.
 
 Prediction: texts are tokenized once, sorted by length and cut into batches so that dynamic padding pads each
 batch only to its longest text; the model runs under ``torch.inference_mode()``. Texts longer than the model's
@@ -21,7 +21,7 @@ import torch
 from core.batches import length_batches
 from core.files import ArtifactError, read_json, recover_dir
 from core.limits import clip_for_tokenizer
-from core.tracing import Traced, trace_frozen
+from core.precision import FP32, Variant, compile_graph, from_setting, graph_bytes
 from core.types import Prediction, check_texts
 
 logger = logging.getLogger(__name__)
@@ -42,10 +42,12 @@ class TextClassifier:
         batch_size: texts per forward pass.
         name: the backend name shown in comparisons.
         meta: run.json of the saved model (base model, from_scratch, metrics...).
-        quantized: whether `model` has int8 dynamic-quantized linear layers.
-        trace: run the model as a frozen TorchScript trace (made on the first prediction and used only once it gives
-            the eager model's answers on single texts and a padded batch; never for int8 models). The trace holds a
-            copy of the weights: the model must not change afterwards.
+        quantized: whether `model` has int8 dynamic-quantized linear layers (run eagerly, as they are).
+        trace: run the fp32 model as a frozen TorchScript trace (made on the first prediction and used only once it
+            gives the eager model's answers on single texts and a padded batch; never for int8 models). The trace holds
+            a copy of the weights: the model must not change afterwards.
+        variant: the precision and runtime served (`core.precision`; the fp32 model stays as the reference and the
+            fallback); `serving_why` says why it is the one served.
     """
 
     def __init__(
@@ -61,6 +63,8 @@ class TextClassifier:
         directory: str | Path | None = None,
         quantized: bool = False,
         trace: bool = True,
+        variant: Variant = FP32,
+        serving_why: str = "fp32 (the default)",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -74,6 +78,9 @@ class TextClassifier:
         self.directory = Path(directory) if directory is not None else None
         self.quantized = quantized
         self.trace = trace and not quantized
+        self.variant = FP32 if quantized else variant
+        self.serving_why = "int8 layers recorded at training (run eagerly)" if quantized else serving_why
+        self.precision_trials: dict[str, Any] | None = None  # `auto`'s record, when it chose the variant
         self._traced: Any = None  # None = not tried yet, False = not usable
         self._empty_ids = _fallback_ids(self.tokenizer)
         self._lock = threading.Lock()
@@ -93,18 +100,42 @@ class TextClassifier:
             what = str(self.meta.get("base_model", getattr(self.model.config, "_name_or_path", "?")))
         size = self.meta.get("train_size")
         trained = f", fine-tuned on {size:,} labeled examples" if size else ""
-        return f"{what}{trained}{', int8' if self.quantized else ''}"
+        served = f", served {self.variant.name}" if self.variant != FP32 else ""
+        return f"{what}{trained}{', int8' if self.quantized else ''}{served}"
+
+    @property
+    def serving(self) -> dict[str, str]:
+        """The precision and runtime served, and why (the report's row and /api/models show it)."""
+        precision = "int8" if self.quantized else self.variant.precision
+        return {"precision": precision, "runtime": self.variant.runtime, "why": self.serving_why}
+
+    def serve_as(self, variant: Variant, why: str | None = None) -> str | None:
+        """Serve `variant` from now on, compiled and checked at once; None, or why it cannot (then fp32 is served).
+
+        A model loaded with int8 layers (`quantized`) serves them as they are: it has no fp32 weights to vary."""
+        if self.quantized:
+            return None if variant.precision == "int8" and variant.runtime == "torch" else "the model is int8 already"
+        with self._lock:
+            self.variant, self._traced = variant, None
+            self.serving_why = why or f"{variant.name} as set"
+            if variant == FP32:
+                return None
+            self._traced = compile_logits(self.model, self.tokenizer, variant)
+            if self._traced:
+                return None
+            self.variant, self.serving_why = FP32, f"{variant.name} could not be compiled or differs: serving fp32"
+            return f"{variant.name} could not be compiled or differs from fp32"
 
     def memory_bytes(self) -> int:
-        """Approximate memory held by the weights (int8 layers count their packed int8 weights), twice over once the
-        frozen trace exists: it keeps its own copy."""
+        """Approximate memory held by the weights (int8 layers count their packed int8 weights), plus what the
+        compiled graph holds once it exists (the fp32 trace keeps its own copy of the weights)."""
         total = 0
         for value in self.model.state_dict().values():
             if isinstance(value, torch.Tensor):
                 total += value.numel() * value.element_size()
             elif isinstance(value, tuple):  # packed quantized linear params: (weight, bias)
                 total += sum(v.numel() * v.element_size() for v in value if isinstance(v, torch.Tensor))
-        return int(total * (2 if self._traced else 1))
+        return int(total + (graph_bytes(self._traced, total) if self._traced else 0))
 
     # --- the Classifier contract ---------------------------------------------------------------------------------
 
@@ -136,16 +167,25 @@ class TextClassifier:
         return probs
 
     def _logits(self, batch: Any) -> torch.Tensor:
-        """The model's logits for a padded batch, through the frozen trace when there is one (under `_lock`)."""
+        """The model's logits for a padded batch, through the compiled graph when there is one (under `_lock`)."""
         if self._traced is None:
-            self._traced = trace_logits(self.model, self.tokenizer) if self.trace else False
+            wanted = self.trace or self.variant != FP32
+            self._traced = compile_logits(self.model, self.tokenizer, self.variant) if wanted else False
+            if not self._traced and self.variant != FP32:
+                self._fall_back(f"{self.variant.name} could not be compiled or differs")
         if self._traced:
             try:
                 return self._traced.run(batch)
-            except RuntimeError as err:  # an input the checks did not cover: answer it, and every later one, eagerly
-                logger.warning("The traced classifier failed (%s); it runs eagerly from now on", err)
+            except Exception as err:  # an input the checks did not cover: answer it, and every later one, eagerly
+                logger.warning("The compiled classifier failed (%s); it runs eagerly from now on", err)
                 self._traced = False
+                if self.variant != FP32:
+                    self._fall_back(f"{self.variant.name} failed on an input ({type(err).__name__})")
         return self.model(**batch).logits
+
+    def _fall_back(self, why: str) -> None:
+        logger.warning("%s; the classifier serves fp32 eagerly", why)
+        self.variant, self.serving_why = FP32, f"{why}: serving fp32"
 
     # --- loading -------------------------------------------------------------------------------------------------
 
@@ -158,12 +198,17 @@ class TextClassifier:
         threads: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         name: str = "finetune",
+        precision: str | None = None,
+        runtime: str | None = None,
     ) -> TextClassifier:
         """Load a model saved by ``python -m finetune.train``.
 
         Args:
             quantize: int8 dynamic quantization for CPU serving; None = what run.json recorded at training.
             threads: torch CPU threads (a process-wide torch setting); None leaves it alone.
+            precision, runtime: what to serve (`core.precision.requested`; None = ``FTRAG_PRECISION`` /
+                ``FTRAG_RUNTIME``, else fp32 on torch). A CPU without the instructions serves fp32 and says so;
+                ``auto`` serves fp32 until a caller chooses (`core.precision.choose`).
 
         Raises:
             ArtifactError: no such directory, a missing or corrupted file, labels that do not match the model.
@@ -200,6 +245,7 @@ class TextClassifier:
         quantize = bool(run.get("quantize")) if quantize is None else quantize
         if quantize:
             model = quantize_int8(model)
+        variant, why = from_setting(precision, runtime)
         return cls(
             model,
             tokenizer,
@@ -210,30 +256,42 @@ class TextClassifier:
             meta=run,
             directory=directory,
             quantized=quantize,
+            variant=variant,
+            serving_why=why,
         )
 
 
-def trace_logits(model: Any, tokenizer: Any) -> Traced | bool:
-    """`model` traced on a padded batch and frozen; False (the model then runs eagerly) when tracing fails or the
-    traced logits differ from the eager ones on single texts or a padded batch. Measured on one CPU core with the
-    demo's MiniLM classifier: a single text 10.2 -> 7.7 ms, 4% less time per text in batches (same answers)."""
+def compile_logits(model: Any, tokenizer: Any, variant: Variant = FP32) -> Any:
+    """`model` compiled as `variant` (for fp32: traced on a padded batch and frozen); False (the model then runs
+    eagerly, in fp32) when compiling fails or the compiled answers differ from the eager fp32 model's on single texts
+    or a padded batch by more than the variant's tolerance (fp32: logits within 1e-4; others: probabilities within
+    `Variant.tolerance`). Measured on one CPU core with the demo's MiniLM classifier: the fp32 trace takes a single
+    text from 10.2 to 7.7 ms, 4% less time per text in batches (same answers)."""
     short, long = "ok", "the quick brown fox jumps over the lazy dog, and then some more words to make it longer"
     try:
         sample = tokenizer([short, long], padding=True, return_tensors="pt")  # traced with a real mask
-        traced = trace_frozen(model, sample, "logits")
-        if traced is None:
+        with torch.inference_mode():
+            graph = compile_graph(model, sample, "logits", variant)
+        if graph is None:
             return False
         for texts in ([short], [long], [long, short, "a text of middling length"]):
             batch = tokenizer(texts, padding=True, return_tensors="pt")
             with torch.inference_mode():
-                same = torch.allclose(model(**batch).logits, traced.run(batch), atol=1e-4)
+                eager, compiled = model(**batch).logits, graph.run(batch)
+            if variant == FP32:
+                same = torch.allclose(eager, compiled, atol=variant.tolerance)
+            else:
+                same = torch.allclose(eager.softmax(-1), compiled.softmax(-1), atol=variant.tolerance)
             if not same:
-                logger.warning("The traced classifier differs from the eager one; it runs eagerly")
+                logger.warning(
+                    "The classifier compiled as %s differs from the eager one; it runs eagerly", variant.name
+                )
                 return False
-        traced.batches = True
-        return traced
-    except (RuntimeError, TypeError, ValueError, AttributeError, IndexError, KeyError) as err:  # tracing failures
-        logger.warning("Could not trace the classifier (%s: %s); it runs eagerly", type(err).__name__, err)
+        graph.batches = True
+        return graph
+    except Exception as err:  # tracing or export failures (of many kinds): the eager model answers
+        logger.warning("Could not compile the classifier as %s (%s: %s); it runs eagerly", variant.name,
+                       type(err).__name__, err)  # fmt: skip
         return False
 
 
@@ -289,9 +347,13 @@ def _conv1d_to_linear(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """int8 dynamic quantization of every linear layer (GPT-2's `Conv1D` included) for CPU inference."""
+def quantize_int8(model: torch.nn.Module, per_channel: bool = False) -> torch.nn.Module:
+    """int8 dynamic quantization of every linear layer (GPT-2's `Conv1D` included) for CPU inference; one weight scale
+    per output channel with `per_channel` (closer to fp32), else one per layer."""
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
+
     model = _conv1d_to_linear(model.eval())
+    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao on every call
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)

@@ -220,6 +220,13 @@ def derived_hybrids(chosen: dict[str, Classifier]) -> dict[str, tuple[Any, str, 
     }
 
 
+def precision_setting() -> str:
+    """``FTRAG_PRECISION`` checked (fp32 when unset); a bad value is a ValueError naming it."""
+    from core.precision import requested
+
+    return requested()[0]
+
+
 def _encodable(text: str) -> bool:
     """True when `text` can be written as UTF-8 (JSON allows lone surrogates like "\\ud800"; tokenizers do not)."""
     try:
@@ -240,6 +247,8 @@ class Service:
 
     teach_policy: TeachPolicy = field(default_factory=TeachPolicy.from_env)
     batch_wait_ms: float = field(default_factory=wait_ms_from_env)
+    precision: str = field(default_factory=precision_setting)
+    """fp32, bf16, int8 (each backend loads it from ``FTRAG_PRECISION``) or auto (chosen here: `_serve_precision`)."""
 
     def __post_init__(self) -> None:
         self._changes = 0  # teaches and removals since the last compaction
@@ -307,7 +316,9 @@ class Service:
                 if not step.path.exists():
                     raise ArtifactError(f"{step.path}: not built (start with building on, or build it from the CLI)")
                 report(0.97, "loading")
-                self._add(step.name, step.load(step.path))
+                clf = step.load(step.path)
+                self._serve_precision(step.name, clf, data, report)
+                self._add(step.name, clf)
                 report(1.0, "ready")
             except Exception as err:  # whatever one backend raises (a damaged file, out of memory), the others serve
                 expected = isinstance(err, (ArtifactError, ValueError, OSError, ImportError))
@@ -331,6 +342,27 @@ class Service:
                 on_ready()
             except Exception:
                 logger.exception("The start-up work after the backends (comparison, curve) failed")
+
+    def _serve_precision(self, name: str, clf: Classifier, data, report: Callable[[float, str], None]) -> None:
+        """With precision ``auto``: score each variant of the backend's transformer (its own, or its embedder's) on
+        the line-up's validation part and serve the fastest that answers like fp32 (`core.precision.choose`)."""
+        from core.precision import choose
+
+        holder = clf if hasattr(clf, "serve_as") else getattr(clf, "embedder", None)
+        if self.precision != "auto" or not hasattr(holder, "serve_as"):
+            return
+        report(0.97, "choosing its precision (auto): timing each candidate on the validation part")
+        try:
+            _, validation, _ = data.parts()
+        except Exception as err:  # no data to measure on: fp32, and the reason
+            holder.serving_why = f"auto: no validation part to measure on ({type(err).__name__}): serving fp32"
+            logger.warning("%s: %s", name, holder.serving_why)
+            return
+        # A retrieval backend leaves each text's own copy out of its index, as when its vote was chosen.
+        predict = functools.partial(clf.predict, exclude_identical=True) if holder is not clf else clf.predict
+        _, record = choose(holder.serve_as, predict, list(validation["text"]), list(validation["label"]))
+        holder.serving_why, holder.precision_trials = record["why"], record
+        logger.info("%s: %s", name, record["why"])
 
     def _add(self, name: str, clf: Classifier) -> None:
         """Serve `clf` as `name`, unless its labels are not those of the backends already served."""
@@ -630,6 +662,8 @@ class Service:
         """What is loaded: each backend's description and run.json essentials (how many labeled examples it learned
         from, ``train_size``, and chose its settings on, ``validation_size``), what is unavailable and why, how far
         the start-up is, and how micro-batching runs (`batching`)."""
+        from core.precision import served
+
         out: dict[str, Any] = {"backends": {}, "unavailable": dict(self.unavailable), "start_up": self.status()}
         for name, clf in self.backends.items():
             meta = dict(getattr(clf, "meta", {}) or {})
@@ -651,9 +685,22 @@ class Service:
                 "k": getattr(clf, "k", None),
                 "size": getattr(clf, "size", None),
                 "labels": list(clf.labels),
+                "serving": served(clf),
             }
         out["batching"] = self.batching()
+        out["precision"] = self.precision_report()
         return out
+
+    def precision_report(self) -> dict[str, Any]:
+        """The precision setting, this CPU's instructions, and each backend's `auto` trials (when it ran)."""
+        from core.precision import Hardware
+
+        trials = {}
+        for name, clf in self.backends.items():
+            holder = clf if hasattr(clf, "serve_as") else getattr(clf, "embedder", None)
+            if getattr(holder, "precision_trials", None):
+                trials[name] = holder.precision_trials
+        return {"setting": self.precision, "hardware": Hardware.detect().describe(), "auto": trials}
 
     def batching(self) -> dict[str, Any]:
         """Micro-batching as it runs: the wait (0 = off) and, per backend whose batcher has started, the batches and
