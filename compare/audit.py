@@ -20,6 +20,7 @@ p-value). Writes ``audit.json`` and ``suspects.csv`` (for a person to review) to
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -35,7 +36,9 @@ import numpy as np
 from core.cli import run_job
 from core.data import label_names, leak_report, load_tweets, stratified_sample
 from core.files import atomic_write, atomic_write_json, check_new_output
+from core.split import Split
 from core.types import check_labels, normalise_label
+from finetune.protocol import MIN_STEPS
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,7 @@ class AuditConfig:
             same validation slice keeps each run's best checkpoint) and score both on the test split; two trainings.
         base_model: the fine-tune's checkpoint for `measure_finetune`; None = the fine-tune's default.
         epochs: the fine-tune's epochs for `measure_finetune`.
+        min_steps: the fine-tune's fewest optimizer steps (the training protocol's, `finetune.protocol`).
         test_limit: score on a seeded, stratified sample of this many test texts; None = all.
         seed: seed for the sample and the folds.
         out: where audit.json and suspects.csv go.
@@ -80,6 +84,7 @@ class AuditConfig:
     measure_finetune: bool = False
     base_model: str | None = None
     epochs: float = 1.0
+    min_steps: int = MIN_STEPS
     test_limit: int | None = None
     seed: int = 0
     out: str = "artifacts/audit"
@@ -216,30 +221,30 @@ def measure_finetune_removal(train, test, suspects: list[dict[str, Any]], cfg: A
     from compare.metrics import accuracy as accuracy_of
     from compare.metrics import paired_difference
     from finetune.config import FinetuneConfig
-    from finetune.train import split_train_eval
     from finetune.train import train as train_model
 
     drop = {s["row"] for s in suspects}
-    numbered = train.add_column("row", list(range(train.num_rows)))
-    fit, validation = split_train_eval(numbered, None, min(1000, max(1, train.num_rows // 10)), seed=cfg.seed)
-    kept = [i for i, row in enumerate(fit["row"]) if row not in drop]
-    arms = {"all": fit, "without_suspects": fit.select(kept)}
+    split = Split.of(train, min(1000, max(1, train.num_rows // 10)), seed=cfg.seed)
+    kept = tuple(row for row in split.fit if row not in drop)
+    arms = {"all": split, "without_suspects": dataclasses.replace(split, fit=kept)}
     texts, references = list(test["text"]), list(test["label"])
-    predictions, runs = {}, {}
+    predictions, validations = {}, {}
+    runs: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="audit-finetune-") as tmp:
         for name, rows in arms.items():
             ft = FinetuneConfig(base_model=cfg.base_model, labels=cfg.labels, epochs=cfg.epochs, seed=cfg.seed,
-                                out=str(Path(tmp) / name))  # fmt: skip
-            logger.info("Fine-tuning on %s: %d examples", name.replace("_", " "), rows.num_rows)
-            runs[name] = train_model(ft, rows.remove_columns("row"), eval_dataset=validation.remove_columns("row"))
+                                min_steps=cfg.min_steps, out=str(Path(tmp) / name))  # fmt: skip
+            logger.info("Fine-tuning on %s: %d examples", name.replace("_", " "), len(rows.fit))
+            runs[name] = train_model(ft, train, split=rows)
             predictions[name] = [p.label for p in finetune.load(ft.out).predict(texts)]
+            validations[name] = Split.load(ft.out).validation  # the rows each run recorded it chose its checkpoint by
     diff = paired_difference(predictions["without_suspects"], predictions["all"], references, seed=cfg.seed)
     return {
         "backend": f"fine-tune ({runs['all']['base_model']}, {cfg.epochs:g} epochs)",
-        "removed": fit.num_rows - len(kept),
-        "train_sizes": {name: rows.num_rows for name, rows in arms.items()},
-        "validation_size": validation.num_rows,
-        "same_validation": len({run["eval_slice_sha256"] for run in runs.values()}) == 1,
+        "removed": len(split.fit) - len(kept),
+        "train_sizes": {name: len(rows.fit) for name, rows in arms.items()},
+        "validation_size": len(split.validation),
+        "same_validation": len(set(validations.values())) == 1,
         "test_texts": len(references),
         "accuracy": {name: accuracy_of(ps, references) for name, ps in predictions.items()},
         "train_seconds": {name: run["train_seconds"] for name, run in runs.items()},

@@ -174,11 +174,11 @@ class CurveConfig:
 
 
 def holdout_split(sample, seed: int):
-    """``(fit, validation)``: the seeded, stratified validation fifth of `sample` and the rest, exactly as the
-    fine-tune carves it (the same function with the same arguments), so that every contender gets the same two."""
-    from finetune.train import split_train_eval
+    """The seeded, stratified validation fifth of `sample` and the rest (a `core.split.Split`), made once per size
+    and seed and handed to every contender, the fine-tune included."""
+    from core.split import Split
 
-    return split_train_eval(sample, None, max(1, sample.num_rows // 5), seed=seed)
+    return Split.of(sample, max(1, sample.num_rows // 5), seed=seed)
 
 
 def embedder_steps(tune: TuneEmbedderConfig, fit_size: int, finetune: dict[str, Any], rule: str) -> int:
@@ -232,15 +232,16 @@ class Scoring:
         }
 
 
-def run_finetune(cfg: FinetuneConfig, sample, test: Scoring) -> dict[str, Any]:
-    """Fine-tune on `sample` (the fine-tune carves the same validation fifth) and score it on the test texts."""
+def run_finetune(cfg: FinetuneConfig, sample, split, test: Scoring) -> dict[str, Any]:
+    """Fine-tune on `sample` cut by `split` (the same fit part and validation fifth as every contender) and score it
+    on the test texts."""
     import finetune
     from finetune.train import train as train_model
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = dataclasses.replace(cfg, out=str(Path(tmp) / "model"))
         start = time.perf_counter()
-        run = train_model(cfg, sample, show_progress=False)
+        run = train_model(cfg, sample, split=split, show_progress=False)
         seconds = time.perf_counter() - start
         scores = test.score(finetune.load(cfg.out))
     return {
@@ -285,7 +286,8 @@ def run_size(n: int, seed: int, train, test, setup: dict[str, Any]) -> tuple[dic
     """Every contender at `n` examples for one seed: ``(row of results, {contender: training budget})``."""
     test_set: Scoring = setup["test"]
     sample = stratified_sample(train, n, seed=seed, what="train")
-    fit, validation = holdout_split(sample, seed)
+    split = holdout_split(sample, seed)
+    fit, validation = split.parts(sample)
     row: dict[str, Any] = {"size": n, "seed": seed, "fit_size": fit.num_rows, "validation_size": validation.num_rows}
     base = setup["finetune_config"](n, "unused")
     budget: dict[str, Any] = {}
@@ -297,7 +299,7 @@ def run_size(n: int, seed: int, train, test, setup: dict[str, Any]) -> tuple[dic
         row["rag-tuned"] = run_tuned_retrieval(setup["embedder"], tune, fit, validation, seed, test_set)
         budget["rag-tuned"] = {"steps": steps, "rule": setup["embedder_budget"], "learning_rate": tune.learning_rate,
                                "batch_size": tune.batch_size, "loss": tune.loss}  # fmt: skip
-    row["finetune"] = run_finetune(cfg, sample, test_set)
+    row["finetune"] = run_finetune(cfg, sample, split, test_set)
     line = ", ".join(f"{name} {row[name]['accuracy']:.4f}" for name in CONTENDERS if name in row)
     logger.info("%d examples, seed %d: %s", n, seed, line)
     return row, budget

@@ -159,35 +159,38 @@ def fit_hybrid(
 # --- the hybrid of a fine-tune and an index, fitted where neither learned -------------------------------------------
 
 
-def hybrid_validation(finetune_meta: dict[str, Any], data: str | None) -> tuple[list[str], list[str]] | None:
-    """The fine-tune's evaluation slice (recomputed from its run.json), at most HYBRID_VALIDATION_MAX texts."""
-    from core.data import load_tweets
-    from finetune.train import eval_slice_digest, split_train_eval
+def hybrid_validation(finetune: Any, data: str | None) -> tuple[list[str], list[str]] | None:
+    """The fine-tune's validation part (the rows of its saved split.json), at most HYBRID_VALIDATION_MAX texts; None
+    when the model keeps no split (trained on an in-memory dataset or with a caller's own slice, or saved before
+    splits were recorded).
 
-    config = finetune_meta.get("config") or {}
-    if finetune_meta.get("data_source") == "in-memory dataset" or "eval_size" not in config:
+    Raises:
+        DataError: the data at hand is not the data the model was trained on (another number of rows).
+    """
+    from core.data import load_tweets
+    from core.split import SPLIT_FILE, Split
+
+    meta = getattr(finetune, "meta", None) or {}
+    directory = getattr(finetune, "directory", None)
+    config = meta.get("config") or {}
+    if meta.get("data_source") == "in-memory dataset" or directory is None or not (directory / SPLIT_FILE).is_file():
         return None
-    train = load_tweets(config.get("data") or data, split="train", labels=config.get("labels"))
-    _, evaluation = split_train_eval(train, config.get("train_size"), config["eval_size"], seed=config.get("seed", 0))
-    texts, labels = list(evaluation["text"]), list(evaluation["label"])
-    recorded = finetune_meta.get("eval_slice_sha256")
-    if recorded is not None and recorded != eval_slice_digest(texts, labels):
-        raise ValueError(
-            "the fine-tune's evaluation slice recomputed from the data is not the one it was trained beside (its "
-            "run.json records another): fitting the hybrid on it could use rows the model trained on. Pass the data "
-            "the model was trained on."
-        )
+    split = Split.load(directory / SPLIT_FILE)
+    train = load_tweets(config.get("data") or data, split="train", seed=config.get("seed", 0),
+                        labels=config.get("labels"))  # fmt: skip
+    _, validation = split.parts(train)
+    texts, labels = list(validation["text"]), list(validation["label"])
     return texts[:HYBRID_VALIDATION_MAX], labels[:HYBRID_VALIDATION_MAX]
 
 
 def default_hybrid(finetune: Classifier, rag: Any, data: str | None = None) -> HybridClassifier | None:
-    """The hybrid of a fine-tune and a retrieval index, fitted on the fine-tune's evaluation slice; None when that
-    slice cannot be recomputed (a model trained on an in-memory dataset).
+    """The hybrid of a fine-tune and a retrieval index, fitted on the fine-tune's validation part (its split.json);
+    None when the model keeps no split.
 
     The retrieval vote on the slice leaves each text's identical copy out of the index, so an index that holds the
     slice (built on the whole train split) does not answer from the text's own label.
     """
-    slice_ = hybrid_validation(getattr(finetune, "meta", {}) or {}, data)
+    slice_ = hybrid_validation(finetune, data)
     if slice_ is None:
         return None
     texts, labels = slice_

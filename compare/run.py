@@ -5,7 +5,7 @@ names the LLM and counts the answers that fell back to the kNN vote).
 ``--rag-tuned DIR`` adds retrieval over a fine-tuned embedder (an index built by ``python -m rag.build --embedder
 M`` over a model written by ``python -m rag.tune_embedder``) as the contender ``rag-tuned``.
 Writes report.json, report.md and PNG plots (confusion matrices, latency, reliability) to --out. With both
-backends, a hybrid of the two is fitted on the fine-tune's own evaluation slice (carved from train, scored
+backends, a hybrid of the two is fitted on the fine-tune's own validation rows (its split.json, scored
 leave-one-out by retrieval) and measured like the others, and the cost of absorbing new labeled examples is
 measured on a copy of the index.
 """

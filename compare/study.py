@@ -40,6 +40,7 @@ from core.data import (
 )
 from core.files import ArtifactError, OutputError, atomic_write_json, check_writable, read_json, staged_dir
 from core.settings import SourceError, resolve
+from core.split import Split
 from core.types import check_labels, normalise_label
 from finetune.config import FinetuneConfig
 from finetune.protocol import apply_protocol, steps_per_epoch
@@ -50,6 +51,10 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 STAGES = ("split", "plan", "index", "finetune", "tune", "evaluate", "curve", "decide")
 STUDY_FILE, DECISION_FILE, CURVE_FILE = "study.json", "decision.json", "curve.json"
+ROWS_FILE = "split/rows.json"
+REMEASURE_MIN_TEXTS = 500
+"""Texts an index build must embed before its time replaces the probe's embedding rate (fewer are mostly overhead)."""
+"""The fit / validation rows of the train part (`core.split.Split`), cut once by the plan."""
 MIN_TRAIN, MIN_TEST, MIN_CURVE_SIZE = 40, 10, 30
 MIN_PER_LABEL = 5
 """Examples of each label a study needs: the stratified fifth held out as its test set then holds one of each, and
@@ -101,6 +106,7 @@ def finetune_settings(cfg: StudyConfig, **overrides: Any) -> FinetuneConfig:
         "from_scratch": cfg.from_scratch,
         "seed": cfg.seed,
         "epochs": cfg.epochs,
+        "min_steps": cfg.min_steps,
         "out": str(Path(cfg.out) / "finetune"),
     }
     return FinetuneConfig(**{**values, **overrides})
@@ -129,6 +135,8 @@ class StudyConfig:
         test_limit: score on a seeded, stratified sample of this many test examples; None = all of them.
         train_size: at most this many training examples (seeded, stratified); None = all.
         epochs: fine-tuning epochs wanted; fewer when the budget says so (recorded).
+        min_steps: the fine-tune's fewest optimizer steps (`finetune.protocol`; raised epochs reach them). Fewer make
+            a token model; this is for tests and machines that know what they give up.
         latency_queries: single queries timed per backend.
         tune_embedder: also build retrieval over the embedder tuned contrastively on the training examples
             (``rag-tuned``, see `rag.tune_embedder`), its steps capped to fit the budget (recorded).
@@ -151,6 +159,7 @@ class StudyConfig:
     test_limit: int | None = None
     train_size: int | None = None
     epochs: float = _default(FinetuneConfig, "epochs")
+    min_steps: int = _default(FinetuneConfig, "min_steps")
     latency_queries: int = 100
     tune_embedder: bool = True
     tune_steps: int | None = None
@@ -173,7 +182,7 @@ class StudyConfig:
             raise ValueError("out must name a directory")
         if self.labels is not None:
             self.labels = tuple(check_labels([normalise_label(name) for name in self.labels]))
-        FinetuneConfig(epochs=self.epochs)  # the fine-tune's own validation of what it is handed
+        FinetuneConfig(epochs=self.epochs, min_steps=self.min_steps)  # the fine-tune's own checks of what it gets
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed study must share with the run it continues."""
@@ -666,6 +675,9 @@ class Study:
         rates.update(probe_finetune(self.finetune_config(), texts, info["labels"]))
         plan = plan_budget(rates, self.seconds_left(), train.num_rows, test.num_rows, self.cfg)
         self.state["plan"] = plan
+        # The fit / validation rows, made once: the fine-tune trains on them, every contender is checked on them.
+        rows = Split.of(train, plan["finetune"]["eval_size"], plan["finetune"]["train_size"], seed=self.cfg.seed)
+        rows.save(self.out / ROWS_FILE)
         self.say("[plan] minutes per stage: " + ", ".join(f"{k} {v / 60:.2f}" for k, v in plan["seconds"].items()))
         for key, what in (("finetune", "fine-tune"), ("tune", "tuned embedder")):
             if plan[key]["capped"] or plan[key]["skipped"]:
@@ -676,8 +688,17 @@ class Study:
 
         train = self.split[0]
         cfg = RagConfig(embedder=self.cfg.embedder, seed=self.cfg.seed, out=str(self.out / "rag"))
-        classifier = RagClassifier.build(cfg, train, embedder=self.embedder)
+        start = time.monotonic()
+        guard = deadline_progress(self.deadline_before("evaluate", "decide"), "indexing the training examples")
+        try:
+            classifier = RagClassifier.build(cfg, train, embedder=self.embedder, progress=guard)
+        except OverBudget as err:
+            raise StudyError(
+                f"{err}: this machine runs slower than the probe measured; give a larger --budget-minutes or a "
+                "smaller --train-size"
+            ) from None
         classifier.save(self.out / "rag")
+        self.remeasure_embedding(train.num_rows, time.monotonic() - start)
 
     def do_finetune(self) -> str | None:
         from finetune.train import train
@@ -692,9 +713,10 @@ class Study:
                 f"no time left for the fine-tune ({self.seconds_left() / 60:.2f} min left, the later stages need it)"
             )
         cfg = self.finetune_config(epochs=plan["epochs"], eval_size=plan["eval_size"], train_size=plan["train_size"])
-        fit, held = self.validation_split()
+        rows = Split.load(self.out / ROWS_FILE)
+        _, held = rows.parts(self.split[0])
         stopper = deadline_callback(deadline)
-        run = train(cfg, fit, eval_dataset=held, overwrite=True, callbacks=[stopper])
+        run = train(cfg, self.split[0], split=rows, overwrite=True, callbacks=[stopper])
         check = self.check_finetune(held)
         self.state["finetune"] = {
             "capped": plan["capped"],
@@ -708,27 +730,30 @@ class Study:
         if stopper.fired:
             self.say(f"[finetune] stopped at its deadline after {run['epochs_run']} epochs (recorded)")
         if not check["learned"]:
-            self.retry_finetune(cfg, fit, held, check, reserve)
+            self.retry_finetune(cfg, rows, held, check, reserve)
         return None
 
     def validation_split(self):
-        """``(fit, validation)``: the fine-tune's validation part carved from the training examples (as planned),
-        and the rest. Every contender's learning is checked on the same validation part."""
-        from finetune.train import split_train_eval
-
-        plan = self.state["plan"]["finetune"]
-        return split_train_eval(self.split[0], plan["train_size"], plan["eval_size"], seed=self.cfg.seed)
+        """``(fit, validation)``: the rows the plan cut (saved as split/rows.json). Every contender's learning is
+        checked on the same validation part."""
+        return Split.load(self.out / ROWS_FILE).parts(self.split[0])
 
     def check_finetune(self, held) -> dict[str, Any]:
         """`compare.metrics.learning_check` of the saved fine-tune on the validation part."""
         import finetune
         from compare.metrics import learning_check
 
-        answers = finetune.load(self.out / "finetune").predict(list(held["text"]))
+        model = finetune.load(self.out / "finetune")
+        start = time.monotonic()
+        answers = model.predict(list(held["text"]))
+        if held.num_rows >= REMEASURE_MIN_TEXTS // 5:  # the evaluation is sized from what this machine really does
+            rates = self.state["plan"]["rates"]
+            rates.setdefault("probed_infer_s_per_text", rates["infer_s_per_text"])
+            rates["infer_s_per_text"] = (time.monotonic() - start) / held.num_rows
         labels = self.split[2]["labels"]
         return {**learning_check([a.label for a in answers], list(held["label"]), labels), "on": "the validation part"}
 
-    def retry_finetune(self, cfg: FinetuneConfig, fit, held, check: dict[str, Any], reserve: float) -> None:
+    def retry_finetune(self, cfg: FinetuneConfig, rows: Split, held, check: dict[str, Any], reserve: float) -> None:
         """A fine-tune that did not learn is trained once more (another seed, the same protocol) when the budget
         leaves the time of a whole run; the better of the two by the validation part's macro-F1 is kept."""
         from finetune.train import train
@@ -744,7 +769,7 @@ class Study:
         (self.out / "finetune").rename(first)
         stopper = deadline_callback(time.monotonic() + self.seconds_left() - reserve)
         retry_cfg = dataclasses.replace(cfg, seed=cfg.seed + 1)
-        train(retry_cfg, fit, eval_dataset=held, overwrite=True, callbacks=[stopper])
+        train(retry_cfg, self.split[0], split=rows, overwrite=True, callbacks=[stopper])
         again = self.check_finetune(held)
         better = (again["learned"], again["macro_f1"]) >= (check["learned"], check["macro_f1"])
         if better:
@@ -781,12 +806,54 @@ class Study:
         )
         run = run_tuning(tune, train, overwrite=True, callbacks=[stopper])
         cfg = RagConfig(embedder=tune.out, seed=self.cfg.seed, out=str(self.out / "rag-tuned"))
-        RagClassifier.build(cfg, train, embedder=Embedder.load(tune.out)).save(cfg.out)
+        guard = deadline_progress(self.deadline_before("evaluate", "decide"), "indexing with the tuned embedder")
+        try:
+            RagClassifier.build(cfg, train, embedder=Embedder.load(tune.out), progress=guard).save(cfg.out)
+        except OverBudget as err:
+            shutil.rmtree(cfg.out, ignore_errors=True)
+            return f"{err}; the tuned embedder is kept, its index was not built"
         self.state["tune"] = {"capped": plan["capped"], "steps": run["steps"], "seconds": run["seconds"],
                               "stopped_at_deadline": stopper.fired}  # fmt: skip
         if stopper.fired:
             self.say(f"[tune] stopped at its deadline after {run['steps']} of {steps} steps (recorded)")
         return None
+
+    def deadline_before(self, *stages: str) -> float:
+        """The ``time.monotonic()`` by which a stage must end to leave `stages` their planned time."""
+        reserve = sum(self.state["plan"]["seconds"][k] for k in stages)
+        return time.monotonic() + self.seconds_left() - reserve
+
+    def remeasure_embedding(self, texts: int, seconds: float) -> None:
+        """Replace the probe's embedding rate by the one indexing `texts` took (when enough to be more than noise), so
+        that the tuning and the evaluation are sized from what this machine really does."""
+        if texts < REMEASURE_MIN_TEXTS:
+            return
+        rates = self.state["plan"]["rates"]
+        rates.setdefault("probed_embed_s_per_text", rates["embed_s_per_text"])
+        rates["embed_s_per_text"] = seconds / (1.1 * texts)  # as `essential_seconds` counts an index build
+        self._save_state()
+
+    def fit_test(self, test):
+        """The test set, cut (seeded, stratified) to what the evaluation can score in the time left before the
+        decision, at the rates measured so far; uncut when it fits. ``(test, note or None)``."""
+        rates, n_train = self.state["plan"]["rates"], self.split[0].num_rows
+        left = self.seconds_left() - self.state["plan"]["seconds"]["decide"]
+
+        def cost(n: int) -> float:
+            return essential_seconds(rates, n_train, n, self.cfg)["evaluate"]
+
+        n = test.num_rows
+        if cost(n) <= left:
+            return test, None
+        while n > MIN_TEST and cost(n) > left:
+            n = max(MIN_TEST, int(n * 0.8))
+        cut = stratified_sample(test, n, seed=self.cfg.seed, what="test")
+        note = (
+            f"the test set was cut from {test.num_rows} to {n} texts to end within the budget (this machine ran "
+            "slower than the probe measured); the intervals are wider for it"
+        )
+        self.say(f"[evaluate] {note}")
+        return cut, note
 
     def remeasure(self, run: dict[str, Any]) -> None:
         """Replace the probe's training rate by the one the fine-tune just measured (seconds per example and epoch,
@@ -825,6 +892,7 @@ class Study:
         from compare.hybrid import fit_hybrid
 
         _, test, info = self.split
+        test, cut = self.fit_test(test)
         _, held = self.validation_split()
         texts, references = list(held["text"]), list(held["label"])
         classifiers = self.contenders()
@@ -848,7 +916,7 @@ class Study:
             report["backends"]["hybrid"]["fit"] = {
                 k: v for k, v in classifiers["hybrid"].meta["fit"].items() if k != "grid"
             }
-        report["notes"] = self.notes()
+        report["notes"] = self.notes() + ([cut] if cut else [])
         report["study"] = {"leaks": info["leaks"], "finetune": self.state.get("finetune")}
         write_report_into(report, self.out)
 
@@ -1011,6 +1079,34 @@ def deadline_callback(deadline: float):
                 control.should_training_stop = True
 
     return _Deadline()
+
+
+class OverBudget(StudyError):
+    """A stage stopped because, measured on its first part, it would not end before its deadline."""
+
+
+def deadline_progress(deadline: float, what: str, least: float = 0.05) -> Callable[[float, str], None]:
+    """A ``progress(fraction, message)`` callback that raises `OverBudget` once the work done so far says the whole
+    will end after `deadline` (``time.monotonic()``), or once the deadline has passed: a stage whose cost the probe
+    underestimated (a slower or busier machine) stops early instead of overrunning the budget.
+
+    Estimates start once `least` of the work is done (too little is noise).
+    """
+    start = time.monotonic()
+
+    def progress(fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if now > deadline:
+            raise OverBudget(f"{what} passed its deadline ({message})")
+        if least <= fraction < 1:
+            total = (now - start) / fraction
+            if start + total > deadline:
+                raise OverBudget(
+                    f"{what} would take about {total / 60:.1f} min on this machine, {(deadline - start) / 60:.1f} "
+                    f"min were left for it"
+                )
+
+    return progress
 
 
 def write_report_into(report: dict[str, Any], out: Path) -> None:

@@ -2,7 +2,7 @@
 
 `Trainer.hyperparameter_search` with the Optuna backend (TPE sampler, median pruner) over the learning rate, the
 batch size, the epochs, the warm-up share and the weight decay. Every trial trains on the same training examples and
-is scored on the same evaluation slice carved from the training split (`finetune.train.split_train_eval`), never on
+is scored on the same evaluation slice carved from the training split (`core.split.Split`), never on
 the test split; a trial whose evaluation accuracy falls below the median of earlier trials at the same step is
 pruned. ``--time-budget-min`` stops starting new trials once spent. ``--train-size`` searches on a sample (then train
 the best on all the data with `finetune.train`).
@@ -56,6 +56,7 @@ class SearchConfig:
         warmup_max: the largest warm-up share of the steps.
         weight_decay_max: the largest AdamW weight decay.
         max_length: tokens kept per text.
+        min_steps: every trial's fewest optimizer steps (the training protocol's, `finetune.protocol`).
         seed: seed for the split, the sampler and training.
         out: where search.json and search.png go.
     """
@@ -75,6 +76,7 @@ class SearchConfig:
     warmup_max: float = 0.2
     weight_decay_max: float = 0.1
     max_length: int = 128
+    min_steps: int = MIN_STEPS
     seed: int = 0
     out: str = "artifacts/search"
 
@@ -94,6 +96,8 @@ class SearchConfig:
             raise ValueError(f"need 1 <= epochs_min <= epochs_max, got {self.epochs_min} and {self.epochs_max}")
         if not 0 <= self.warmup_max < 1 or self.weight_decay_max < 0:
             raise ValueError("warmup_max must be in [0, 1) and weight_decay_max not negative")
+        if self.min_steps < 0:
+            raise ValueError(f"min_steps must not be negative, got {self.min_steps}")
 
     def finetune_config(self, out: str) -> FinetuneConfig:
         """The `FinetuneConfig` every trial starts from (the search then sets the searched fields)."""
@@ -167,7 +171,7 @@ def search(cfg: SearchConfig, overwrite: bool = False) -> dict[str, Any]:
         trainer, setup = _trainer(cfg, workdir)
         warmup = prune_after(setup["train_size"], cfg.batch_sizes)
         best = trainer.hyperparameter_search(
-            hp_space=lambda trial: with_min_steps(cfg.space(trial), setup["train_size"]),
+            hp_space=lambda trial: with_min_steps(cfg.space(trial), setup["train_size"], cfg.min_steps),
             compute_objective=lambda metrics: metrics["eval_accuracy"],
             n_trials=cfg.trials,
             direction="maximize",
@@ -194,14 +198,14 @@ def search(cfg: SearchConfig, overwrite: bool = False) -> dict[str, Any]:
     return result
 
 
-def with_min_steps(params: dict[str, Any], n_train: int) -> dict[str, Any]:
+def with_min_steps(params: dict[str, Any], n_train: int, min_steps: int = MIN_STEPS) -> dict[str, Any]:
     """A trial's `TrainingArguments` fields with its epochs raised to the protocol's fewest optimizer steps
     (`finetune.protocol`), so that no trial on small data is a token run that the search would rank.
 
     >>> with_min_steps({"num_train_epochs": 2, "per_device_train_batch_size": 16}, 160)["num_train_epochs"]
     20
     """
-    epochs = protocol_epochs(params["num_train_epochs"], n_train, params["per_device_train_batch_size"], MIN_STEPS)
+    epochs = protocol_epochs(params["num_train_epochs"], n_train, params["per_device_train_batch_size"], min_steps)
     return {**params, "num_train_epochs": math.ceil(epochs)}
 
 

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from core.cli import run_job
-from core.data import DataError, label_names, load_tweets, stratified_indices, stratified_sample
+from core.data import DataError, label_names, load_tweets, stratified_sample
 from core.files import atomic_write_json, dumps_json, read_json, refuse_to_replace, staged_dir
 from core.settings import Source, SourceError, resolve
+from core.split import SPLIT_FILE, Split
 from core.types import Progress
 from finetune.config import SCRATCH_PRESETS, FinetuneConfig
 from finetune.history import overfitting_note
@@ -50,31 +51,6 @@ class FinetuneError(ValueError):
 # --- data ------------------------------------------------------------------------------------------------------------
 
 
-def split_train_eval(dataset, train_size: int | None, eval_size: int, seed: int = 0):
-    """Carve a stratified evaluation slice of `eval_size` out of `dataset`, then take `train_size` of the rest.
-
-    The two never overlap, and the test split is never involved. Raises DataError when there is not enough data.
-    """
-    n = dataset.num_rows
-    if n == 0:
-        raise DataError("the training data has no examples")
-    if eval_size >= n:
-        raise DataError(f"eval_size {eval_size} leaves no training examples out of {n}")
-    if train_size is not None and train_size + eval_size > n:
-        raise DataError(
-            f"asked for {train_size} training + {eval_size} evaluation examples but the data has only {n}; "
-            f"use --train-size {n - eval_size} or less (or a smaller --eval-size)"
-        )
-    labels = list(dataset["label"])
-    eval_idx = stratified_indices(labels, eval_size, seed=seed)
-    taken = set(eval_idx)
-    rest = [i for i in range(n) if i not in taken]
-    if train_size is not None and train_size < len(rest):
-        picked = stratified_indices([labels[i] for i in rest], train_size, seed=seed)
-        rest = [rest[i] for i in picked]
-    return dataset.select(rest), dataset.select(eval_idx)
-
-
 def training_labels(dataset, labels: Sequence[str] | None = None) -> list[str]:
     """The model's labels, in head order: `labels` when given, else the data's (`core.data.label_names`).
 
@@ -86,19 +62,6 @@ def training_labels(dataset, labels: Sequence[str] | None = None) -> list[str]:
     if unknown:
         raise DataError(f"the training data has labels {unknown} outside the label set {names}")
     return names
-
-
-def eval_slice_digest(texts: Sequence[str], labels: Sequence[str]) -> str:
-    """A fingerprint of the evaluation slice (its texts and labels, in order), recorded in run.json, so that whoever
-    recomputes the slice later (the hybrid's fit) can tell it is the same one and not rows the model trained on.
-
-    >>> eval_slice_digest(["a"], ["x"]) == eval_slice_digest(["a"], ["x"]) != eval_slice_digest(["a"], ["y"])
-    True
-    """
-    digest = hashlib.sha256()
-    for text, label in zip(texts, labels, strict=True):
-        digest.update(f"{len(text)}:{text}\t{label}\n".encode("utf-8", "surrogatepass"))
-    return digest.hexdigest()
 
 
 def tokenize(dataset, tokenizer, labels: Sequence[str], max_length: int):
@@ -287,12 +250,14 @@ class TrainingSetup:
     model: Any
     base_description: str
     n_params: int
+    split: Split | None = None  # None when the caller gave the evaluation slice
 
 
 def train(
     cfg: FinetuneConfig,
     dataset=None,
     *,
+    split: Split | None = None,
     eval_dataset=None,
     overwrite: bool = False,
     progress: Progress | None = None,
@@ -304,6 +269,9 @@ def train(
     Args:
         dataset: labeled examples (``text`` / ``label``) to use instead of the train split of ``cfg.data``; the
             evaluation slice is carved from it too.
+        split: the fit / validation rows (`core.split.Split`) of the data to use as they are, instead of carving
+            them (``cfg.train_size`` and ``cfg.eval_size`` are then ignored): every contender of a comparison gets
+            the same rows. Saved as split.json in the model directory either way.
         eval_dataset: an evaluation slice to use as it is instead of carving one (``cfg.eval_size`` is then
             ignored), so that two runs on different training rows keep their best checkpoint by the same texts.
         overwrite: replace a model already in ``cfg.out``. The old one stays until the new one is fully saved.
@@ -323,7 +291,7 @@ def train(
     tell = progress or (lambda fraction, message: None)
     start = time.perf_counter()
     args = cfg.to_training_args(show_progress=show_progress)
-    setup = prepare_training(cfg, dataset, args, tell, eval_dataset)
+    setup = prepare_training(cfg, dataset, args, tell, eval_dataset, split)
     cfg, protocol = apply_protocol(cfg, setup.train_ds.num_rows, args.world_size)
     logger.info("Training protocol: %d optimizer steps, %g epochs, learning rate %g (%s)", protocol["steps"],
                 protocol["epochs"], protocol["learning_rate"], protocol["why"])  # fmt: skip
@@ -342,15 +310,17 @@ def train(
     run["protocol"] = protocol
     if args.should_save:
         tell(0.99, f"saving to {out}")
-        _save_run(cfg, trainer.model, setup.tokenizer, run, out, train_seconds)
+        _save_run(cfg, trainer.model, setup, run, out, train_seconds)
     _barrier(args)
     tell(1.0, f"done: eval accuracy {run['eval_accuracy']:.4f}")
     return run
 
 
-def prepare_training(cfg: FinetuneConfig, dataset, args, tell: Progress, eval_dataset=None) -> TrainingSetup:
-    """Load the data (unless given), carve the evaluation slice (unless `eval_dataset` is given), load the tokenizer
-    and the model, and tokenize.
+def prepare_training(
+    cfg: FinetuneConfig, dataset, args, tell: Progress, eval_dataset=None, split: Split | None = None
+) -> TrainingSetup:
+    """Load the data (unless given), cut it by `split` (else carve the evaluation slice, unless `eval_dataset` is
+    given), load the tokenizer and the model, and tokenize.
 
     In a distributed run one process fills the datasets cache first and the others read it.
     """
@@ -361,8 +331,11 @@ def prepare_training(cfg: FinetuneConfig, dataset, args, tell: Progress, eval_da
         dataset, data_source = _training_data(cfg, dataset)
         labels = training_labels(dataset, cfg.labels)
         if eval_dataset is None:
-            train_ds, eval_ds = split_train_eval(dataset, cfg.train_size, cfg.eval_size, seed=cfg.seed)
+            if split is None:
+                split = Split.of(dataset, cfg.eval_size, cfg.train_size, seed=cfg.seed)
+            train_ds, eval_ds = split.parts(dataset)
         else:
+            split = None  # the caller's own evaluation slice: not rows of `dataset`
             train_ds, eval_ds = dataset, eval_dataset
             if cfg.train_size is not None and cfg.train_size < dataset.num_rows:
                 train_ds = stratified_sample(dataset, cfg.train_size, seed=cfg.seed, what="training data")
@@ -383,7 +356,7 @@ def prepare_training(cfg: FinetuneConfig, dataset, args, tell: Progress, eval_da
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("Model: %s, %.1fM parameters; %s", base_description, n_params / 1e6, tokenizer_source.describe())
     return TrainingSetup(data_source, labels, train_ds, eval_ds, train_tok, eval_tok, tokenizer, tokenizer_source,
-                         model, base_description, n_params)  # fmt: skip
+                         model, base_description, n_params, split)  # fmt: skip
 
 
 def _training_data(cfg: FinetuneConfig, dataset) -> tuple[Any, str]:
@@ -473,7 +446,7 @@ def run_record(
         "labels": setup.labels,
         "train_size": setup.train_ds.num_rows,
         "eval_size": setup.eval_ds.num_rows,
-        "eval_slice_sha256": eval_slice_digest(setup.eval_ds["text"], setup.eval_ds["label"]),
+        "split": {**setup.split.summary(), "file": SPLIT_FILE} if setup.split is not None else None,
         "max_length": cfg.max_length,
         "eval_accuracy": final.get("eval_accuracy"),
         "eval_macro_f1": final.get("eval_macro_f1"),
@@ -495,9 +468,9 @@ def run_record(
     }
 
 
-def _save_run(cfg: FinetuneConfig, model, tokenizer, run: dict[str, Any], out: Path, train_seconds: float) -> None:
+def _save_run(cfg: FinetuneConfig, model, setup: TrainingSetup, run: dict[str, Any], out: Path, train_seconds: float):
     """Save the model directory (main process only) and drop the checkpoints unless ``cfg.keep_checkpoints``."""
-    _save(model, tokenizer, run, out)
+    _save(model, setup.tokenizer, run, out, setup.split)
     if not cfg.keep_checkpoints:
         shutil.rmtree(cfg.checkpoints_dir, ignore_errors=True)
     logger.info(
@@ -561,9 +534,12 @@ def _complete_checkpoints(directory: Path) -> list[Path]:
     return sorted(found, key=lambda p: _step_of(str(p)) or 0)
 
 
-def _save(model, tokenizer, run: dict[str, Any], out: Path) -> None:
-    """Write the model directory complete in a staging directory, then swap it in (the old one survives a crash)."""
+def _save(model, tokenizer, run: dict[str, Any], out: Path, split: Split | None = None) -> None:
+    """Write the model directory complete in a staging directory, then swap it in (the old one survives a crash).
+    The split it trained on goes beside it (split.json), for whoever fits or evaluates on the same rows."""
     with staged_dir(out) as stage:
+        if split is not None:
+            split.save(stage / SPLIT_FILE)
         model.save_pretrained(stage)
         tokenizer.save_pretrained(stage)
         (stage / LABELS_FILE).write_text(dumps_json(run["labels"]), encoding="utf-8")

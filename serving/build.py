@@ -1,10 +1,11 @@
 """The app's default line-up, built on first start when the artifacts are missing: one labeled sample, two contenders.
 
 Both contenders get the same labeled examples under the same protocol (the one `compare.curve` uses at each size):
-a seeded, stratified sample of the train split is cut into a *fit* part and a *validation* part by the fine-tune's
-own `split_train_eval`. The fine-tune learns from the fit part and keeps its best checkpoint by the validation part;
-the retrieval index holds exactly the fit part and chooses its vote (k, weighting) on the same validation part; the
-hybrid is then fitted on that validation part too. Nobody sees the test split.
+a seeded, stratified sample of the train split is cut once into a *fit* part and a *validation* part
+(`core.split.Split`, recorded beside each contender). The fine-tune learns from the fit part and keeps its best
+checkpoint by the validation part; the retrieval index holds exactly the fit part and chooses its vote (k,
+weighting) on the same validation part; the hybrid is then fitted on that validation part too.
+Nobody sees the test split.
 
 - ``finetune``: a pretrained model fine-tuned. With the Hub, GPT-2; offline, all-MiniLM-L6-v2 (the same pretrained
   base the retrieval backend embeds with: one base, fine-tuned vs frozen + retrieval). Sizes suit 2 CPU cores: the
@@ -62,6 +63,7 @@ class DemoData:
         self._lock = threading.Lock()
         self._sizes: DemoSizes | None = None
         self._parts: tuple[Any, Any, DemoSizes] | None = None
+        self.split: Any = None  # the core.split.Split every demo contender gets, made once with the parts
 
     def sizes(self) -> DemoSizes:
         from core.settings import resolve
@@ -73,13 +75,14 @@ class DemoData:
 
     def parts(self) -> tuple[Any, Any, DemoSizes]:
         from core.data import load_tweets
-        from finetune.train import split_train_eval
+        from core.split import Split
 
         sizes = self.sizes()
         with self._lock:
             if self._parts is None:
                 train = load_tweets(None, split="train", seed=SEED)
-                fit, validation = split_train_eval(train, sizes.fit, sizes.validation, seed=SEED)
+                self.split = Split.of(train, sizes.validation, sizes.fit, seed=SEED)
+                fit, validation = self.split.parts(train)
                 self._parts = (fit, validation, sizes)
             return self._parts
 
@@ -96,7 +99,8 @@ def build_demo_index(out: Path, progress: Progress, data: DemoData) -> None:
                               show_progress=False)  # fmt: skip
     progress(0.92, f"choosing k and the vote on {validation.num_rows:,} validation examples")
     chosen = choose_vote(clf, list(fit["label"]), list(validation["text"]), list(validation["label"]), SEED)
-    clf.meta.update(data_source=_data_source(), protocol=PROTOCOL, validation_size=validation.num_rows, vote=chosen)
+    clf.meta.update(data_source=_data_source(), protocol=PROTOCOL, validation_size=validation.num_rows, vote=chosen,
+                    split=data.split.to_dict())  # fmt: skip
     clf.save(out)
     progress(1.0, f"indexed {fit.num_rows:,} examples (validation accuracy {chosen['accuracy']:.3f})")
 
@@ -107,12 +111,11 @@ def build_demo_finetune(out: Path, progress: Progress, data: DemoData) -> None:
     from finetune.config import FinetuneConfig
     from finetune.train import train
 
-    sizes = data.sizes()
+    _, _, sizes = data.parts()
     base = resolve("base_model")
-    cfg = FinetuneConfig(train_size=sizes.fit, eval_size=sizes.validation, epochs=sizes.epochs, batch_size=32,
-                         min_steps=sizes.min_steps, seed=SEED, out=str(out))  # fmt: skip
+    cfg = FinetuneConfig(epochs=sizes.epochs, batch_size=32, min_steps=sizes.min_steps, seed=SEED, out=str(out))
     logger.info("Fine-tuning %s on %d labeled examples", base.name, sizes.fit)
-    train(cfg, progress=progress, show_progress=False)
+    train(cfg, split=data.split, progress=progress, show_progress=False)
 
 
 def build_scratch_gpt2(out: Path, progress: Progress, data: DemoData) -> None:
@@ -120,10 +123,9 @@ def build_scratch_gpt2(out: Path, progress: Progress, data: DemoData) -> None:
     from finetune.config import FinetuneConfig
     from finetune.train import train
 
-    sizes = data.sizes()
-    cfg = FinetuneConfig(from_scratch=True, scratch_size="small", train_size=sizes.fit, eval_size=sizes.validation,
-                         epochs=SCRATCH_EPOCHS, seed=SEED, out=str(out))  # fmt: skip
-    train(cfg, progress=progress, show_progress=False)
+    data.parts()
+    cfg = FinetuneConfig(from_scratch=True, scratch_size="small", epochs=SCRATCH_EPOCHS, seed=SEED, out=str(out))
+    train(cfg, split=data.split, progress=progress, show_progress=False)
 
 
 PROTOCOL = (

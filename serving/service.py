@@ -384,8 +384,8 @@ class Service:
         self.building["hybrid"] = (0.0, "fitting on the fine-tune's validation slice")
         try:
             hybrid = default_hybrid(self.backends["finetune"], self.backends["rag"])
-            if hybrid is None:  # a fine-tune trained on an in-memory dataset: nowhere to fit it without leaking
-                self._not_served("hybrid", "the fine-tune's validation slice cannot be recomputed from its run.json")
+            if hybrid is None:  # a fine-tune that keeps no split: nowhere to fit it without leaking
+                self._not_served("hybrid", "the fine-tune keeps no record of its validation rows (split.json)")
                 return
             self._add("hybrid", hybrid)
             self.building["hybrid"] = (1.0, "ready")

@@ -62,7 +62,7 @@ def test_removal_is_measured_on_the_fine_tune_too_with_one_validation_slice(flip
 
     path, _ = flipped
     tiny = str(shared_dir / "models" / "tiny-random-gpt2")
-    cfg = AuditConfig(data=str(path), measure=True, measure_finetune=True, epochs=1, base_model=tiny)
+    cfg = AuditConfig(data=str(path), measure=True, measure_finetune=True, epochs=1, base_model=tiny, min_steps=20)
     train = load_tweets(str(path), split="train")
     real = load_tweets(str(shared_dir / "data" / "tweet_sentiment_extraction"), split="test", limit=60, seed=0)
     suspects = [{"row": r} for r in (1, 2, 3, 4, 5, 400)]

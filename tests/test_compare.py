@@ -424,11 +424,17 @@ def test_a_model_is_never_scored_against_data_of_other_labels(ft_dir, emotion_di
     assert run_main([*argv, "--labels", "anger,joy,optimism,sadness"]) == 0  # declared: two of the four is a slice
 
 
-def test_the_hybrid_slice_is_recomputed_with_the_fine_tunes_own_label_names(shared_dir):
-    from compare.hybrid import hybrid_validation
+def test_the_hybrid_slice_is_read_with_the_fine_tunes_own_label_names(shared_dir, tmp_path):
+    from types import SimpleNamespace
 
-    config = {"data": str(shared_dir / "data" / "tweeteval_irony"), "labels": ["plain", "ironic"], "eval_size": 20}
-    texts, labels = hybrid_validation({"config": {**config, "train_size": 60, "seed": 0}}, None)
+    from compare.hybrid import hybrid_validation
+    from core.data import load_tweets
+    from core.split import Split
+
+    config = {"data": str(shared_dir / "data" / "tweeteval_irony"), "labels": ["plain", "ironic"], "seed": 0}
+    train = load_tweets(config["data"], split="train", labels=config["labels"])
+    Split.of(train, 20, 60, seed=0).save(tmp_path)
+    texts, labels = hybrid_validation(SimpleNamespace(meta={"config": config}, directory=tmp_path), None)
     assert len(texts) == 20 and set(labels) == {"plain", "ironic"}
 
 

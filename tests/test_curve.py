@@ -33,17 +33,17 @@ def banded(ft, ft_std, rag, rag_std, sizes=(100, 300, 1000, 3000)):
 def test_the_cli_runs_every_contender_over_two_seeds_on_the_same_examples(
     shared_dir, data_dir, tmp_path, capsys, monkeypatch
 ):
-    import finetune.train
+    from core.split import Split
 
-    splits = []  # every hold-out split made: the curve's own, then the fine-tune's, per run
-    real_split = finetune.train.split_train_eval
+    splits = []  # every cut made: the curve's own for retrieval, then the fine-tune's, per run
+    real_parts = Split.parts
 
-    def recording(dataset, train_size, eval_size, seed=0):
-        fit, validation = real_split(dataset, train_size, eval_size, seed=seed)
+    def recording(split, dataset):
+        fit, validation = real_parts(split, dataset)
         splits.append((list(fit["text"]), list(validation["text"])))
         return fit, validation
 
-    monkeypatch.setattr(finetune.train, "split_train_eval", recording)
+    monkeypatch.setattr(Split, "parts", recording)
     tunings = []  # the tuned embedder's own run is tested below; here only its place in the curve
 
     def tuned_retrieval(embedder, tune, fit, validation, seed, test):
@@ -170,7 +170,8 @@ def test_the_tuned_line_tunes_a_copy_on_the_fitting_examples_and_picks_its_vote(
     from rag.tune_embedder import TuneEmbedderConfig
 
     before = embedder.model.encode(["so happy", "so sad"])  # the model itself, not a cached or traced vector
-    fit, validation = holdout_split(small_train.select(range(40)), seed=0)
+    sample = small_train.select(range(40))
+    fit, validation = holdout_split(sample, seed=0).parts(sample)
     scoring = Scoring(list(small_test["text"][:20]), list(small_test["label"][:20]), list(LABELS))
     tune = TuneEmbedderConfig(min_steps=1, max_steps=1, batch_size=4, warmup=0.0)
     result = run_tuned_retrieval(embedder, tune, fit, validation, 0, scoring)
@@ -184,7 +185,8 @@ def test_the_vote_is_chosen_on_the_validation_fifth_and_applied(embedder, small_
     from rag import RagClassifier, RagConfig
     from rag.tuning import choose_vote
 
-    fit, validation = holdout_split(small_train.select(range(100)), seed=0)
+    sample = small_train.select(range(100))
+    fit, validation = holdout_split(sample, seed=0).parts(sample)
     clf = RagClassifier.build(RagConfig(tune=False, k=3), fit, embedder=embedder, show_progress=False)
     chosen = choose_vote(clf, list(fit["label"]), list(validation["text"]), list(validation["label"]), seed=0)
     assert (clf.k, clf.weighting, clf.temperature) == (chosen["k"], chosen["weighting"], chosen["temperature"])

@@ -21,7 +21,7 @@ from core.files import ArtifactError
 from core.settings import packaged_embedder_path
 from core.types import LABELS
 from finetune.config import FinetuneConfig
-from finetune.train import FinetuneError, main, split_train_eval, train
+from finetune.train import FinetuneError, main, train
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_KEYS = {
@@ -129,28 +129,6 @@ def test_cli_has_a_flag_per_field_and_rejects_unknown_flags(capsys):
 
 
 # --- data ------------------------------------------------------------------------------------------------------------
-
-
-def test_split_carves_a_disjoint_stratified_eval_slice(small_train):
-    train, evaluation = split_train_eval(small_train, 200, 60, seed=0)
-    assert (train.num_rows, evaluation.num_rows) == (200, 60)
-    assert not set(train["text"]) & set(evaluation["text"])
-    share = {label: evaluation["label"].count(label) / 60 for label in LABELS}
-    overall = {label: small_train["label"].count(label) / 300 for label in LABELS}
-    for label in LABELS:
-        assert share[label] == pytest.approx(overall[label], abs=0.03)
-    assert split_train_eval(small_train, 200, 60, seed=0)[0]["text"] == train["text"]  # seeded
-    rest, _ = split_train_eval(small_train, None, 60)
-    assert rest.num_rows == 240
-
-
-@pytest.mark.parametrize(
-    ("train_size", "eval_size", "message"),
-    [(250, 60, "only 300; use --train-size 240"), (None, 300, "leaves no training examples")],
-)
-def test_split_refuses_more_than_the_data(small_train, train_size, eval_size, message):
-    with pytest.raises(DataError, match=message):
-        split_train_eval(small_train, train_size, eval_size)
 
 
 def test_empty_training_set_is_a_clear_error(shared_dir, tmp_path):
@@ -631,41 +609,47 @@ def test_out_that_is_a_file_is_refused(shared_dir, small_train, tmp_path):
     assert out.read_text() == "not a model directory"
 
 
-def test_the_hybrid_refuses_an_evaluation_slice_other_than_the_one_recorded(tmp_path):
-    """run.json fingerprints the evaluation slice; recomputing it from other data is refused, not fitted on."""
+def test_the_hybrid_fits_on_the_rows_the_fine_tune_saved_and_refuses_other_data(tmp_path):
+    """The fine-tune's split.json names its validation rows; the hybrid reads them, never re-derives them, and data
+    of another size than the split was made on is refused, not fitted on."""
     import csv
+    from types import SimpleNamespace
 
     from compare.hybrid import hybrid_validation
     from core.data import load_tweets
-    from finetune.train import eval_slice_digest, split_train_eval
+    from core.split import Split
 
-    def write(path, offset):
+    def write(path, rows):
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["text", "label"])
-            for i in range(120):
-                writer.writerow([f"tweet {i + offset}", ["negative", "neutral", "positive"][i % 3]])
+            for i in range(rows):
+                writer.writerow([f"tweet {i}", ["negative", "neutral", "positive"][i % 3]])
 
     trained_on, other = tmp_path / "a.csv", tmp_path / "b.csv"
-    write(trained_on, 0)
-    write(other, 1000)
-    _, evaluation = split_train_eval(load_tweets(str(trained_on), split="train"), 60, 30, seed=0)
-    meta = {
-        "config": {"data": str(trained_on), "train_size": 60, "eval_size": 30, "seed": 0},
-        "eval_slice_sha256": eval_slice_digest(evaluation["text"], evaluation["label"]),
-    }
-    texts, _ = hybrid_validation(meta, None)
-    assert texts == list(evaluation["text"])
-    meta["config"]["data"] = str(other)
-    with pytest.raises(ValueError, match="not the one it was trained beside"):
-        hybrid_validation(meta, None)
+    write(trained_on, 120)
+    write(other, 130)
+    data = load_tweets(str(trained_on), split="train")
+    split = Split.of(data, 30, 60, seed=0)
+    split.save(tmp_path)
+    model = SimpleNamespace(meta={"config": {"data": str(trained_on), "seed": 0}}, directory=tmp_path)
+    texts, _ = hybrid_validation(model, None)
+    assert texts == list(split.parts(data)[1]["text"])
+    model.meta["config"]["data"] = str(other)
+    with pytest.raises(DataError, match="not the data the artifact was trained on"):
+        hybrid_validation(model, None)
+    (tmp_path / "split.json").unlink()  # a model that keeps no split: no hybrid rather than a guess
+    assert hybrid_validation(model, None) is None
 
 
-def test_run_json_fingerprints_the_evaluation_slice(ft_dir, small_train):
+def test_the_model_directory_keeps_the_split_it_trained_on(ft_dir, small_train):
     import json
 
-    from finetune.train import eval_slice_digest, split_train_eval
+    from core.split import Split
 
     run = json.loads((ft_dir / "run.json").read_text())
-    _, evaluation = split_train_eval(small_train, None, 60, seed=0)
-    assert run["eval_slice_sha256"] == eval_slice_digest(evaluation["text"], evaluation["label"])
+    split = Split.load(ft_dir)
+    fit, validation = split.parts(small_train)
+    assert (run["train_size"], run["eval_size"]) == (fit.num_rows, validation.num_rows) == (240, 60)
+    assert run["split"]["file"] == "split.json" and run["split"]["validation"] == 60
+    assert sorted(split.fit + split.validation) == list(range(300))

@@ -10,7 +10,8 @@ from finetune.search import SearchConfig, main
 def test_a_three_trial_search_writes_every_trial_and_the_best_as_flags(shared_dir, data_dir, tmp_path, capsys):
     tiny = str(shared_dir / "models" / "tiny-random-gpt2")
     argv = ["--data", str(data_dir), "--base-model", tiny, "--train-size", "96", "--eval-size", "48", "--trials", "3",
-            "--epochs-max", "2", "--batch-sizes", "8,16", "--max-length", "32", "--out", str(tmp_path)]  # fmt: skip
+            "--epochs-max", "2", "--batch-sizes", "8,16", "--max-length", "32", "--min-steps", "24",
+            "--out", str(tmp_path)]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     result = json.loads((tmp_path / "search.json").read_text())

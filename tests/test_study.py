@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,13 @@ import pytest
 from compare.decide import CHOICES
 from compare.study import (
     STAGES,
+    OverBudget,
     Study,
     StudyConfig,
     StudyError,
     curve_sizes,
     deadline_callback,
+    deadline_progress,
     main,
     plan_budget,
     plan_finetune,
@@ -51,7 +54,7 @@ def run_study(argv: list[str]) -> tuple[int, str]:
 def study_args(shared_dir: Path, data: str, out: Path, *extra: str) -> list[str]:
     tiny = str(shared_dir / "models" / "tiny-random-gpt2")
     return ["--data", data, "--out", str(out), "--base-model", tiny, "--embedder", packaged_embedder_path(),
-            "--latency-queries", "10", "--epochs", "2", *extra]  # fmt: skip
+            "--latency-queries", "10", "--epochs", "2", "--min-steps", "20", *extra]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -344,3 +347,68 @@ def test_a_tuning_skipped_for_time_is_built_when_the_fine_tune_leaves_enough(tmp
     # Turned off is never turned back on.
     study.state["plan"]["tune"] = off = {"steps": 0, "seconds": 0.0, "capped": None, "skipped": "turned off"}
     assert study.replan_tuning() is off
+
+
+def test_deadline_progress_stops_a_stage_whose_first_part_says_it_would_overrun():
+    on_time = deadline_progress(time.monotonic() + 60, "indexing")
+    on_time(0.5, "half")  # half done at once: ends well within its minute
+    late = deadline_progress(time.monotonic() + 0.3, "indexing")
+    time.sleep(0.1)
+    late(0.01, "too little done to say")  # below `least`: no estimate yet
+    with pytest.raises(OverBudget, match=r"indexing would take about [\d.]+ min on this machine"):
+        late(0.1, "a tenth")  # 0.1 s for a tenth: about 1 s for the whole, past the 0.3 s left
+    passed = deadline_progress(time.monotonic() - 1, "indexing")
+    with pytest.raises(OverBudget, match="passed its deadline"):
+        passed(0.0, "starting")
+
+
+def test_an_index_slower_than_the_probe_said_stops_before_its_deadline(shared_dir, tmp_path, monkeypatch, capsys):
+    """A slower (or busier) machine than the probe measured: the index stops once its first chunks say it would end
+    after its deadline, and the study says why, instead of running past the budget."""
+    import rag.embed
+
+    out = tmp_path / "study"
+    argv = study_args(shared_dir, str(shared_dir / "data" / "tweeteval_irony"), out, "--train-size", "100",
+                      "--test-limit", "20", "--budget-minutes", "5", "--no-tune-embedder", "--no-curve")  # fmt: skip
+    real_plan, real_encode = Study.do_plan, rag.embed.Embedder._encode
+    chunks = []
+
+    def slow_encode(embedder, texts, batch):
+        chunks.append(len(texts))
+        time.sleep(1.0)
+        return real_encode(embedder, texts, batch)
+
+    def plan_then_slow_down(self):
+        real_plan(self)
+        self.embedder.batch_size = 16
+        monkeypatch.setattr(rag.embed, "PROGRESS_CHUNK", 16)  # 7 chunks of the 100 texts, 1 s each or more
+        monkeypatch.setattr(rag.embed.Embedder, "_encode", slow_encode)
+        monkeypatch.setattr(Study, "deadline_before", lambda self, *stages: time.monotonic() + 4.0)
+
+    monkeypatch.setattr(Study, "do_plan", plan_then_slow_down)
+    code, _ = run_study(argv)
+    assert code == 2 and chunks == [16]  # stopped after its first chunk said it would overrun, not after seven
+    assert "slower than the probe measured" in capsys.readouterr().err
+    state = json.loads((out / "study.json").read_text())
+    assert "index" not in state["stages"] and not (out / "rag").exists()
+
+
+def test_the_evaluation_cuts_the_test_set_to_the_time_left_and_says_so(tmp_path, monkeypatch):
+    from datasets import Dataset
+
+    cfg = StudyConfig(budget_minutes=10, curve=False, tune_embedder=False, out=str(tmp_path / "study"))
+    study = Study(cfg, say=lambda message: None)
+    (tmp_path / "study").mkdir()
+    plan = plan_budget(dict(RATES), 600.0, 500, 400, cfg)
+    study.state = {"plan": plan, "stages": {}}
+    test = Dataset.from_dict({"text": [f"t{i}" for i in range(400)], "label": ["a", "b"] * 200})
+    monkeypatch.setattr(Study, "split", property(lambda self: (type("T", (), {"num_rows": 500})(), test, None)))
+    monkeypatch.setattr(Study, "seconds_left", lambda self: plan["seconds"]["evaluate"] + plan["seconds"]["decide"])
+    assert study.fit_test(test) == (test, None)  # on plan: the whole test set
+    plan["rates"]["embed_s_per_text"] *= 4  # the index measured this machine four times slower than the probe
+    cut, note = study.fit_test(test)
+    assert 10 <= cut.num_rows < 400 and f"cut from 400 to {cut.num_rows} texts" in note
+    assert cut["label"].count("a") == cut["label"].count("b")  # stratified
+    from compare.study import essential_seconds
+
+    assert essential_seconds(plan["rates"], 500, cut.num_rows, cfg)["evaluate"] <= plan["seconds"]["evaluate"]
