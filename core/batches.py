@@ -4,7 +4,7 @@ A batch costs about as much as its longest text times its size (every text is pa
 of 32 random tweets spends half its work on padding. Sorting by length and cutting whenever the padded size would
 pass `MAX_BATCH_TOKENS` keeps batches of short texts large and batches of long ones small. Measured on 2 CPU cores
 with all-MiniLM-L6-v2 and tweets (about 20 tokens each, 60 at most): 27% less time per text than sorted batches of
-32 for a micro-batch of 32 tweets, 10% less for 16, the same vectors (README, "The app under load").
+32 for a micro-batch of 32 tweets, 10% less for 16, the same vectors (docs/results.md, "The app under load").
 """
 
 from __future__ import annotations

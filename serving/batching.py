@@ -9,7 +9,7 @@ per-call cost) into a few larger ones; a lone request pays at most ``wait_ms`` m
 Each worker can run its model on fewer intra-op threads (`threads`): the app gives each backend's worker its share of
 the cores (one each for two backends on 2 cores), so the backends compute side by side instead of four threads
 fighting over two cores. Measured under 32 clients on 2 cores: 13% more requests a second and a lone request 2 ms
-faster than with two threads each (README, "The app under load").
+faster than with two threads each (docs/results.md, "The app under load").
 """
 
 from __future__ import annotations
