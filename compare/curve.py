@@ -460,7 +460,7 @@ def describe_crossover(curve: dict[str, Any]) -> str:
 
 def plot_curve(curve: dict[str, Any], path: str | Path) -> Path:
     """curve.png: mean accuracy per contender with a band of one standard deviation, and the crossover."""
-    from compare.report import plotting
+    from core.plots import plotting
 
     with plotting() as plt:
         fig, ax = plt.subplots(figsize=(7, 4.5))

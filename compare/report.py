@@ -7,12 +7,11 @@ table pipe shows as text.
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.files import atomic_write
+from core.plots import INK, plotting, save_figure
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~])")
 
@@ -282,49 +281,6 @@ def _intervals_note(report: dict[str, Any]) -> str:
     )
 
 
-INK = "#777777"
-"""Text and line colour of the plots: readable on a white page and on a dark one (contrast about 4.5 on both)."""
-PLOT_STYLE = {
-    "savefig.transparent": True,  # the page's own background shows through: no white block in a dark theme
-    "figure.facecolor": "none",
-    "axes.facecolor": "none",
-    "text.color": INK,
-    "axes.labelcolor": INK,
-    "axes.titlecolor": INK,
-    "axes.edgecolor": INK,
-    "xtick.color": INK,
-    "ytick.color": INK,
-    "legend.facecolor": "none",
-    "legend.edgecolor": INK,
-    "legend.labelcolor": INK,
-    "boxplot.boxprops.color": INK,
-    "boxplot.whiskerprops.color": INK,
-    "boxplot.capprops.color": INK,
-    "boxplot.flierprops.markeredgecolor": INK,
-}
-"""Every plot of the project is drawn under this style (see `plotting`)."""
-
-
-_PLOTTING = threading.RLock()
-
-
-def plotting():
-    """``with plotting() as plt:``: pyplot on the Agg backend, under PLOT_STYLE."""
-    import contextlib
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    @contextlib.contextmanager
-    def styled():
-        with _PLOTTING, plt.rc_context(PLOT_STYLE):  # pyplot's state is global: one figure at a time
-            yield plt
-
-    return styled()
-
-
 def plot(report: dict[str, Any], out: str | Path) -> list[Path]:
     """confusion_matrices.png, latency.png, reliability.png and accuracy.png in `out`; returns their paths.
 
@@ -452,16 +408,6 @@ def _accuracy_bars(report: dict[str, Any], path: Path) -> Path:
     caption = f"{100 * how['confidence']:g}% bootstrap intervals" if how else "no intervals in this report"
     ax.set(ylabel="accuracy", ylim=(0, 1.08), title=f"Accuracy ({caption})")
     return save_figure(fig, path)
-
-
-def save_figure(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    # A band left empty above the titles: the app lays its label and buttons over the top of each image.
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
-    return path
 
 
 REPORT_FILES = ("report.json", "report.md", "disagreements.csv")

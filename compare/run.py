@@ -28,7 +28,7 @@ from core.data import DataError, label_names, load_tweets, stratified_indices
 from core.files import ArtifactError, check_writable, read_json
 from core.settings import SourceError, resolve
 from core.types import check_labels, check_same_labels, normalise_label
-from rag.chain import LlmUnavailable
+from rag.errors import LlmUnavailable
 
 logger = logging.getLogger(__name__)
 

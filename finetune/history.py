@@ -55,7 +55,7 @@ def overfitting_note(run: dict[str, Any]) -> str | None:
 def plot(run: dict[str, Any], path: str | Path, title: str = "Training curve") -> Path | None:
     """A PNG of the losses (left) and the evaluation accuracy (right) per step, the kept checkpoint marked; None when
     the run recorded no evaluation."""
-    from compare.report import plotting, save_figure
+    from core.plots import plotting, save_figure
 
     points = curve(run)
     if not points["eval"]:

@@ -232,7 +232,7 @@ def _trial_record(trial) -> dict[str, Any]:
 def plot_trials(result: dict[str, Any], path: Path) -> Path:
     """search.png: each trial's evaluation accuracy against its learning rate; pruned trials hollow, the best
     starred."""
-    from compare.report import plotting, save_figure
+    from core.plots import plotting, save_figure
 
     with plotting() as plt:
         fig, ax = plt.subplots(figsize=(7, 4))

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from rag.chain import LlmRagClassifier, LlmUnavailable, llm_classifier, llm_from_env
 from rag.classifier import ArtifactError, RagClassifier, vote
 from rag.config import RagConfig
 from rag.embed import Embedder, EmbedderError
+from rag.errors import LlmUnavailable
 from rag.index import VectorIndex
+
+_LLM_MODE = ("LlmRagClassifier", "llm_classifier", "llm_from_env")
+"""Names of the LLM mode (`rag.chain`): imported on first use, so that retrieval alone never loads LangChain."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LLM_MODE:
+        import rag.chain
+
+        return getattr(rag.chain, name)
+    raise AttributeError(f"module 'rag' has no attribute {name!r}")
 
 
 def load(directory: str | Path, embedder: Embedder | str | None = None) -> RagClassifier:

@@ -34,6 +34,7 @@ from pydantic import ConfigDict
 
 from core.types import Prediction
 from rag.classifier import EVIDENCE_SIZE, RagClassifier
+from rag.errors import LlmUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +47,6 @@ SYSTEM_PROMPT = (
     "The labeled tweets below are the ones most similar to the tweet to classify; use them as guidance."
 )
 HUMAN_PROMPT = "Labeled examples:\n{examples}\n\nTweet: {query}\nLabel:"
-
-
-class LlmUnavailable(RuntimeError):
-    """No LLM is configured, or the configured one cannot be created here."""
 
 
 class IndexRetriever(BaseRetriever):

@@ -37,3 +37,31 @@ def test_no_pickle_loading_in_the_code():
         if re.search(r"torch\.load\((?![^)]*weights_only\s*=\s*True)", text):
             offenders.append(str(path.relative_to(REPO)))
     assert offenders == []
+
+
+def test_retrieval_alone_never_imports_langchain():
+    """LangChain is the LLM mode's: importing the retrieval backend, the comparison CLI or the plots loads none of it
+    (it costs seconds and memory at start-up)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rag, compare.run, core.plots; from rag import LlmUnavailable; "
+        "print(sorted(m for m in sys.modules if m.startswith(('langchain', 'langgraph'))))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert loaded.stdout.strip() == "[]"
+    code = "import sys; from rag import llm_from_env; print('langchain_core' in sys.modules)"
+    on_use = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert on_use.stdout.strip() == "True"  # the LLM mode still there, on first use
+
+
+def test_plotting_lives_below_the_backends():
+    """The backends draw with core.plots; none imports the comparison layer to plot (it once did, in a cycle)."""
+    offenders = [
+        str(path.relative_to(REPO))
+        for package in ("finetune", "rag")
+        for path in (REPO / package).rglob("*.py")
+        if re.search(r"^\s*(from|import) (compare|serving)\b", path.read_text(), re.MULTILINE)
+    ]
+    assert offenders == []
