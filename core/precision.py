@@ -296,8 +296,14 @@ class OrtGraph:
             )
             program.save(str(path))
             if quantize:
+                import onnx
                 from onnxruntime.quantization import QuantType, quantize_dynamic
 
+                # The exporter's recorded intermediate shapes can contradict ONNX's own inference (a classifier's
+                # head: 384 vs 3), which the quantizer re-runs: drop them and let it infer its own.
+                proto = onnx.load(str(path))
+                proto.graph.ClearField("value_info")
+                onnx.save(proto, str(path))
                 quantized = Path(folder) / "model.int8.onnx"
                 # Without VNNI, u8 x s8 products can saturate in ONNX Runtime's AVX2 kernels: 7-bit weights avoid it.
                 quantize_dynamic(

@@ -109,8 +109,9 @@ class TextClassifier:
         precision = "int8" if self.quantized else self.variant.precision
         return {"precision": precision, "runtime": self.variant.runtime, "why": self.serving_why}
 
-    def serve_as(self, variant: Variant, why: str | None = None) -> str | None:
-        """Serve `variant` from now on, compiled and checked at once; None, or why it cannot (then fp32 is served).
+    def serve_as(self, variant: Variant, why: str | None = None, now: bool = True) -> str | None:
+        """Serve `variant` from now on, compiled and checked at once (or at the next prediction, unless `now`); None,
+        or why it cannot (then fp32 is served).
 
         A model loaded with int8 layers (`quantized`) serves them as they are: it has no fp32 weights to vary."""
         if self.quantized:
@@ -118,7 +119,7 @@ class TextClassifier:
         with self._lock:
             self.variant, self._traced = variant, None
             self.serving_why = why or f"{variant.name} as set"
-            if variant == FP32:
+            if variant == FP32 or not now:  # compiled at the next prediction, on the thread that makes it
                 return None
             self._traced = compile_logits(self.model, self.tokenizer, variant)
             if self._traced:

@@ -64,12 +64,13 @@ class Embedder:
         """The precision and runtime served, and why (the report's row and /api/models show it)."""
         return {"precision": self.variant.precision, "runtime": self.variant.runtime, "why": self.serving_why}
 
-    def serve_as(self, variant: Variant, why: str | None = None) -> str | None:
-        """Serve `variant` from now on, compiled and checked at once; None, or why it cannot (then fp32 is served)."""
+    def serve_as(self, variant: Variant, why: str | None = None, now: bool = True) -> str | None:
+        """Serve `variant` from now on, compiled and checked at once (or at the next embedding, unless `now`); None, or
+        why it cannot (then fp32 is served)."""
         with self._trace_lock:
             self.variant, self._traced = variant, None
             self.serving_why = why or f"{variant.name} as set"
-            if variant == FP32:
+            if variant == FP32 or not now:  # compiled at the next prediction, on the thread that makes it
                 return None
             self._traced = _trace_transformer(self.model, variant)
             if self._traced:
