@@ -119,7 +119,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
             kwargs.update(type=base, metavar=base.__name__.upper())
         else:  # pragma: no cover - configs use only the types above
             raise TypeError(f"no flag type for {field.name}: {hint}")
-        parser.add_argument(_flag(field.name), **kwargs)
+        parser.add_argument(_flag(field.name), *field.metadata.get("aliases", ()), **kwargs)
 
 
 def config_from_args(config_cls: type[T], args: argparse.Namespace) -> T:

@@ -1,6 +1,8 @@
 """Build the retrieval index from labeled data: ``python -m rag.build --data SRC --train-size N --out DIR``.
 
-Every field of `RagConfig` is a flag (``--k``, ``--weighting``, ``--index-type``, ``--no-tune``...).
+Every field of `RagConfig` is a flag (``--k``, ``--weighting``, ``--index flat|hnsw|ivfpq|auto``,
+``--vector-store URI``, ``--no-tune``...). The embeddings stream to ``<out>.vectors.npy`` chunk by chunk (bounded
+memory, a progress bar); an interrupted build started again with the same flags resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -14,16 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from core.cli import run_job
 from core.data import label_names, load_tweets, stratified_sample
-from core.files import refuse_to_replace
+from core.files import atomic_write_json, read_json, refuse_to_replace
 from core.settings import resolve
 from core.types import Progress
-from rag.classifier import RagClassifier, label_ids_of
+from rag.classifier import RagClassifier, label_ids_of, vote
 from rag.config import RagConfig
-from rag.embed import Embedder
-from rag.index import VectorIndex
+from rag.embed import PROGRESS_CHUNK, Embedder
+from rag.engine import QdrantIndex, connect
+from rag.index import VectorIndex, choose_index, exact_search, tune_effort
 from rag.tuning import tune_vote
 
 logger = logging.getLogger(__name__)
@@ -36,6 +40,8 @@ def build_classifier(
     progress: Progress | None = None,
     show_progress: bool = True,
     vectors: np.ndarray | None = None,
+    vectors_path: str | Path | None = None,
+    overwrite: bool = False,
 ) -> RagClassifier:
     """Embed and index the labeled examples of `dataset` (default: the train split of ``cfg.data``); what
     `RagClassifier.build` does.
@@ -46,6 +52,8 @@ def build_classifier(
     Args:
         progress: ``progress(fraction, message)`` for a UI progress bar.
         vectors: `dataset`'s rows already embedded by `embedder`, in order (they are not embedded again).
+        vectors_path: stream the embeddings to this ``.npy`` file and resume from it (`embed_resumable`).
+        overwrite: replace the examples of an existing ``cfg.vector_store`` collection.
     """
     start = time.perf_counter()
     tell = progress or (lambda fraction, message: None)
@@ -56,7 +64,17 @@ def build_classifier(
     names = list(cfg.labels) if cfg.labels is not None else label_names(dataset)
     tell(0.0, "loading the embedder")
     embedder = embedder or Embedder.load(cfg.embedder, batch_size=cfg.batch_size)
-    if vectors is None:
+    if cfg.vector_store:  # an engine that is unreachable or holds another collection is refused before the work
+        QdrantIndex.check(cfg.vector_store, embedder.dim, names, overwrite)
+    if vectors is None and vectors_path is not None:
+        vectors = embed_resumable(
+            embedder,
+            texts,
+            vectors_path,
+            show_progress=show_progress,
+            progress=lambda done, total: tell(0.9 * done / total, f"embedding {done}/{total} examples"),
+        )
+    elif vectors is None:
         vectors = embedder.encode(
             texts,
             show_progress=show_progress,
@@ -65,10 +83,18 @@ def build_classifier(
     elif len(vectors) != len(texts) or cfg.train_size is not None:
         raise ValueError(f"got {len(vectors)} vectors for {len(texts)} examples (and no train_size may resample them)")
     embed_seconds = time.perf_counter() - start
-    params, tuning = _vote_settings(cfg, vectors, label_ids_of(labels, names), len(names), tell)
-    tell(0.95, f"indexing ({cfg.index_type})")
-    index = VectorIndex.create(cfg.index_type, embedder.dim, train_vectors=vectors)
-    index.add(vectors)
+    label_ids = label_ids_of(labels, names)
+    params, tuning = _vote_settings(cfg, vectors, label_ids, len(names), tell)
+    kind, why = choose_index(cfg.index_type, len(vectors), embedder.dim, cfg.index_memory_gb)
+    index_start = time.perf_counter()
+    measured = None
+    if cfg.vector_store:
+        tell(0.95, f"writing {len(texts):,} examples to the vector engine")
+        kind, why = "qdrant", f"the examples are in the vector engine at {cfg.vector_store}"
+        index = write_to_store(cfg.vector_store, vectors, texts, labels, names, embedder.name, overwrite)
+    else:
+        tell(0.95, f"indexing ({kind}: {why})")
+        index, measured = index_vectors(kind, vectors, label_ids, len(names), params, cfg.recall_queries)
     seconds = time.perf_counter() - start
     meta = {
         "data_source": data_source,
@@ -78,13 +104,133 @@ def build_classifier(
         "embed_seconds": round(embed_seconds, 2),
         "embed_texts_per_second": round(len(texts) / embed_seconds, 1),
         "tuning": tuning,
+        "index": {
+            "requested": cfg.index_type,
+            "chosen": kind,
+            "why": why,
+            "seconds": round(time.perf_counter() - index_start, 2),
+        },
+        "approximate": measured,
         "config": asdict(cfg),
         "added": 0,
     }
     tell(1.0, f"built a {len(texts)}-example index in {seconds:.0f} s")
     k, weighting = params["k"], params["weighting"]
-    logger.info("Built a %d-example %s index in %.1f s (k=%d, %s)", len(texts), index.kind, seconds, k, weighting)
+    logger.info("Built a %d-example %s index in %.1f s (k=%d, %s): %s", len(texts), kind, seconds, k, weighting, why)
+    if measured:
+        logger.info(
+            "Approximate search at k=%d: recall %.4f, vote agreement %.4f with exact search on %d held-out queries",
+            measured["k"],
+            measured["recall_at_k"],
+            measured["vote_agreement"],
+            measured["queries"],
+        )
     return RagClassifier(embedder, index, texts, labels, **params, label_names=names, meta=meta)
+
+
+def index_vectors(
+    kind: str,
+    vectors: np.ndarray,
+    label_ids: np.ndarray,
+    n_labels: int,
+    params: dict[str, Any],
+    recall_queries: int = 500,
+) -> tuple[VectorIndex, dict[str, Any] | None]:
+    """An index of `kind` over `vectors`, and for an approximate one what it measured against exact search.
+
+    The last `recall_queries` rows (at most a tenth) are held out while the approximate index is filled: their
+    exact and approximate neighbours at the served ``params["k"]`` give recall@k and how often the vote
+    (``params``' weighting) is the same; the search effort is raised until recall >= 0.95 and agreement >= 99%
+    (`rag.index.tune_effort`). Then they join the index. Returns ``(index, measured or None)``.
+    """
+    dim = vectors.shape[1]
+    if kind == "flat":
+        index = VectorIndex.create("flat", dim)
+        index.fill(vectors)
+        return index, None
+    n = len(vectors)
+    held = max(1, min(recall_queries, n // 10))
+    kept, queries = vectors[: n - held], np.ascontiguousarray(vectors[n - held :], dtype=np.float32)
+    index = VectorIndex.create(kind, dim, train_vectors=kept)
+    index.fill(kept)
+    k = max(1, min(int(params["k"]), len(kept)))
+    exact_scores, exact_ids = exact_search(queries, kept, k)
+
+    def votes(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        return vote(scores, ids, label_ids, n_labels, params["weighting"], params["temperature"]).argmax(axis=1)
+
+    exact_votes = votes(exact_scores, exact_ids)
+    measured = tune_effort(index, queries, exact_ids, k, lambda s, i: float(np.mean(votes(s, i) == exact_votes)))
+    index.fill(queries)  # every example is searchable: the held-out rows join the main index
+    return index, measured
+
+
+def write_to_store(
+    uri: str,
+    vectors: np.ndarray,
+    texts: list[str],
+    labels: list[str],
+    names: list[str],
+    embedder: str,
+    overwrite: bool = False,
+) -> QdrantIndex:
+    """A new collection at `uri` holding every example (vector, text, label); nothing is left there on failure."""
+    index = QdrantIndex.create(uri, vectors.shape[1], names, embedder, overwrite=overwrite)
+    try:
+        for lo in range(0, len(vectors), PROGRESS_CHUNK):
+            hi = lo + PROGRESS_CHUNK
+            rows = zip(texts[lo:hi], labels[lo:hi], strict=True)
+            payloads = [{"text": t, "label": lb, "teach_id": -1} for t, lb in rows]
+            index.add(np.ascontiguousarray(vectors[lo:hi], dtype=np.float32), payloads)
+    except BaseException:
+        index.drop()
+        raise
+    return index
+
+
+def embed_resumable(
+    embedder: Embedder,
+    texts: list[str],
+    path: str | Path,
+    show_progress: bool = True,
+    progress: Progress | None = None,
+    chunk: int = PROGRESS_CHUNK,
+) -> np.ndarray:
+    """Embed `texts` into the ``.npy`` file `path` one chunk at a time and return it memory-mapped.
+
+    Memory stays bounded (one chunk of texts in the model, the vectors on disk); ``<path>.progress.json`` records
+    how many rows are done, for this embedder and these texts, after each chunk is flushed, so a run that was
+    interrupted resumes at the first chunk not recorded.
+    """
+    path = Path(path)
+    state_path = path.with_name(path.name + ".progress.json")
+    fingerprint = {"embedder": embedder.name, "rows": len(texts), "dim": embedder.dim,
+                   "probe": round(float(embedder.probe.sum()), 5), "first": texts[0] if texts else "",
+                   "last": texts[-1] if texts else ""}  # fmt: skip
+    done = 0
+    if path.is_file() and state_path.is_file():
+        try:
+            state = read_json(state_path, "embedding progress")
+        except ValueError:
+            state = {}
+        if state.get("for") == fingerprint:
+            done = int(state.get("done", 0))
+    if done:
+        out = np.load(path, mmap_mode="r+")
+        logger.info("Resuming the embedding at %d of %d texts (%s)", done, len(texts), path)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(texts), embedder.dim))
+    with tqdm(total=len(texts), initial=done, desc="Embedding", unit="text", disable=not show_progress) as bar:
+        for lo in range(done, len(texts), chunk):
+            hi = min(lo + chunk, len(texts))
+            out[lo:hi] = embedder.encode(texts[lo:hi])
+            out.flush()
+            atomic_write_json(state_path, {"for": fingerprint, "done": hi})
+            bar.update(hi - lo)
+            if progress is not None:
+                progress(hi, len(texts))
+    return np.load(path, mmap_mode="r")
 
 
 def _examples(cfg: RagConfig, dataset) -> tuple[Any, str]:
@@ -118,9 +264,14 @@ def build_index(cfg: RagConfig, overwrite: bool = False) -> RagClassifier:
     """Build the index described by `cfg` and save it to ``cfg.out`` (refusing to replace one unless `overwrite`)."""
     out = Path(cfg.out)
     refuse_to_replace(out, "an index", overwrite)
-    classifier = RagClassifier.build(cfg)
+    if cfg.vector_store:
+        connect(cfg.vector_store)  # an engine that does not answer is refused before anything loads
+    vectors_path = out.with_name(out.name + ".vectors.npy")
+    classifier = build_classifier(cfg, vectors_path=vectors_path, overwrite=overwrite)
     classifier.save(out)
     classifier.directory = out
+    for done in (vectors_path, vectors_path.with_name(vectors_path.name + ".progress.json")):
+        done.unlink(missing_ok=True)  # the index holds the vectors now
     return classifier
 
 
@@ -141,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "weighting": classifier.weighting,
         "temperature": classifier.temperature,
         "validation_accuracy": chosen.get("accuracy"),
+        "index": classifier.index_summary(),
         "build_seconds": meta["build_seconds"],
     }
     print(json.dumps(summary, indent=2))

@@ -12,7 +12,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,6 +21,7 @@ from core.settings import screen_name
 from core.types import LABELS, Prediction, check_labels, check_texts
 from rag.config import WEIGHTINGS, RagConfig
 from rag.embed import Embedder, EmbedderError
+from rag.engine import QdrantIndex, VectorStoreError
 from rag.index import IndexFileError, VectorIndex
 from rag.teachlog import TeachLog
 
@@ -255,20 +255,20 @@ class RagClassifier:
         blank = [i for i, t in enumerate(texts) if not t.strip()]
         if blank:
             raise ValueError(f"add() got empty text at position(s) {blank[:10]}")
-        new_ids = self._to_ids(labels)
+        self._to_ids(labels)  # unknown labels are refused before the embedder runs
         vectors = self.embedder.encode(texts)
         with self._lock:
-            index = VectorIndex(faiss.clone_index(self.index.index))
-            index.add(vectors)
-            all_texts = self._texts + texts
-            all_ids = np.concatenate([self._label_ids, new_ids])
-            teach_ids = np.concatenate([self._teach_ids, np.full(len(texts), -1, dtype=np.int64)])
-            meta = {**self.meta, "size": len(all_texts), "added": self.meta.get("added", 0) + len(texts)}
-            if self.directory is not None:
-                self._write(self.directory, index, all_texts, all_ids, meta, teach_ids)
-            self.index, self._texts, self._label_ids, self.meta = index, all_texts, all_ids, meta
-            self._teach_ids = teach_ids
-            return len(all_texts)
+            before, meta = len(self._texts), self.meta
+            try:
+                self._append(vectors, texts, labels, [-1] * len(texts))  # in place: the index is never copied
+                self.meta = {**meta, "size": len(self._texts), "added": meta.get("added", 0) + len(texts)}
+                if self.directory is not None:
+                    self._write(self.directory, self.index, self._texts, self._label_ids, self.meta, self._teach_ids)
+            except BaseException:  # all or nothing: take the new rows out again
+                self._truncate(before)
+                self.meta = meta
+                raise
+            return len(self._texts)
 
     # --- taught examples: an append-only log, replayed at load ---------------------------------------------------
 
@@ -327,11 +327,17 @@ class RagClassifier:
     def forget(self, teach_id: int) -> bool:
         """Remove taught example `teach_id` (recorded in the log first); False when there is no such live example.
 
+        Taught examples sit in the index's exact delta (or the engine), so any index removes them, unless an
+        approximate index was rebuilt with them inside.
+
         Raises:
-            ValueError: the index is approximate (hnsw, ivf): it cannot remove single examples.
+            ValueError: the example is inside an approximate (hnsw, ivf) main index: it cannot remove single rows.
         """
-        if self.index.kind != "flat":
-            raise ValueError(f"taught examples can be removed from a flat index only, not {self.index.kind}")
+        with self._lock:
+            positions = self._positions({int(teach_id)})
+            if len(positions) and not self.index.removable(positions):
+                kind = self.index.kind
+                raise ValueError(f"this taught example is in the {kind} index itself, which cannot remove it")
         if self.log is None or self.log.remove(int(teach_id)) is None:
             return False
         with self._lock:
@@ -344,18 +350,32 @@ class RagClassifier:
         return set(self._teach_ids[self._teach_ids >= 0].tolist())
 
     def _append(self, vectors: np.ndarray, texts: list[str], labels: list[str], teach_ids: list[int]) -> None:
-        self.index.add(vectors)
+        payloads = None
+        if self.index.stores_examples:  # an engine keeps each example's text and label with its vector
+            rows = zip(texts, labels, teach_ids, strict=True)
+            payloads = [{"text": t, "label": lb, "teach_id": int(i)} for t, lb, i in rows]
+        self.index.add(vectors, payloads)
         self._texts.extend(texts)
         self._label_ids = np.concatenate([self._label_ids, self._to_ids(labels)])
         self._teach_ids = np.concatenate([self._teach_ids, np.asarray(teach_ids, dtype=np.int64)])
 
+    def _truncate(self, size: int) -> None:
+        """Take out every row after the first `size` (undo an `add` that could not be saved)."""
+        self.index.truncate(size)
+        del self._texts[size:]
+        self._label_ids, self._teach_ids = self._label_ids[:size], self._teach_ids[:size]
+
+    def _positions(self, teach_ids: set[int]) -> np.ndarray:
+        return np.flatnonzero(np.isin(self._teach_ids, list(teach_ids))) if teach_ids else np.zeros(0, np.int64)
+
     def _drop(self, teach_ids: set[int]) -> None:
-        positions = np.flatnonzero(np.isin(self._teach_ids, list(teach_ids))) if teach_ids else []
+        positions = self._positions(teach_ids)
         if len(positions) == 0:
             return
-        if self.index.kind != "flat":
-            raise ValueError(f"taught examples can be removed from a flat index only, not {self.index.kind}")
-        self.index.index.remove_ids(np.asarray(positions, dtype=np.int64))  # a flat index renumbers the rest
+        if not self.index.removable(positions):
+            kind = self.index.kind
+            raise ValueError(f"these taught examples are in the {kind} index itself, which cannot remove them")
+        self.index.remove_ids(positions)  # later rows move up, as here
         gone = set(positions.tolist())
         self._texts = [t for i, t in enumerate(self._texts) if i not in gone]
         self._label_ids = np.delete(self._label_ids, positions)
@@ -370,7 +390,7 @@ class RagClassifier:
         if self.log is None or self.directory is None:
             return 0
         with self._lock:
-            index = VectorIndex(faiss.clone_index(self.index.index))
+            index = self.index.snapshot()  # shares the main index, copies only the delta
             texts, label_ids, teach_ids = list(self._texts), self._label_ids.copy(), self._teach_ids.copy()
             meta = dict(self.meta)
         self._write(self.directory, index, texts, label_ids, {**meta, "size": len(texts)}, teach_ids)
@@ -383,15 +403,29 @@ class RagClassifier:
         embedder = screen_name(self.embedder.name)
         return (
             f"kNN vote (k={self.k}, {vote_kind}) over {self.size:,} labeled examples embedded with {embedder} "
-            f"({self.index.kind} index)"
+            f"({self.index_summary()})"
+        )
+
+    def index_summary(self) -> str:
+        """Where the examples are searched and, for approximate search, how close to exact it measured at build:
+        ``hnsw index, recall@300 0.97, vote agreement 99.6% vs exact``."""
+        kind = self.index.kind
+        where = f"Qdrant collection {self.index.collection}" if self.index.stores_examples else f"{kind} index"
+        measured = self.meta.get("approximate") or {}
+        if measured.get("recall_at_k") is None:
+            return where
+        return (
+            f"{where}, recall@{measured['k']} {measured['recall_at_k']:.3f}, vote agreement "
+            f"{100 * measured['vote_agreement']:.1f}% vs exact"
         )
 
     def copy(self) -> RagClassifier:
-        """An independent in-memory copy (same embedder, cloned index, no directory): `add` on it saves nothing."""
+        """An independent in-memory copy (same embedder, no directory): `add` on it saves nothing and changes only
+        the copy. The main index is shared, not copied (neither changes it in place; see `VectorIndex.snapshot`)."""
         with self._lock:
             return RagClassifier(
                 self.embedder,
-                VectorIndex(faiss.clone_index(self.index.index)),
+                self.index.snapshot(),
                 list(self._texts),
                 [self.labels[i] for i in self._label_ids],
                 k=self.k,
@@ -405,7 +439,7 @@ class RagClassifier:
     def memory_bytes(self) -> int:
         """Approximate memory held: the index vectors, the example texts and the embedder's weights
         (`Embedder.weight_bytes`)."""
-        vectors = self.index.index.ntotal * self.index.dim * 4
+        vectors = self.index.nbytes()
         texts = sum(len(t.encode("utf-8")) for t in self._texts)
         return int(vectors + texts + self.embedder.weight_bytes())
 
@@ -445,6 +479,7 @@ class RagClassifier:
             "embedder": self.embedder.name,
             "embedding_dim": index.dim,
             "index_type": index.kind,
+            "search_effort": index.effort,
             "size": len(texts),
             "k": self.k,
             "weighting": self.weighting,
@@ -453,14 +488,22 @@ class RagClassifier:
             "probe_embedding": self.embedder.probe.round(6).tolist(),
             "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if self.index.stores_examples:  # the engine holds vectors, texts and labels: run.json only says where
+            run["vector_store"] = {"uri": self.index.uri, "collection": self.index.collection}
+            with dir_lock(directory), staged_dir(directory) as stage:
+                (stage / RUN_FILE).write_text(dumps_json(run), encoding="utf-8")
+            return
         columns = {"text": texts, "label": [self.labels[i] for i in label_ids]}
         if teach_ids is not None and (teach_ids >= 0).any():  # rows folded in from the teach log keep their ids
             columns["teach_id"] = teach_ids.tolist()
         table = pa.table(columns)
         with dir_lock(directory), staged_dir(directory) as stage:
-            index.save(stage / INDEX_FILE)
+            index.save(stage / INDEX_FILE, replaces=directory / INDEX_FILE)
             pq.write_table(table, stage / EXAMPLES_FILE)
             (stage / RUN_FILE).write_text(dumps_json(run), encoding="utf-8")
+        for written in {id(index): index, id(self.index): self.index}.values():
+            if getattr(written, "index", None) is index.index:  # the main index is now that file (linked next time)
+                written.source = directory / INDEX_FILE
 
     @classmethod
     def load(cls, directory: str | Path, embedder: Embedder | str | None = None) -> RagClassifier:
@@ -474,26 +517,19 @@ class RagClassifier:
         if not directory.is_dir():
             raise ArtifactError(f"{directory}: no such index directory (build one with `python -m rag.build`)")
         run = _read_run(directory)
-        table = _read_examples(directory)
-        try:
-            index = VectorIndex.load(directory / INDEX_FILE)
-        except IndexFileError as err:
-            raise ArtifactError(str(err)) from err
-        if len(index) != table.num_rows or run.get("size") != table.num_rows:
-            raise ArtifactError(
-                f"{directory}: the index holds {len(index)} vectors, examples.parquet {table.num_rows} rows and "
-                f"run.json says {run.get('size')}: the files do not belong together"
-            )
+        if run.get("vector_store"):
+            index, texts, labels, teach_ids = _open_store(directory, run)
+        else:
+            index, texts, labels, teach_ids = _read_files(directory, run)
         if not isinstance(embedder, Embedder):
             embedder = Embedder.load(embedder or _recorded_embedder(run))
         _check_embedder(directory, run, index.dim, embedder)
-        teach_ids = table.column("teach_id").to_pylist() if "teach_id" in table.column_names else None
         try:
             classifier = cls(
                 embedder,
                 index,
-                table.column("text").to_pylist(),
-                table.column("label").to_pylist(),
+                texts,
+                labels,
                 k=run["k"],
                 weighting=run["weighting"],
                 temperature=run["temperature"],
@@ -541,6 +577,37 @@ def _read_run(directory: Path) -> dict[str, Any]:
     if not isinstance(run, dict) or run.get("backend") != "rag" or run.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{directory / RUN_FILE}: not a run.json of a format-{FORMAT_VERSION} RAG index")
     return run
+
+
+def _read_files(directory: Path, run: dict[str, Any]) -> tuple[VectorIndex, list, list, list | None]:
+    """The saved FAISS index and its examples: ``(index, texts, labels, teach_ids or None)``."""
+    table = _read_examples(directory)
+    try:
+        index = VectorIndex.load(directory / INDEX_FILE)
+    except IndexFileError as err:
+        raise ArtifactError(str(err)) from err
+    if len(index) != table.num_rows or run.get("size") != table.num_rows:
+        raise ArtifactError(
+            f"{directory}: the index holds {len(index)} vectors, examples.parquet {table.num_rows} rows and "
+            f"run.json says {run.get('size')}: the files do not belong together"
+        )
+    if run.get("search_effort") and index.kind == run.get("index_type"):
+        index.effort = int(run["search_effort"])
+    teach_ids = table.column("teach_id").to_pylist() if "teach_id" in table.column_names else None
+    return index, table.column("text").to_pylist(), table.column("label").to_pylist(), teach_ids
+
+
+def _open_store(directory: Path, run: dict[str, Any]) -> tuple[QdrantIndex, list, list, list]:
+    """The engine collection run.json names, and its examples read back from it."""
+    store = run["vector_store"]
+    try:
+        index, payloads = QdrantIndex.open(store["uri"], int(run["embedding_dim"]), run.get("labels", LABELS))
+    except (VectorStoreError, KeyError, TypeError) as err:
+        raise ArtifactError(f"{directory}: {err}") from err
+    if any("text" not in p or "label" not in p for p in payloads):
+        raise ArtifactError(f"{directory}: the collection at {store['uri']} holds points without text and label")
+    teach_ids = [p.get("teach_id", -1) for p in payloads]
+    return index, [p["text"] for p in payloads], [p["label"] for p in payloads], teach_ids
 
 
 def _read_examples(directory: Path) -> pa.Table:

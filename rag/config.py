@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.types import check_labels, normalise_label
+from rag.index import KINDS, MEMORY_GB
 
 WEIGHTINGS = ("uniform", "similarity", "softmax")
-INDEX_TYPES = ("flat", "hnsw", "ivf")
+INDEX_TYPES = ("auto", *KINDS)
 
 
 @dataclass
@@ -29,7 +30,13 @@ class RagConfig:
             the test split), and record the choice in run.json.
         val_size: size of that validation slice.
         k_grid / temperature_grid: the candidates tried when tuning.
-        index_type: ``flat`` (exact, the default), ``hnsw`` or ``ivf`` (approximate, for millions of examples).
+        index_type: ``auto`` (the default: exact search up to 50,000 examples, then HNSW, or IVF-PQ beyond
+            ``index_memory_gb``; see `rag.index.choose_index`), ``flat`` (exact), ``hnsw``, ``ivf`` or ``ivfpq``
+            (approximate: their recall against exact search is measured at build and recorded). Also ``--index``.
+        index_memory_gb: the memory an approximate index may take before ``auto`` trades HNSW for IVF-PQ.
+        recall_queries: held-out examples whose exact and approximate neighbours are compared at build.
+        vector_store: a Qdrant server or cluster (``http://host:6333/COLLECTION``) or ``memory://NAME`` (in this
+            process, for tests) that holds the examples instead of a FAISS index file; see `rag.engine`.
         batch_size: embedding batch size.
         seed: sampling seed.
         out: where the built index is saved.
@@ -46,7 +53,10 @@ class RagConfig:
     val_size: int = 2000
     k_grid: tuple[int, ...] = field(default=(10, 25, 50, 100, 200, 300))
     temperature_grid: tuple[float, ...] = field(default=(0.02, 0.05, 0.1, 0.2))
-    index_type: str = field(default="flat", metadata={"choices": INDEX_TYPES})
+    index_type: str = field(default="auto", metadata={"choices": INDEX_TYPES, "aliases": ("--index",)})
+    index_memory_gb: float = MEMORY_GB
+    recall_queries: int = 500
+    vector_store: str | None = None
     batch_size: int = 32
     seed: int = 0
     out: str = "artifacts/rag"
@@ -66,6 +76,14 @@ class RagConfig:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {INDEX_TYPES}, got {self.index_type!r}")
+        if not self.index_memory_gb > 0:
+            raise ValueError(f"index_memory_gb must be positive, got {self.index_memory_gb}")
+        if self.recall_queries < 1:
+            raise ValueError(f"recall_queries must be at least 1, got {self.recall_queries}")
+        if self.vector_store is not None:
+            from rag.engine import parse_store
+
+            parse_store(self.vector_store)  # a malformed URI is refused before anything runs
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.val_size < 1:

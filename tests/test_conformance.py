@@ -6,8 +6,27 @@ import pytest
 
 from core.types import Classifier, Prediction
 
-BACKENDS = ["rag_built", "finetuned", "emotion_rag", "emotion_finetuned"]  # the default labels, and 4 others
+BACKENDS = ["rag_built", "finetuned", "emotion_rag", "emotion_finetuned", "rag_engine", "rag_hnsw"]
 QUERIES = ["I love this so much!", "worst service ever", "the bus leaves at 5", "", "ok " * 7000, "<script>x</script>"]
+
+
+@pytest.fixture(scope="module")
+def rag_engine(small_train, embedder) -> Classifier:
+    """Retrieval whose examples live in the vector engine (Qdrant's local mode in this process)."""
+    from rag import RagConfig
+    from rag.build import build_classifier
+
+    cfg = RagConfig(tune=False, k=10, vector_store="memory://conformance")
+    return build_classifier(cfg, small_train, embedder=embedder, show_progress=False, overwrite=True)
+
+
+@pytest.fixture(scope="module")
+def rag_hnsw(small_train, embedder) -> Classifier:
+    """Retrieval over an approximate (HNSW) index, its recall measured at build."""
+    from rag import RagClassifier, RagConfig
+
+    cfg = RagConfig(tune=False, k=10, index_type="hnsw", recall_queries=30)
+    return RagClassifier.build(cfg, small_train, embedder=embedder, show_progress=False)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -196,7 +196,9 @@ def test_teach_racing_a_removal_cannot_revive_the_example(service):
     assert result["index_size"] == 300 and EXAMPLE not in rag_index.examples()[0]
 
 
-def test_an_approximate_index_refuses_removal_cleanly(embedder, small_train, tmp_path):
+def test_an_approximate_index_forgets_taught_examples_and_refuses_its_own_rows_cleanly(
+    embedder, small_train, tmp_path
+):
     from rag import RagClassifier, RagConfig
 
     hnsw = RagClassifier.build(
@@ -204,6 +206,14 @@ def test_an_approximate_index_refuses_removal_cleanly(embedder, small_train, tmp
     )
     hnsw.open_log(tmp_path / "log.sqlite")
     [taught] = hnsw.teach([EXAMPLE], ["positive"])
-    with pytest.raises(ValueError, match="flat index only"):
-        hnsw.forget(taught["id"])
-    assert EXAMPLE in hnsw.examples()[0]  # nothing half-done: still taught, in memory and in the log
+    assert hnsw.forget(taught["id"])  # taught examples sit in the exact delta beside the HNSW graph
+    assert EXAMPLE not in hnsw.examples()[0]
+    # A taught example inside the HNSW graph itself (an index rebuilt with it) cannot be taken out of it.
+    texts, labels = hnsw.examples()
+    inside = RagClassifier(
+        embedder, hnsw.index, texts, labels, label_names=hnsw.labels, teach_ids=[-1] * (len(texts) - 1) + [7]
+    )
+    inside.open_log(tmp_path / "log2.sqlite")
+    with pytest.raises(ValueError, match="hnsw index itself, which cannot remove it"):
+        inside.forget(7)
+    assert inside.size == len(texts)  # nothing half-done
