@@ -107,6 +107,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="do not measure a small learning curve at start-up when the artifacts hold none",
     )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "int8", "auto"),
+        help="what the transformers are served at (same as FTRAG_PRECISION; default fp32): auto measures each on the "
+        "validation part and serves the fastest within fp32's accuracy interval; a CPU without the instructions "
+        "serves fp32 and says so",
+    )
+    parser.add_argument("--runtime", choices=("torch", "onnxruntime"), help="same as FTRAG_RUNTIME (default torch)")
     parser.add_argument("--host", default="0.0.0.0" if on_spaces else "127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     return parser.parse_args(argv)
@@ -130,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parse_args(argv)
     setup_logging()
+    for variable, value in (("FTRAG_PRECISION", args.precision), ("FTRAG_RUNTIME", args.runtime)):
+        if value:
+            os.environ[variable] = value  # every loader reads it (core.precision)
     artifacts = Path(args.artifacts)
     if args.artifacts_repo:
         try:

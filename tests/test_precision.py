@@ -212,3 +212,13 @@ def test_a_hybrid_follows_its_parts():
     hybrid = SimpleNamespace(primary=part, secondary=SimpleNamespace(embedder=embedder))
     assert served(hybrid)["why"] == "follows its parts: int8 and onnxruntime fp32"
     assert served(SimpleNamespace()) is None and served_name(None) == "n/a"
+
+
+def test_the_app_takes_the_setting_as_flags():
+    import app
+
+    assert app.parse_args(["--precision", "auto", "--runtime", "onnxruntime"]).precision == "auto"
+    assert app.parse_args([]).precision is None  # FTRAG_PRECISION, else fp32
+    with pytest.raises(SystemExit) as exit_:
+        app.parse_args(["--precision", "fp16"])
+    assert exit_.value.code == 2
