@@ -100,6 +100,9 @@ class BodyLimit:
 
 
 FRAME_ENV_VAR = "FTRAG_FRAME_ANCESTORS"
+PAGE_HEADERS = {"/redoc": [(b"content-security-policy", b"img-src 'self' data:")]}
+"""Headers of single pages. ReDoc's sidebar shows Redocly's logo from their CDN (no option turns it off): this policy
+keeps the browser from fetching it, so /redoc works offline and tells no third party who reads the docs."""
 
 
 class SecurityHeaders:
@@ -128,7 +131,8 @@ class SecurityHeaders:
         async def with_headers(message: dict) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(name, value) for name, value in self.headers if name not in present]
+                ours = [*self.headers, *PAGE_HEADERS.get(scope.get("path", ""), [])]
+                extra = [(name, value) for name, value in ours if name not in present]
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 

@@ -135,9 +135,15 @@ def api_endpoint(fn, inputs: Any, outputs: Any, api_name: str, **options: Any) -
     gr.Button(visible=False).click(fn, inputs, outputs, api_name=api_name, **options)
 
 
+EVIDENCE_HEADERS = ("neighbour", "label", "match", "taught by you")
+EVIDENCE_WIDTHS = ("40%", "26%", "17%", "17%")
+"""The evidence tables' columns: on a phone the label, the match (cosine similarity, 1 = the same text) and whether
+the visitor taught it stay in view beside the text."""
+
+
 def neighbours(result: dict[str, Any]) -> list[list[Any]]:
-    """The evidence table's rows: text, label, similarity, and whether the visitor taught it."""
-    return [[e["text"], e["label"], round(e["score"], 3), "yes" if e.get("own") else ""]
+    """The evidence table's rows: text, label, match (cosine similarity), and whether the visitor taught it."""
+    return [[e["text"], e["label"], round(e["score"], 2), "yes" if e.get("own") else ""]
             for e in result.get("evidence", [])]  # fmt: skip
 
 
@@ -159,8 +165,8 @@ def in_words(name: str, clf: Any) -> str:
     meta = getattr(clf, "meta", None) or {}
     learned = meta.get("train_size") or getattr(clf, "size", None)
     on = f" {learned:,} labeled examples" if isinstance(learned, int) else " the labeled examples"
-    if getattr(clf, "from_scratch", False):
-        return f"**GPT-2 trained from scratch (no pretrained weights) on{on}**"
+    if getattr(clf, "from_scratch", False):  # said on every screen, in its own words (shape, no pretrained weights)
+        return f"**{escape_markdown(hide_paths(clf.describe()), 300)}**"
     if name == "finetune":
         return f"The pretrained model {model_name(meta.get('base_model'))}, fine-tuned on{on}"
     if name in {"rag", "rag-tuned"} and getattr(clf, "k", None):
@@ -193,7 +199,7 @@ def what_is(service: Service, name: str) -> str:
 def evidence_label(service: Service) -> str:
     rag = service.backends.get("rag")
     voters = f": the 10 nearest of the {rag.k} that vote" if rag is not None else ""
-    return f"Labeled tweets the RAG answer rests on{voters}"
+    return f"Labeled tweets the RAG answer rests on{voters} (match: cosine similarity, 1 = the same text)"
 
 
 def column_names(service: Service) -> list[str]:
@@ -375,10 +381,11 @@ def compare_tab(state: App, own: gr.State) -> tuple[dict[str, gr.Markdown], gr.D
                 outputs.append(gr.Markdown(elem_id=f"latency-{name}"))
     gr.Markdown(f"*{LATENCY_NOTE}*")
     evidence = gr.Dataframe(
-        headers=["neighbour", "label", "similarity", "taught by you"],
+        headers=list(EVIDENCE_HEADERS),
         label=evidence_label(service),
         wrap=True,
-        column_widths=["55%", "17%", "14%", "14%"],
+        column_widths=list(EVIDENCE_WIDTHS),
+        elem_id="evidence",
     )
 
     def on_compare(query: str, taught: list[dict[str, Any]] | None = None, cut_long: bool = True):
@@ -469,14 +476,14 @@ def disagreement_view(report: dict[str, Any]) -> dict[str, Any]:
     """The disagreement table with each backend's answer in view: the text gets half the width, the reference and
     every backend share the rest."""
     names, rows = disagreement_rows(report)
-    rest = f"{50 / (len(names) - 1):.0f}%"
-    return gr.update(value={"headers": names, "data": rows}, column_widths=["50%", *[rest] * (len(names) - 1)])
+    return gr.update(value={"headers": names, "data": rows}, column_widths=["60%", *["90px"] * (len(names) - 1)])
 
 
 def plot(label: str, elem_id: str) -> gr.Image:
     """A report plot under a heading of its own (Gradio's label would sit on the plot's title), at full width."""
     gr.Markdown(f"#### {label}")
-    return gr.Image(show_label=False, type="filepath", elem_id=elem_id, elem_classes="plot", buttons=["download"])
+    return gr.Image(show_label=False, type="filepath", elem_id=elem_id, elem_classes="plot",
+                    buttons=["download", "fullscreen"])  # fmt: skip
 
 
 def batch_tab(state: App, visitor_report: gr.State, keep: list[Path]) -> None:
@@ -505,7 +512,8 @@ def batch_tab(state: App, visitor_report: gr.State, keep: list[Path]) -> None:
         with gr.Column(min_width=300):
             reliability = plot("Reliability (calibration)", "reliability-plot")
     per_class = gr.Dataframe(headers=["backend", "label", "precision", "recall", "F1", "support"], label="Per class")
-    disagreements = gr.Dataframe(label="Where the backends disagree", wrap=True, elem_id="disagreements")
+    disagreements = gr.Dataframe(label="Where the backends disagree: each one's answer", wrap=True,
+                                 elem_id="disagreements", pinned_columns=1)  # fmt: skip
     download = gr.File(label="Download the report (zip: JSON, Markdown, CSV and the plots)")
     upload.upload(lambda: False, None, use_test, api_visibility="private")  # a file was given: score the file
 
@@ -702,8 +710,7 @@ def session_view(service: Service, query: str, examples: list[dict[str, Any]]) -
     visitor's own examples) and the list of what they taught and where."""
     mine = [e for e in examples if e.get("vector") is not None]  # shared ones are in the index already
     answer = service.compare_session(query, mine) if query and query.strip() else None
-    rows = [[e["text"], e["label"], round(e["score"], 3), "yes" if e.get("own") else ""]
-            for e in answer["after"]["evidence"]] if answer else []  # fmt: skip
+    rows = neighbours(answer["after"]) if answer else []
     table = [[e["text"], e["label"], f"shared index (id {e['shared_id']})" if e.get("shared_id") else
               "your session"] for e in examples]  # fmt: skip
     if answer is None:
@@ -750,8 +757,8 @@ def teach_tab(state: App, own: gr.State) -> gr.Radio:
     with gr.Row():
         before = gr.Label(label="Before: retrieval said", num_top_classes=5)
         after = gr.Label(label="After: retrieval says", num_top_classes=5)
-    teach_neighbours = gr.Dataframe(headers=["neighbour", "label", "similarity", "taught by you"], wrap=True,
-                                    column_widths=["55%", "17%", "14%", "14%"], elem_id="teach-neighbours",
+    teach_neighbours = gr.Dataframe(headers=list(EVIDENCE_HEADERS), wrap=True, column_widths=list(EVIDENCE_WIDTHS),
+                                    elem_id="teach-neighbours",
                                     label="What the answer rests on now: the 10 nearest labeled examples")  # fmt: skip
     yours = gr.Dataframe(headers=["your example", "label", "where"], wrap=True, label="What you taught",
                          column_widths=["60%", "17%", "23%"])  # fmt: skip
@@ -1118,22 +1125,27 @@ RETRIEVAL_LIKE = {"rag", "rag-tuned", "hybrid", "rag-llm"}
 
 
 def curve_slots(service: Service, slots: int) -> list[Any]:
-    """The Models tab's training-curve images: one per fine-tune, each at the width of the page (a wide plot kept
-    whole), the rest hidden."""
+    """The Models tab's training curves: a caption and an image per fine-tune (the image at the width of the page,
+    a wide plot kept whole, its title clear of any label), the rest hidden."""
     shown = training_curves(service)[:slots]
-    return [gr.update(value=png, label=f"Training curve: {caption}", visible=True) for png, caption in shown] + [
-        gr.update(visible=False)
-    ] * (slots - len(shown))
+    out: list[Any] = []
+    for png, caption in shown:
+        out += [gr.update(value=f"**Training curve**, {escape_markdown(caption, 500)}", visible=True),
+                gr.update(value=png, visible=True)]  # fmt: skip
+    return out + [gr.update(visible=False)] * (2 * (slots - len(shown)))
 
 
-def models_tab(state: App) -> tuple[gr.Markdown, list[gr.Image], gr.Markdown]:
+def models_tab(state: App) -> tuple[gr.Markdown, list[gr.Markdown | gr.Image], gr.Markdown]:
     """The Models tab: each contender in words and its training curve; an operator's details in a fold. A line for
     visitors goes into `models_markdown`; one for operators into `operator_markdown`."""
     service = state.service
     shown = gr.Markdown(elem_id="models")  # filled in when the page loads
     slots = [n for n in column_names(service) if n not in RETRIEVAL_LIKE] or ["finetune"]
-    curves = [gr.Image(type="filepath", visible=False, elem_classes="plot", elem_id=f"training-curve-{i}",
-                       buttons=["download", "fullscreen"]) for i in range(len(slots))]  # fmt: skip
+    curves = []
+    for i in range(len(slots)):
+        curves.append(gr.Markdown(visible=False))
+        curves.append(gr.Image(type="filepath", visible=False, elem_classes="plot", elem_id=f"training-curve-{i}",
+                               show_label=False, buttons=["download", "fullscreen"]))  # fmt: skip
     audit_text, audit_rows = audit_section(service)
     if audit_rows:
         gr.Markdown(audit_text, elem_id="audit")
@@ -1164,8 +1176,13 @@ CSS = """
 #verdict .whisker { position: absolute; top: 8px; height: 2px; background: var(--body-text-color); }
 #verdict .value { font-variant-numeric: tabular-nums; white-space: nowrap; }
 .plot img { background: white; }  /* the plots are drawn for white paper: they stay readable in dark mode */
-.gradio-container td, .gradio-container th { word-break: normal !important; overflow-wrap: normal !important;
-  hyphens: none; }
+/* Tables: a label is never broken mid-word ("neg/ati/ve"); every column after the first is at least as wide as one;
+   the first (the text) takes the rest, and a table wider than a phone scrolls with its first column pinned. */
+.gradio-container td .cell-wrap, .gradio-container th .cell-wrap { word-break: normal !important;
+  overflow-wrap: normal !important; hyphens: none; }
+.gradio-container .text.wrap { word-break: normal !important; overflow-wrap: normal !important; }
+@media (max-width: 640px) { .gradio-container .body-cell, .gradio-container .body-cell *, .gradio-container th,
+  .gradio-container th * { font-size: 12px !important; } }
 #verdict .note { color: var(--body-text-color-subdued); font-size: var(--text-sm); }
 .notice { border: 1px solid var(--color-accent); border-radius: var(--radius-md); padding: 4px 10px;
   align-items: center; }
@@ -1177,7 +1194,8 @@ CSS = """
   flex-direction: row !important;
   position: static !important; flex-wrap: wrap; box-shadow: none; border: none; background: none; padding: 0;
   min-width: 0; }
-.overflow-menu .overflow-dropdown button { padding: var(--size-1) var(--size-3); white-space: nowrap; }
+.overflow-menu .overflow-dropdown button { padding: var(--size-1) var(--size-3); white-space: nowrap;
+  width: auto !important; flex: 0 0 auto !important; }
 @media (max-width: 640px) {
   #verdict .row { grid-template-columns: 6.5em 1fr auto; font-size: var(--text-sm); }
 }
@@ -1230,7 +1248,7 @@ def build_demo(state: App) -> gr.Blocks:
                 *(what_is(service, name) for name in what_lines),
                 gr.update(label=evidence_label(service)),
                 models_markdown(service),
-                *curve_slots(service, len(curves)),
+                *curve_slots(service, len(curves) // 2),
                 operator_markdown(service),
                 gr.update(choices=service.labels()),
                 curve_markdown(state),

@@ -89,7 +89,7 @@ def test_browser_compare_batch_evaluation_and_decide(served_app, tmp_path):
                 page.locator(f"#latency-{name}").get_by_text(" ms").wait_for(timeout=30_000)
             text = page.locator("body").inner_text()
             assert "Fine-tuned model" in text and "Retrieval (RAG)" in text and "that vote" in text
-            assert "kNN vote" in page.locator("#what-rag").inner_text()
+            assert "nearest in meaning" in page.locator("#what-rag").inner_text()
             assert "<b>" not in page.locator("#latency-rag").inner_html()  # user text never becomes markup
             _shot(page, "compare")
 
@@ -218,5 +218,153 @@ def test_your_data_in_the_browser(app_artifacts, serve, shared_dir, monkeypatch,
             finally:
                 _shot(page, "your-data")
             assert "Done" in page.locator("#study-status").inner_text()
+        finally:
+            browser.close()
+
+
+TABS = ("Compare", "Batch evaluation", "Decide", "Your data", "Teach", "Models")
+SCREENS = {"desktop": {"width": 1400, "height": 900}, "phone": {"width": 390, "height": 844}}
+
+
+def _tab(page, name: str) -> None:
+    """Open a tab with one tap: its button must be in view, not folded behind a "..." menu."""
+    button = page.locator("[role=tablist] button, .overflow-dropdown button").filter(
+        has_text=re.compile(f"^{re.escape(name)}$")
+    )
+    expect(button.first).to_be_visible()
+    button.first.click()
+
+
+def _answer(page, name: str) -> str:
+    """The label a Compare column answered ("neutral in 12.3 ms" -> "neutral")."""
+    return page.locator(f"#latency-{name}").inner_text().split()[0]
+
+
+def _no_error_badge(page) -> None:
+    """Gradio marks the outputs of an event that raised with an "Error" badge (and a popup): the page never does."""
+    assert page.get_by_text("Error", exact=True).count() == 0
+    assert page.locator(".toast-body").count() == 0
+
+
+def test_a_stakeholder_reads_every_tab_on_any_screen(served_app, tmp_path):
+    """Every tab at desktop and phone size, light and dark, screenshotted; the landing names the data and the
+    verdict; nothing says "building" once all is up; on the phone every tab is one tap away."""
+    import time
+
+    from serving.ui import START_UP_POLL_S
+
+    sync_playwright = _require_browser()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            for screen, size in SCREENS.items():
+                for scheme in ("light", "dark"):
+                    context = browser.new_context(viewport=size, color_scheme=scheme)
+                    page = context.new_page()
+                    page.goto(served_app + ("?__theme=dark" if scheme == "dark" else ""), wait_until="load")
+                    page.get_by_label("A tweet").wait_for(timeout=60_000)
+                    verdict = page.locator("#verdict")
+                    expect(verdict).to_contain_text("Build: ", timeout=30_000)
+                    said = verdict.inner_text()
+                    assert "Compared:" in said and "Tweet sentiment extraction" in said and "negative" in said
+                    assert re.search(r"\d+\.\d% \[\d+\.\d, \d+\.\d\]", said)  # a value with its interval
+                    assert verdict.bounding_box()["y"] < size["height"]  # above the fold
+                    time.sleep(START_UP_POLL_S + 1)  # a poll would have come by now
+                    assert "building" not in page.locator("body").inner_text().lower()
+                    for tab in TABS:
+                        _tab(page, tab)
+                        _shot(page, f"{screen}-{scheme}-{tab.lower().replace(' ', '-')}")
+                    context.close()
+        finally:
+            browser.close()
+
+
+def test_a_visitor_errs_teaches_and_reads_the_tables(served_app, tmp_path):
+    """A bad input is one dismissable line that leaves the answers in place; a long paste and a Spanish tweet are
+    said; one taught example changes retrieval's answer, in Teach and in Compare; the tables show each backend's
+    answer and the label column; every plot keeps its shape; /redoc asks no other site for anything."""
+    sync_playwright = _require_browser()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            for screen, size in SCREENS.items():
+                page = browser.new_context(viewport=size).new_page()
+                page.goto(served_app, wait_until="load")
+                query = "not sure how I feel about the new update tbh"
+                page.get_by_label("A tweet").fill(query)
+                page.get_by_role("button", name="Compare", exact=True).click()
+                page.locator("#latency-rag").get_by_text(" ms").wait_for(timeout=30_000)
+                before = _answer(page, "rag")
+                page.get_by_label("A tweet").fill("   ")
+                page.get_by_role("button", name="Compare", exact=True).click()
+                expect(page.locator("#compare-error")).to_contain_text("empty", timeout=30_000)
+                assert _answer(page, "rag") == before  # the earlier answer stays
+                _no_error_badge(page)
+                _shot(page, f"{screen}-compare-error")
+                page.locator("#compare-error").get_by_role("button", name="Dismiss").click()
+                expect(page.locator("#compare-error")).to_be_hidden()
+
+                page.get_by_label("A tweet").fill("x" * 10_000)
+                page.get_by_role("button", name="Compare", exact=True).click()
+                expect(page.locator("#compare-note")).to_contain_text("10,000 characters", timeout=30_000)
+                page.get_by_label("A tweet").fill("el servicio fue horrible y nadie me ayudó con la maleta")
+                page.get_by_role("button", name="Compare", exact=True).click()
+                expect(page.locator("#compare-note")).to_contain_text("Spanish", timeout=30_000)
+                _shot(page, f"{screen}-compare-notes")
+
+                taught = next(label for label in ("positive", "negative", "neutral") if label != before)
+                _tab(page, "Teach")
+                page.get_by_role("textbox", name="Example").fill(query)
+                page.get_by_role("radio", name=taught).check()
+                page.get_by_role("button", name="Teach", exact=True).click()
+                expect(page.locator("#teach-message")).to_contain_text(f"Retrieval now says {taught}", timeout=30_000)
+                teach_table = page.locator("#teach-neighbours")
+                for header in ("label", "taught by you"):  # the columns that matter, in view
+                    box = teach_table.get_by_role("columnheader", name=header).first.bounding_box()
+                    assert box and box["x"] + box["width"] <= size["width"]
+                _shot(page, f"{screen}-teach")
+                _tab(page, "Compare")
+                page.get_by_label("A tweet").fill(query)
+                page.get_by_role("button", name="Compare", exact=True).click()
+                expect(page.locator("#compare-note")).to_contain_text("you taught", timeout=30_000)
+                assert _answer(page, "rag") == taught  # Compare in the same session uses it
+
+                _tab(page, "Batch evaluation")
+                page.get_by_role("button", name="Evaluate every backend").click()
+                page.locator("#scored").get_by_text("Scored").wait_for(timeout=180_000)
+                table = page.locator("#disagreements")
+                for name in ("reference", "rag", "finetune"):  # each backend's answer, in view on a desktop
+                    box = table.get_by_role("columnheader", name=name, exact=True).first.bounding_box()
+                    assert box and (screen == "phone" or box["x"] + box["width"] <= size["width"])
+                expect(page.locator("#pairs")).to_contain_text("rag vs finetune")
+                image = page.locator("#confusion-plot img")
+                ratio = image.evaluate("i => (i.naturalWidth / i.naturalHeight) / (i.width / i.height)")
+                assert abs(ratio - 1) < 0.02  # drawn whole, not cropped
+                _shot(page, f"{screen}-batch-evaluation-run")
+                _tab(page, "Your data")
+                mine = tmp_path / "mine.csv"
+                long_text = "a rather long tweet about the weather and the bus and everything else today"
+                mine.write_text("text,label\n" + "".join(f"{long_text} {i},{'ab'[i % 2]}\n" for i in range(80)))
+                page.locator("#study-upload input[type=file]").set_input_files(str(mine))
+                page.locator("#study-preview").get_by_text("80 rows").wait_for(timeout=60_000)
+                box = page.locator("#study-first-rows").get_by_role("columnheader", name="label").first.bounding_box()
+                assert box and box["x"] + box["width"] <= size["width"]  # the label column is in view
+                _tab(page, "Models")
+                curve = page.locator("#training-curve-0 img")
+                expect(curve).to_be_visible()
+                assert abs(curve.evaluate("i => (i.naturalWidth / i.naturalHeight) / (i.width / i.height)") - 1) < 0.02
+                page.context.close()
+
+            finished: list[str] = []
+            failed: list[tuple[str, str]] = []
+            page = browser.new_page()
+            page.on("requestfinished", lambda request: finished.append(request.url))
+            page.on("requestfailed", lambda request: failed.append((request.url, request.failure or "")))
+            page.goto(served_app + "redoc", wait_until="networkidle")
+            page.get_by_text("API docs by Redocly").wait_for(timeout=30_000)  # the sidebar whose logo is on a CDN
+            ours = (served_app, "blob:", "data:")
+            assert finished and all(url.startswith(ours) for url in finished), finished
+            # Redocly's logo is never fetched: the page's policy blocks it in the browser (no network needed to fail).
+            assert all("csp" in why.lower() for url, why in failed if not url.startswith(ours)), failed
         finally:
             browser.close()
