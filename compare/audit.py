@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 
 from core.cli import run_job
+from core.config import JobConfig
 from core.data import label_names, leak_report, load_tweets, stratified_sample
 from core.files import atomic_write, atomic_write_json, check_new_output
 from core.split import Split
-from core.types import check_labels, normalise_label
 from finetune.protocol import MIN_STEPS
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ AUDIT_FILE, SUSPECTS_FILE = "audit.json", "suspects.csv"
 
 
 @dataclass
-class AuditConfig:
+class AuditConfig(JobConfig):
     """What to audit and how strict to be.
 
     Args:
@@ -71,8 +71,6 @@ class AuditConfig:
         out: where audit.json and suspects.csv go.
     """
 
-    data: str | None = None
-    labels: tuple[str, ...] | None = None
     train_size: int | None = None
     embedder: str | None = None
     folds: int = 5
@@ -86,12 +84,10 @@ class AuditConfig:
     epochs: float = 1.0
     min_steps: int = MIN_STEPS
     test_limit: int | None = None
-    seed: int = 0
     out: str = "artifacts/audit"
 
     def __post_init__(self) -> None:
-        if self.labels is not None:
-            self.labels = tuple(check_labels([normalise_label(name) for name in self.labels]))
+        super().__post_init__()  # data, labels, seed, out (core.config)
         if self.folds < 2:
             raise ValueError(f"folds must be at least 2, got {self.folds}")
         if self.k < 1 or self.top < 1:

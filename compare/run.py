@@ -24,10 +24,11 @@ from compare.hybrid import default_hybrid
 from compare.report import write_report
 from compare.update import knowledge_update
 from core.cli import parse_config, setup_logging
+from core.config import JobConfig
 from core.data import DataError, label_names, load_tweets, stratified_indices
 from core.files import ArtifactError, check_writable, read_json
 from core.settings import SourceError, resolve
-from core.types import check_labels, check_same_labels, normalise_label
+from core.types import check_same_labels
 from rag.errors import LlmUnavailable
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ TUNING_KEYS = ("data_source", "base_embedder", "train_size", "loss", "steps", "s
 
 
 @dataclass
-class RunConfig:
+class RunConfig(JobConfig):
     """What ``python -m compare.run`` compares, on which texts, and how it prices them.
 
     Args:
@@ -67,20 +68,16 @@ class RunConfig:
     rag_llm: bool = False
     quantize: bool = False
     hybrid: bool = True
-    data: str | None = None
     split: str = "test"
-    labels: tuple[str, ...] | None = None
     limit: int | None = None
-    seed: int = 0
     latency_queries: int = 100
     hourly_price: float = DEFAULT_HOURLY_PRICE_USD
     update_examples: int = 500
     out: str = "artifacts/report"
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # data, labels, seed, out (core.config)
         self.finetune = tuple(self.finetune) if self.finetune else None
-        if self.labels is not None:
-            self.labels = tuple(check_labels([normalise_label(name) for name in self.labels]))
         if not self.finetune and not self.rag and not self.rag_tuned:
             raise ValueError("give at least one backend: --finetune DIR, --rag DIR and/or --rag-tuned DIR")
         if self.rag_llm and not self.rag:

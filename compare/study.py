@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from core.cli import add_config_arguments, config_from_args, setup_logging
+from core.config import JobConfig
 from core.data import (
     DataError,
     label_names,
@@ -41,7 +42,6 @@ from core.data import (
 from core.files import ArtifactError, OutputError, atomic_write_json, check_writable, read_json, staged_dir
 from core.settings import SourceError, resolve
 from core.split import Split
-from core.types import check_labels, normalise_label
 from finetune.config import FinetuneConfig
 from finetune.protocol import apply_protocol, steps_per_epoch
 from rag.config import RagConfig
@@ -117,7 +117,7 @@ class StudyError(ValueError):
 
 
 @dataclass
-class StudyConfig:
+class StudyConfig(JobConfig):
     """What to study and how long it may take.
 
     Args:
@@ -147,14 +147,12 @@ class StudyConfig:
         overwrite: start over in `out`, discarding a study already there.
     """
 
-    data: str | None = None
     data_name: str | None = None
     out: str = "artifacts/study"
     budget_minutes: float = 30.0
     base_model: str | None = _default(FinetuneConfig, "base_model")
     from_scratch: bool = _default(FinetuneConfig, "from_scratch")
     embedder: str | None = _default(RagConfig, "embedder")
-    labels: tuple[str, ...] | None = None
     test_size: float = 0.2
     test_limit: int | None = None
     train_size: int | None = None
@@ -165,10 +163,10 @@ class StudyConfig:
     tune_steps: int | None = None
     hybrid: bool = True
     curve: bool = True
-    seed: int = 0
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # data, labels, seed, out (core.config)
         if not (isinstance(self.budget_minutes, (int, float)) and 0 < self.budget_minutes < math.inf):
             raise ValueError(f"budget_minutes must be a positive number of minutes, got {self.budget_minutes}")
         if not 0 < self.test_size < 1:
@@ -178,10 +176,6 @@ class StudyConfig:
                 raise ValueError(f"{name} must be a positive integer or None, got {getattr(self, name)}")
         if self.latency_queries < 1:
             raise ValueError(f"latency_queries must be at least 1, got {self.latency_queries}")
-        if not str(self.out).strip():
-            raise ValueError("out must name a directory")
-        if self.labels is not None:
-            self.labels = tuple(check_labels([normalise_label(name) for name in self.labels]))
         FinetuneConfig(epochs=self.epochs, min_steps=self.min_steps)  # the fine-tune's own checks of what it gets
 
     def fingerprint(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.types import check_labels, normalise_label
+from core.config import JobConfig
 from finetune.protocol import MIN_STEPS
 
 SCRATCH_PRESETS: dict[str, dict[str, int]] = {
@@ -30,7 +30,7 @@ _NOT_TRAINING = ("out", "resume", "quantize", "threads", "eval_batch_size", "kee
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(JobConfig):
     """How to fine-tune a sequence classifier on labeled tweets.
 
     Args:
@@ -75,8 +75,6 @@ class FinetuneConfig:
     from_scratch: bool = False
     scratch_size: str = field(default="small", metadata={"choices": tuple(SCRATCH_PRESETS)})
     tokenizer: str | None = None
-    data: str | None = None
-    labels: tuple[str, ...] | None = None
     train_size: int | None = None
     eval_size: int = 1000
     epochs: float = 3.0
@@ -91,7 +89,6 @@ class FinetuneConfig:
     patience: int = 2
     checkpoint_every: int | None = None
     logging_steps: int = 50
-    seed: int = 0
     quantize: bool = False
     threads: int | None = None
     resume: bool = True
@@ -99,8 +96,7 @@ class FinetuneConfig:
     out: str = "artifacts/finetune"
 
     def __post_init__(self) -> None:
-        if self.labels is not None:
-            self.labels = tuple(check_labels([normalise_label(name) for name in self.labels]))
+        super().__post_init__()  # data, labels, seed, out (core.config)
         if self.scratch_size not in SCRATCH_PRESETS:
             raise ValueError(f"scratch_size must be one of {tuple(SCRATCH_PRESETS)}, got {self.scratch_size!r}")
         if self.train_size is not None and self.train_size < 1:
@@ -128,8 +124,6 @@ class FinetuneConfig:
             raise ValueError(f"checkpoint_every must be a positive step count or None, got {self.checkpoint_every}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1 or None, got {self.threads}")
-        if not str(self.out).strip():
-            raise ValueError("out must name a directory")
 
     @property
     def lr(self) -> float:

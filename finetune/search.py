@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from core.cli import run_job
+from core.config import JobConfig
 from core.files import atomic_write_json, check_new_output
-from core.types import check_labels, normalise_label
 from finetune.config import FinetuneConfig
 from finetune.protocol import MIN_STEPS, protocol_epochs
 
@@ -38,7 +38,7 @@ EVALUATIONS_PER_TRIAL = 4
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(JobConfig):
     """What to search over and for how long.
 
     Args:
@@ -61,8 +61,6 @@ class SearchConfig:
         out: where search.json and search.png go.
     """
 
-    data: str | None = None
-    labels: tuple[str, ...] | None = None
     base_model: str | None = None
     train_size: int | None = 2000
     eval_size: int = 500
@@ -77,12 +75,10 @@ class SearchConfig:
     weight_decay_max: float = 0.1
     max_length: int = 128
     min_steps: int = MIN_STEPS
-    seed: int = 0
     out: str = "artifacts/search"
 
     def __post_init__(self) -> None:
-        if self.labels is not None:
-            self.labels = tuple(check_labels([normalise_label(name) for name in self.labels]))
+        super().__post_init__()  # data, labels, seed, out (core.config)
         self.batch_sizes = tuple(int(b) for b in self.batch_sizes)
         if self.trials < 1:
             raise ValueError(f"trials must be at least 1, got {self.trials}")

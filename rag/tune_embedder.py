@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from core.cli import run_job
+from core.config import JobConfig
 from core.data import DataError, label_names, load_tweets, stratified_sample
 from core.files import atomic_write_json, refuse_to_replace, staged_dir
 from core.settings import SourceError, resolve
-from core.types import check_labels, normalise_label
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ RUN_FILE = "run.json"
 
 
 @dataclass
-class TuneEmbedderConfig:
+class TuneEmbedderConfig(JobConfig):
     """How to fine-tune the embedder contrastively on labeled examples.
 
     Args:
@@ -59,8 +59,6 @@ class TuneEmbedderConfig:
     """
 
     embedder: str | None = None
-    data: str | None = None
-    labels: tuple[str, ...] | None = None
     train_size: int | None = None
     loss: str = field(default="cosine-pairs", metadata={"choices": LOSSES})
     pairs_per_example: int = 20
@@ -69,12 +67,10 @@ class TuneEmbedderConfig:
     batch_size: int = 16
     learning_rate: float = 2e-5
     warmup: float = 0.1
-    seed: int = 0
     out: str = "artifacts/embedder"
 
     def __post_init__(self) -> None:
-        if self.labels is not None:
-            self.labels = tuple(check_labels([normalise_label(name) for name in self.labels]))
+        super().__post_init__()  # data, labels, seed, out (core.config)
         if self.train_size is not None and self.train_size < 2:
             raise ValueError(f"train_size must be at least 2 or None, got {self.train_size}")
         if self.loss not in LOSSES:
@@ -88,8 +84,6 @@ class TuneEmbedderConfig:
             raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup must be a share of the steps in [0, 1), got {self.warmup}")
-        if not str(self.out).strip():
-            raise ValueError("out must name a directory")
 
     def steps_for(self, n_examples: int) -> int:
         """The optimizer steps for `n_examples`: one pass over their pairs (or over them, for the triplet loss),
