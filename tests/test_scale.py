@@ -161,6 +161,8 @@ def test_embedding_streams_to_disk_and_resumes_after_an_interruption(embedder, s
             return super().encode(batch, **kwargs)
 
     flaky = Interrupted(embedder.model, embedder.name)
+    assert flaky.probe.shape == (embedder.dim,)  # computed once, before the chunks are counted
+    calls.clear()
     with pytest.raises(KeyboardInterrupt):
         embed_resumable(flaky, texts, path, show_progress=False, chunk=10)
     assert calls == [10, 10, 10]  # two chunks done, the third interrupted
