@@ -1092,6 +1092,8 @@ def models_markdown(service: Service) -> str:
             lines.append(f"- **{escape_markdown(b['notice'] or 'trained from scratch', 400)}**")
         lines.append(examples_line({**b, "data_source": None}))
         lines.append(f"- labels: {escape_markdown(', '.join(b['labels']), 300)}")
+        if how := b.get("serving"):  # the precision and runtime served, and why (core.precision)
+            lines.append(f"- served as {how['precision']} ({how['runtime']}): {escape_markdown(how['why'], 600)}")
         if b["seconds"] is not None:
             lines.append(f"- training / build time: {b['seconds']:,.0f} s")
         if b["eval_accuracy"] is not None:

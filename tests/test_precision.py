@@ -90,6 +90,9 @@ def test_the_report_row_and_api_models_name_the_served_precision(ft_dir, small_t
     assert rows["finetune"]["served as"] == "int8" and rows["fp32"]["served as"] == "fp32"
     assert "finetune vs fp32" in report["agreement"]  # side by side, with their agreement
     assert models["precision"]["setting"] == "fp32" and models["precision"]["hardware"] == Hardware.detect().describe()
+    from serving.ui import models_markdown
+
+    assert "served as int8 (torch): int8 as set" in models_markdown(service)  # the Models tab says it too
 
 
 class FakeBackend:
