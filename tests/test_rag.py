@@ -520,3 +520,21 @@ def test_a_classifier_needs_two_labels(rag_built):
         RagClassifier(rag_built.embedder, index, ["one"], ["neutral"])
     two = RagClassifier(rag_built.embedder, index, ["one"], ["yes"], label_names=["no", "yes"])
     assert two.labels == ["no", "yes"] and list(two.predict(["one"])[0].scores) == ["no", "yes"]
+
+
+def test_the_served_vote_lets_one_taught_example_count(embedder, small_train):
+    """choose_vote (the demo line-up's) keeps a vote in which a close example counts: one example taught at a
+    query's own text, with another label, changes the answer to that label."""
+    from rag import RagClassifier, RagConfig
+    from rag.tuning import SERVED_MAX_TEMPERATURE, choose_vote
+
+    fit, validation = small_train.select(range(240)), small_train.select(range(240, 300))
+    clf = RagClassifier.build(RagConfig(tune=False, k=3), fit, embedder=embedder, show_progress=False)
+    choose_vote(clf, list(fit["label"]), list(validation["text"]), list(validation["label"]), seed=0)
+    assert clf.weighting == "softmax" and clf.temperature <= SERVED_MAX_TEMPERATURE
+    changed = 0
+    for query in validation["text"][:10]:
+        before = clf.predict([query])[0].label
+        other = next(label for label in clf.labels if label != before)
+        changed += clf.predict_with([query], [clf.embed_example(query, other)])[0].label == other
+    assert changed == 10
