@@ -761,7 +761,7 @@ def teach_tab(state: App, own: gr.State) -> gr.Radio:
                                     elem_id="teach-neighbours",
                                     label="What the answer rests on now: the 10 nearest labeled examples")  # fmt: skip
     yours = gr.Dataframe(headers=["your example", "label", "where"], wrap=True, label="What you taught",
-                         column_widths=["60%", "17%", "23%"])  # fmt: skip
+                         column_widths=["44%", "26%", "30%"])  # fmt: skip
 
     shown = partial(session_view, service)
 
