@@ -135,6 +135,7 @@ def index_vectors(
     n_labels: int,
     params: dict[str, Any],
     recall_queries: int = 500,
+    queries: np.ndarray | None = None,
 ) -> tuple[VectorIndex, dict[str, Any] | None]:
     """An index of `kind` over `vectors`, and for an approximate one what it measured against exact search.
 
@@ -142,6 +143,10 @@ def index_vectors(
     exact and approximate neighbours at the served ``params["k"]`` give recall@k and how often the vote
     (``params``' weighting) is the same; the search effort is raised until recall >= 0.95 and agreement >= 99%
     (`rag.index.tune_effort`). Then they join the index. Returns ``(index, measured or None)``.
+
+    Args:
+        queries: measure and tune on these instead (real queries, e.g. a validation set, when the indexed rows are
+            not like them); no row is then held out.
     """
     dim = vectors.shape[1]
     if kind == "flat":
@@ -149,8 +154,9 @@ def index_vectors(
         index.fill(vectors)
         return index, None
     n = len(vectors)
-    held = max(1, min(recall_queries, n // 10))
-    kept, queries = vectors[: n - held], np.ascontiguousarray(vectors[n - held :], dtype=np.float32)
+    held = 0 if queries is not None else max(1, min(recall_queries, n // 10))
+    kept = vectors[: n - held]
+    queries = np.ascontiguousarray(vectors[n - held :] if queries is None else queries, dtype=np.float32)
     index = VectorIndex.create(kind, dim, train_vectors=kept)
     index.fill(kept)
     k = max(1, min(int(params["k"]), len(kept)))
@@ -161,7 +167,8 @@ def index_vectors(
 
     exact_votes = votes(exact_scores, exact_ids)
     measured = tune_effort(index, queries, exact_ids, k, lambda s, i: float(np.mean(votes(s, i) == exact_votes)))
-    index.fill(queries)  # every example is searchable: the held-out rows join the main index
+    if held:
+        index.fill(queries)  # every example is searchable: the held-out rows join the main index
     return index, measured
 
 
