@@ -476,9 +476,10 @@ def plot_curve(curve: dict[str, Any], path: str | Path) -> Path:
             ax.axvspan(span[0], span[1] or max(curve["sizes"]), color="grey", alpha=0.12, lw=0)
             ax.axvline(curve["crossover"], color="grey", ls="--", lw=1)
         seeds = len(curve.get("seeds") or [0])
+        spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed"
         ax.set_xscale("log")
         ax.set(xlabel="labeled examples", ylabel=f"test accuracy ({curve['test_size']} texts)",
-               title=f"Learning curve (mean ± std over {seeds} seed{'s' if seeds > 1 else ''})")  # fmt: skip
+               title=f"Learning curve ({spread})")  # fmt: skip
         ax.grid(alpha=0.3)
         ax.legend(title=describe_crossover(curve) if curve.get("crossover") else None, title_fontsize=7, fontsize=8)
         fig.tight_layout()

@@ -197,7 +197,7 @@ def test_your_data_in_the_browser(app_artifacts, serve, shared_dir, monkeypatch,
     upload = tmp_path / "my-emotions.csv"
     emotion.to_pandas().to_csv(upload, index=False)
     state = app.App(Service.start(app_artifacts, build_missing=False), report_dir=tmp_path / "report")
-    state._studies = StudyQueue(tmp_path / "studies", tune_steps=2, curve=False, latency_queries=5)
+    state._studies = StudyQueue(tmp_path / "studies", tune_steps=2, curve=False, latency_queries=5, min_steps=20)
     url = serve(app.create_app(state))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
