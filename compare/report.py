@@ -92,7 +92,6 @@ def _p_value(p: float) -> str:
 
 HEADLINE_COLUMNS = (
     "backend",
-    "served as",
     "accuracy",
     "macro-F1",
     "ECE",
@@ -102,12 +101,13 @@ HEADLINE_COLUMNS = (
     "$ per 1M queries",
     "one-off s",
     "disk MB",
+    "served as",
 )
 
 
 def headline_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     """One row per backend: the numbers of the headline table (README, app, report.md)."""
-    from core.precision import served_name  # (torch comes with it: imported once a report exists)
+    from core.precision import served_name  # here: it imports torch
 
     rows = []
     for name, b in report["backends"].items():
@@ -116,7 +116,6 @@ def headline_rows(report: dict[str, Any]) -> list[dict[str, str]]:
         rows.append(
             {
                 "backend": name if b.get("learned", True) else f"{name} (did not learn)",
-                "served as": served_name(b.get("serving")),
                 "accuracy": with_interval(b["accuracy"], b.get("accuracy_ci95")),
                 "macro-F1": with_interval(b["macro_f1"], b.get("macro_f1_ci95")),
                 "ECE": f"{calibration['ece']:.3f}" if "ece" in calibration else "n/a",
@@ -126,6 +125,7 @@ def headline_rows(report: dict[str, Any]) -> list[dict[str, str]]:
                 "$ per 1M queries": _num(cost.get("per_million_queries_usd"), 3),
                 "one-off s": _num(b.get("one_off_seconds")),
                 "disk MB": _num(b.get("size_on_disk_mb")),
+                "served as": served_name(b.get("serving")),  # what every figure of the row was measured on
             }
         )
     if rows and (baseline := report.get("baseline")):  # the floor every contender must clear
