@@ -20,7 +20,7 @@ from sklearn.metrics import accuracy_score, f1_score
 import rag
 from bench.common import table
 from core.data import load_tweets
-from rag import RagClassifier, RagConfig, vote
+from rag import RagConfig, build_index, vote
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     if (Path(args.index) / "run.json").exists():
         clf = rag.load(args.index)
     else:
-        clf = RagClassifier.build(RagConfig(data=args.data), load_tweets(args.data, split="train"))
+        clf = build_index(RagConfig(data=args.data), load_tweets(args.data, split="train"))
         clf.save(args.index)
     test = load_tweets(args.data, split="test")
     labels = clf.labels

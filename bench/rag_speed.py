@@ -21,7 +21,7 @@ import rag.index
 from bench.common import machine, table, time_calls
 from compare.latency import percentiles
 from core.data import load_tweets
-from rag import RagClassifier, RagConfig, VectorIndex
+from rag import RagClassifier, RagConfig, VectorIndex, build_index
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
 
     cfg = RagConfig(data=args.data)
     start = time.perf_counter()
-    clf = RagClassifier.build(cfg, train, show_progress=False)
+    clf = build_index(cfg, train, show_progress=False)
     build_s = time.perf_counter() - start
     print(
         f"build: {build_s:.1f} s for {clf.size} tweets (embedding {clf.meta['embed_seconds']:.1f} s, "

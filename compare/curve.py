@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import rag
 from compare.metrics import accuracy, macro_f1
 from core.cli import parse_config, setup_logging
 from core.data import DataError, label_names, load_tweets, stratified_sample
@@ -256,10 +257,9 @@ def run_finetune(cfg: FinetuneConfig, sample, split, test: Scoring) -> dict[str,
 
 def run_retrieval(embedder, fit, validation, seed: int, test: Scoring) -> dict[str, Any]:
     """Index the fitting examples, choose the vote on the validation slice, score on the test texts."""
-    import rag
 
     start = time.perf_counter()
-    clf = rag.RagClassifier.build(RagConfig(tune=False, seed=seed), fit, embedder=embedder, show_progress=False)
+    clf = rag.build_index(RagConfig(tune=False, seed=seed), fit, embedder=embedder, show_progress=False)
     chosen = choose_vote(clf, list(fit["label"]), list(validation["text"]), list(validation["label"]), seed)
     seconds = time.perf_counter() - start
     return {**test.score(clf), "vote": chosen, "seconds": round(seconds, 2)}
@@ -348,7 +348,6 @@ def learning_curve(
     ``backends`` ``{"mean", "std", "runs"}``, the training ``budget`` per size (fine-tune, tuned embedder), every
     run's details under ``rows``, and ``crossover`` / ``crossover_range``.
     """
-    import rag
 
     seeds = (seed,) if seed is not None else tuple(seeds)
     tell = progress or (lambda fraction, message: None)

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import rag
 from core.cli import add_config_arguments, config_from_args, setup_logging
 from core.config import JobConfig
 from core.data import (
@@ -678,14 +679,13 @@ class Study:
                 self.say(f"[plan] {what}: {plan[key]['capped'] or 'skipped: ' + plan[key]['skipped']}")
 
     def do_index(self) -> None:
-        from rag.classifier import RagClassifier
 
         train = self.split[0]
         cfg = RagConfig(embedder=self.cfg.embedder, seed=self.cfg.seed, out=str(self.out / "rag"))
         start = time.monotonic()
         guard = deadline_progress(self.deadline_before("evaluate", "decide"), "indexing the training examples")
         try:
-            classifier = RagClassifier.build(cfg, train, embedder=self.embedder, progress=guard)
+            classifier = rag.build_index(cfg, train, embedder=self.embedder, progress=guard)
         except OverBudget as err:
             raise StudyError(
                 f"{err}: this machine runs slower than the probe measured; give a larger --budget-minutes or a "
@@ -778,7 +778,6 @@ class Study:
                  f"{self.state['finetune']['retry']['kept']}")  # fmt: skip
 
     def do_tune(self) -> str | None:
-        from rag.classifier import RagClassifier
         from rag.embed import Embedder
         from rag.tune_embedder import TuneEmbedderConfig, run_tuning
 
@@ -802,7 +801,7 @@ class Study:
         cfg = RagConfig(embedder=tune.out, seed=self.cfg.seed, out=str(self.out / "rag-tuned"))
         guard = deadline_progress(self.deadline_before("evaluate", "decide"), "indexing with the tuned embedder")
         try:
-            RagClassifier.build(cfg, train, embedder=Embedder.load(tune.out), progress=guard).save(cfg.out)
+            rag.build_index(cfg, train, embedder=Embedder.load(tune.out), progress=guard).save(cfg.out)
         except OverBudget as err:
             shutil.rmtree(cfg.out, ignore_errors=True)
             return f"{err}; the tuned embedder is kept, its index was not built"

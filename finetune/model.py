@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import torch
 from core.batches import length_batches
 from core.files import ArtifactError, read_json, recover_dir
 from core.limits import clip_for_tokenizer
-from core.precision import FP32, Variant, compile_graph, from_setting, graph_bytes
+from core.precision import FP32, Variant, compile_graph, from_setting, graph_bytes, quantize_int8
 from core.types import Prediction, check_texts
 
 logger = logging.getLogger(__name__)
@@ -209,7 +208,7 @@ class TextClassifier:
             threads: torch CPU threads (a process-wide torch setting); None leaves it alone.
             precision, runtime: what to serve (`core.precision.requested`; None = ``FTRAG_PRECISION`` /
                 ``FTRAG_RUNTIME``, else fp32 on torch). A CPU without the instructions serves fp32 and says so;
-                ``auto`` serves fp32 until a caller chooses (`core.precision.choose`).
+                ``auto`` serves fp32 until a caller chooses (`compare.precision.choose`).
 
         Raises:
             ArtifactError: no such directory, a missing or corrupted file, labels that do not match the model.
@@ -329,32 +328,3 @@ def check_weights(path: Path) -> None:
             pass
     except (SafetensorError, OSError, ValueError) as err:
         raise ArtifactError(f"{path}: model weights are truncated or corrupted ({err})") from err
-
-
-def _conv1d_to_linear(model: torch.nn.Module) -> torch.nn.Module:
-    """Replace GPT-2's `Conv1D` layers (a transposed linear) with `nn.Linear`, so dynamic quantization sees them."""
-    from transformers.pytorch_utils import Conv1D
-
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, Conv1D):
-                n_in, n_out = child.weight.shape
-                linear = torch.nn.Linear(n_in, n_out, bias=child.bias is not None)
-                with torch.no_grad():
-                    linear.weight.copy_(child.weight.t())
-                    if child.bias is not None:
-                        linear.bias.copy_(child.bias)
-                setattr(module, child_name, linear)
-    return model
-
-
-def quantize_int8(model: torch.nn.Module, per_channel: bool = False) -> torch.nn.Module:
-    """int8 dynamic quantization of every linear layer (GPT-2's `Conv1D` included) for CPU inference; one weight scale
-    per output channel with `per_channel` (closer to fp32), else one per layer."""
-    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
-
-    model = _conv1d_to_linear(model.eval())
-    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao on every call
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,21 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'rag' has no attribute {name!r}")
 
 
+def build_index(
+    cfg: RagConfig,
+    dataset=None,
+    embedder: Embedder | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    show_progress: bool = True,
+) -> RagClassifier:
+    """Embed and index the labeled examples of `dataset` (default: the train split of ``cfg.data``), with k and the
+    vote tuned on a validation slice when ``cfg.tune``: `rag.build.build_classifier`, the job ``python -m rag.build``
+    runs (the classifier itself knows nothing of how it is built)."""
+    from rag.build import build_classifier
+
+    return build_classifier(cfg, dataset, embedder=embedder, progress=progress, show_progress=show_progress)
+
+
 def load(directory: str | Path, embedder: Embedder | str | None = None) -> RagClassifier:
     """The one public way to load a built index (see `RagClassifier.load`)."""
     return RagClassifier.load(directory, embedder=embedder)
@@ -37,6 +53,7 @@ __all__ = [
     "RagClassifier",
     "RagConfig",
     "VectorIndex",
+    "build_index",
     "llm_classifier",
     "llm_from_env",
     "load",

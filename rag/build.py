@@ -44,7 +44,7 @@ def build_classifier(
     overwrite: bool = False,
 ) -> RagClassifier:
     """Embed and index the labeled examples of `dataset` (default: the train split of ``cfg.data``); what
-    `RagClassifier.build` does.
+    `rag.build_index` does.
 
     With ``cfg.tune``, k and the weighting are chosen on a validation slice carved from those examples (the
     index itself then holds all of them); the choice and the table behind it go to run.json.

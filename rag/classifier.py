@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -543,23 +543,6 @@ class RagClassifier:
         if teach_log_path(directory).exists():  # examples taught since the files were written
             classifier.open_log()
         return classifier
-
-    # --- building ------------------------------------------------------------------------------------------------
-
-    @classmethod
-    def build(
-        cls,
-        cfg: RagConfig,
-        dataset=None,
-        embedder: Embedder | None = None,
-        progress: Callable[[float, str], None] | None = None,
-        show_progress: bool = True,
-    ) -> RagClassifier:
-        """Embed and index the labeled examples of `dataset` (default: the train split of ``cfg.data``), with k and
-        the weighting tuned on a validation slice when ``cfg.tune``; see `rag.build.build_classifier`."""
-        from rag.build import build_classifier  # rag.build imports this module
-
-        return build_classifier(cfg, dataset, embedder=embedder, progress=progress, show_progress=show_progress)
 
 
 def teach_log_path(directory: str | Path) -> Path:

@@ -89,13 +89,13 @@ class DemoData:
 
 def build_demo_index(out: Path, progress: Progress, data: DemoData) -> None:
     """Index the fit part with the frozen embedder; choose the vote on the validation part (as `compare.curve`)."""
-    from rag.classifier import RagClassifier
+    from rag import build_index
     from rag.config import RagConfig
     from rag.tuning import choose_vote
 
     fit, validation, _ = data.parts()
     progress(0.0, f"embedding {fit.num_rows:,} labeled examples")
-    clf = RagClassifier.build(RagConfig(tune=False, seed=SEED, out=str(out)), fit, progress=progress,
+    clf = build_index(RagConfig(tune=False, seed=SEED, out=str(out)), fit, progress=progress,
                               show_progress=False)  # fmt: skip
     progress(0.92, f"choosing k and the vote on {validation.num_rows:,} validation examples")
     chosen = choose_vote(clf, list(fit["label"]), list(validation["text"]), list(validation["label"]), SEED)

@@ -345,8 +345,8 @@ class Service:
 
     def _serve_precision(self, name: str, clf: Classifier, data, report: Callable[[float, str], None]) -> None:
         """With precision ``auto``: score each variant of the backend's transformer (its own, or its embedder's) on
-        the line-up's validation part and serve the fastest that answers like fp32 (`core.precision.choose`)."""
-        from core.precision import choose
+        the line-up's validation part and serve the fastest that answers like fp32 (`compare.precision.choose`)."""
+        from compare.precision import choose
 
         holder = clf if hasattr(clf, "serve_as") else getattr(clf, "embedder", None)
         if self.precision != "auto" or not hasattr(holder, "serve_as"):

@@ -89,11 +89,9 @@ def embedder():
 @pytest.fixture(scope="session")
 def rag_built(small_train, embedder):
     """A RAG classifier over 300 real tweets, tuned on a 60-tweet validation slice; tests must not mutate it."""
-    from rag import RagClassifier, RagConfig
+    from rag import RagConfig, build_index
 
-    return RagClassifier.build(
-        RagConfig(val_size=60, k_grid=(5, 10, 25)), small_train, embedder=embedder, show_progress=False
-    )
+    return build_index(RagConfig(val_size=60, k_grid=(5, 10, 25)), small_train, embedder=embedder, show_progress=False)
 
 
 @pytest.fixture()
@@ -154,10 +152,10 @@ def emotion_test(emotion_dir: Path):
 @pytest.fixture(scope="session")
 def emotion_rag(emotion_train, embedder):
     """A RAG classifier over 200 emotion tweets, k and the weighting tuned; tests must not mutate it."""
-    from rag import RagClassifier, RagConfig
+    from rag import RagConfig, build_index
 
     cfg = RagConfig(val_size=40, k_grid=(5, 10))
-    return RagClassifier.build(cfg, emotion_train, embedder=embedder, show_progress=False)
+    return build_index(cfg, emotion_train, embedder=embedder, show_progress=False)
 
 
 @pytest.fixture(scope="session")

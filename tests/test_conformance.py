@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import rag
 from core.types import Classifier, Prediction
 
 BACKENDS = ["rag_built", "finetuned", "emotion_rag", "emotion_finetuned", "rag_engine", "rag_hnsw"]
@@ -23,10 +24,10 @@ def rag_engine(small_train, embedder) -> Classifier:
 @pytest.fixture(scope="module")
 def rag_hnsw(small_train, embedder) -> Classifier:
     """Retrieval over an approximate (HNSW) index, its recall measured at build."""
-    from rag import RagClassifier, RagConfig
+    from rag import RagConfig
 
     cfg = RagConfig(tune=False, k=10, index_type="hnsw", recall_queries=30)
-    return RagClassifier.build(cfg, small_train, embedder=embedder, show_progress=False)
+    return rag.build_index(cfg, small_train, embedder=embedder, show_progress=False)
 
 
 @pytest.fixture(params=BACKENDS)

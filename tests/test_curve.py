@@ -182,12 +182,12 @@ def test_the_tuned_line_tunes_a_copy_on_the_fitting_examples_and_picks_its_vote(
 
 def test_the_vote_is_chosen_on_the_validation_fifth_and_applied(embedder, small_train):
     from compare.curve import holdout_split
-    from rag import RagClassifier, RagConfig
+    from rag import RagConfig, build_index
     from rag.tuning import choose_vote
 
     sample = small_train.select(range(100))
     fit, validation = holdout_split(sample, seed=0).parts(sample)
-    clf = RagClassifier.build(RagConfig(tune=False, k=3), fit, embedder=embedder, show_progress=False)
+    clf = build_index(RagConfig(tune=False, k=3), fit, embedder=embedder, show_progress=False)
     chosen = choose_vote(clf, list(fit["label"]), list(validation["text"]), list(validation["label"]), seed=0)
     assert (clf.k, clf.weighting, clf.temperature) == (chosen["k"], chosen["weighting"], chosen["temperature"])
     predicted = [p.label for p in clf.predict(list(validation["text"]))]

@@ -315,7 +315,7 @@ def test_rag_build_refuses_an_unwritable_out_before_embedding(tmp_path, capsys, 
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    monkeypatch.setattr(build.RagClassifier, "build", lambda *a, **k: pytest.fail("embedded before checking --out"))
+    monkeypatch.setattr(build, "build_classifier", lambda *a, **k: pytest.fail("embedded before checking --out"))
     assert build.main(["--out", str(blocker / "index"), "--train-size", "50"]) == 2
     assert "cannot write an index" in capsys.readouterr().err
 

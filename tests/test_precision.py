@@ -10,10 +10,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+import compare.precision
 import core.precision as precision
 import finetune
 import rag
-from core.precision import FP32, Hardware, Variant, choose, from_setting, served, served_name
+from compare.precision import choose
+from core.precision import FP32, Hardware, Variant, from_setting, served, served_name
 
 NO_INSTRUCTIONS = Hardware("DEFAULT", frozenset())
 """A CPU with neither bf16 nor int8 kernels (an old laptop, a small cloud machine)."""
@@ -156,7 +158,7 @@ def test_the_service_chooses_with_auto_and_reports_the_trials(ft_dir, small_test
     from serving.service import Service
 
     needs_int8_kernels()
-    monkeypatch.setattr(precision, "candidates", lambda: [FP32, Variant("int8")])
+    monkeypatch.setattr(compare.precision, "candidates", lambda: [FP32, Variant("int8")])
     service = Service(precision="auto")
     clf = finetune.load(ft_dir)
     validation = small_test.select(range(80))

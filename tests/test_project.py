@@ -65,3 +65,59 @@ def test_plotting_lives_below_the_backends():
         if re.search(r"^\s*(from|import) (compare|serving)\b", path.read_text(), re.MULTILINE)
     ]
     assert offenders == []
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """``{module: modules of this project it imports}``, lazy imports included, `TYPE_CHECKING` blocks left out."""
+    import ast
+
+    modules = {}
+    for package in ("core", "finetune", "rag", "compare", "serving"):
+        for path in (REPO / package).rglob("*.py"):
+            name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+            modules[name] = path
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(
+            node.test) for n in ast.walk(node)}  # fmt: skip
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                targets = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                continue
+            graph[name] |= {t for t in targets if t in modules and t != name}
+    return graph
+
+
+LAYERS = {"core": 0, "finetune": 1, "rag": 1, "compare": 2, "serving": 3}
+"""Who may import whom: a package imports only packages of a lower layer (and its own)."""
+
+
+def test_the_import_graph_has_no_cycle_and_no_arrow_up():
+    graph = _import_graph()
+
+    def upward(importer: str, imported: str) -> bool:  # into another package of the same layer or above
+        mine, theirs = importer.split(".")[0], imported.split(".")[0]
+        return mine != theirs and LAYERS[theirs] >= LAYERS[mine]
+
+    up = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if upward(a, b))
+    assert up == []
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def cycle_from(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target] if target in path else [node, target]
+            if target not in state and (found := cycle_from(target, [*path, target])):
+                return found
+        state[node] = 2
+        return None
+
+    cycles = [c for name in sorted(graph) if name not in state and (c := cycle_from(name, [name]))]
+    assert cycles == []

@@ -525,11 +525,11 @@ def test_a_classifier_needs_two_labels(rag_built):
 def test_the_served_vote_lets_one_taught_example_count(embedder, small_train):
     """choose_vote (the demo line-up's) keeps a vote in which a close example counts: one example taught at a
     query's own text, with another label, changes the answer to that label."""
-    from rag import RagClassifier, RagConfig
+    from rag import RagConfig, build_index
     from rag.tuning import SERVED_MAX_TEMPERATURE, choose_vote
 
     fit, validation = small_train.select(range(240)), small_train.select(range(240, 300))
-    clf = RagClassifier.build(RagConfig(tune=False, k=3), fit, embedder=embedder, show_progress=False)
+    clf = build_index(RagConfig(tune=False, k=3), fit, embedder=embedder, show_progress=False)
     choose_vote(clf, list(fit["label"]), list(validation["text"]), list(validation["label"]), seed=0)
     assert clf.weighting == "softmax" and clf.temperature <= SERVED_MAX_TEMPERATURE
     changed = 0

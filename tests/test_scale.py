@@ -24,7 +24,7 @@ EXAMPLE = "the zorblax gadget is absolutely wonderful"
 def hnsw_built(small_train, embedder) -> RagClassifier:
     """An HNSW index over 300 real tweets, k=25, with its recall measured on 30 held-out tweets."""
     cfg = RagConfig(index_type="hnsw", tune=False, k=25, recall_queries=30)
-    return RagClassifier.build(cfg, small_train, embedder=embedder, show_progress=False)
+    return rag.build_index(cfg, small_train, embedder=embedder, show_progress=False)
 
 
 # --- the index type follows the size ---------------------------------------------------------------------------
@@ -43,7 +43,7 @@ def test_auto_is_exact_while_cheap_then_hnsw_then_ivfpq_when_memory_is_short():
 def test_the_index_flag_overrides_the_rule(small_train, embedder):
     cfg, _ = parse_config(RagConfig, ["--index", "ivfpq"], "build")
     assert cfg.index_type == "ivfpq" and RagConfig().index_type == "auto"
-    clf = RagClassifier.build(RagConfig(tune=False, k=5), small_train, embedder=embedder, show_progress=False)
+    clf = rag.build_index(RagConfig(tune=False, k=5), small_train, embedder=embedder, show_progress=False)
     assert clf.index.kind == "flat" and clf.meta["index"]["chosen"] == "flat" and clf.meta["approximate"] is None
     assert "exact search" in clf.meta["index"]["why"]
 
@@ -76,7 +76,7 @@ def test_recall_is_measured_against_exact_search_not_assumed(small_train, embedd
 
     monkeypatch.setattr(VectorIndex, "search", wrong)
     cfg = RagConfig(index_type="hnsw", tune=False, k=5, recall_queries=20)
-    clf = RagClassifier.build(cfg, small_train, embedder=embedder, show_progress=False)
+    clf = rag.build_index(cfg, small_train, embedder=embedder, show_progress=False)
     assert clf.meta["approximate"]["recall_at_k"] < 0.2
 
 
@@ -209,7 +209,7 @@ def engine_built(small_train, embedder) -> RagClassifier:
 
 
 def test_the_engine_answers_as_exact_faiss_does(engine_built, rag_built, small_train, embedder, small_test):
-    flat = RagClassifier.build(RagConfig(tune=False, k=10), small_train, embedder=embedder, show_progress=False)
+    flat = rag.build_index(RagConfig(tune=False, k=10), small_train, embedder=embedder, show_progress=False)
     texts = list(small_test["text"][:40])
     for a, b in zip(engine_built.predict(texts), flat.predict(texts), strict=True):
         assert a.label == b.label and a.scores == pytest.approx(b.scores, abs=1e-4)

@@ -201,7 +201,7 @@ def test_an_approximate_index_forgets_taught_examples_and_refuses_its_own_rows_c
 ):
     from rag import RagClassifier, RagConfig
 
-    hnsw = RagClassifier.build(
+    hnsw = rag.build_index(
         RagConfig(index_type="hnsw", tune=False), small_train.select(range(60)), embedder=embedder, show_progress=False
     )
     hnsw.open_log(tmp_path / "log.sqlite")
