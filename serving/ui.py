@@ -54,6 +54,20 @@ COLUMN_TITLES = {
     "hybrid": "Hybrid",
     "rag-llm": "Retrieval + LLM prompt",
 }
+_BACKEND_ID = re.compile(
+    r"(?<![\w-])(" + "|".join(sorted(map(re.escape, COLUMN_TITLES), key=len, reverse=True)) + r")(?![\w-])"
+)
+
+
+def in_visitor_words(text: str) -> str:
+    """`text` with the backends' ids ("rag", "finetune"...) named as the page names them ("Retrieval (RAG)"...).
+
+    >>> in_visitor_words("rag is the only contender left: finetune did not learn")
+    'Retrieval (RAG) is the only contender left: Fine-tuned model did not learn'
+    """
+    return _BACKEND_ID.sub(lambda match: COLUMN_TITLES[match.group(1)], text)
+
+
 INTRO = """\
 You have labeled text and must choose: **fine-tune** a model on it, or **retrieve** the nearest labeled examples and
 let them vote (RAG). This page runs both on the same input. *Compare* one text, score both on labeled data in
@@ -285,7 +299,7 @@ def verdict_html(state: App) -> str:
             if len(tie) > 1
             else titles.get(rec["choice"], rec["choice"] or "none: the measurements do not support one")
         )
-        why = f" {html.escape(rec['decided_by'])}" if rec.get("decided_by") else ""
+        why = f" {html.escape(in_visitor_words(rec['decided_by']))}" if rec.get("decided_by") else ""
         verdict = f"<p class='verdict'><b>Build: {html.escape(choice)}.</b>{why}</p>"
     rows = [_bar(titles[n], b["accuracy"], *(b.get("accuracy_ci95") or [b["accuracy"]] * 2),
                  strong=rec is not None and n in {rec.get("choice"), *(rec.get("tie") or [])})
@@ -606,7 +620,7 @@ def recommendation_markdown(rec: dict[str, Any], report: dict[str, Any]) -> str:
         choice = "a tie between " + " and ".join(rec["tie"])
     lines = [f"## Recommendation: {escape_markdown(choice)}", ""]
     if rec.get("decided_by"):
-        lines += [f"**What decided it:** {escape_markdown(rec['decided_by'], 800)}", ""]
+        lines += [f"**What decided it:** {escape_markdown(in_visitor_words(rec['decided_by']), 800)}", ""]
     lines += [f"- *{r['criterion']}* ({escape_markdown(r['backend'])}): {escape_markdown(r['text'], 500)}"
               for r in rec["reasons"]]  # fmt: skip
     effects = (rec.get("constraints") or {}).get("effects") or []
