@@ -289,19 +289,11 @@ class OrtGraph:
     @classmethod
     def export(cls, model: torch.nn.Module, sample: Mapping[str, torch.Tensor], output: str, quantize: bool = False):
         """`model` exported with dynamic batch and sequence sizes (and int8-quantized by ONNX Runtime if asked)."""
-        from core.tracing import INPUT_NAMES
+        from core.tracing import positional
 
-        names = tuple(k for k in INPUT_NAMES if k in sample)
-        if names[:2] != ("input_ids", "attention_mask"):
+        if (wrapped := positional(model, sample, output)) is None:
             return None
-
-        class Wrapped(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-                return getattr(self.model(**dict(zip(names, inputs, strict=True))), output)
+        module, names = wrapped
 
         batch, tokens = torch.export.Dim("batch", max=4096), torch.export.Dim("tokens", max=8192)
         with (
@@ -312,7 +304,7 @@ class OrtGraph:
             warnings.simplefilter("ignore")
             path = Path(folder) / "model.onnx"
             program = torch.onnx.export(
-                Wrapped().eval(),
+                module.eval(),
                 tuple(sample[k] for k in names),
                 input_names=list(names),
                 output_names=[output],

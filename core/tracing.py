@@ -33,9 +33,12 @@ class Traced:
         return self(*(features[k] for k in self.input_names))
 
 
-def trace_frozen(model: torch.nn.Module, sample: Mapping[str, torch.Tensor], output: str) -> Traced | None:
-    """``model(**inputs).<output>`` traced on `sample` and frozen; None when `sample` does not hold token ids and an
-    attention mask. Tracing errors propagate: the caller falls back to the eager model."""
+def positional(
+    model: torch.nn.Module, sample: Mapping[str, torch.Tensor], output: str
+) -> tuple[torch.nn.Module, tuple[str, ...]] | None:
+    """``(module, names)``: `model` called with the inputs of `sample` it takes, positionally in the order of `names`,
+    returning ``.<output>`` (what a tracer or an exporter needs); None when `sample` does not hold token ids and an
+    attention mask."""
     names = tuple(k for k in INPUT_NAMES if k in sample)
     if names[:2] != ("input_ids", "attention_mask"):
         return None
@@ -48,8 +51,17 @@ def trace_frozen(model: torch.nn.Module, sample: Mapping[str, torch.Tensor], out
         def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
             return getattr(self.model(**dict(zip(names, inputs, strict=True))), output)
 
+    return Wrapped(), names
+
+
+def trace_frozen(model: torch.nn.Module, sample: Mapping[str, torch.Tensor], output: str) -> Traced | None:
+    """``model(**inputs).<output>`` traced on `sample` and frozen; None when `sample` does not hold token ids and an
+    attention mask. Tracing errors propagate: the caller falls back to the eager model."""
+    if (wrapped := positional(model, sample, output)) is None:
+        return None
+    module, names = wrapped
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")
-        graph = torch.jit.trace(Wrapped().eval(), tuple(sample[k] for k in names), check_trace=False)
+        graph = torch.jit.trace(module.eval(), tuple(sample[k] for k in names), check_trace=False)
         graph = torch.jit.optimize_for_inference(torch.jit.freeze(graph.eval()))
     return Traced(graph, names)

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from rag.index import VectorIndex, merge_hits
+from rag.index import VectorIndex, check_vectors, merge_hits
 
 logger = logging.getLogger(__name__)
 
@@ -187,10 +187,7 @@ class QdrantIndex:
         return int(self._keys.nbytes)
 
     def _check(self, vectors: np.ndarray) -> np.ndarray:
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise ValueError(f"expected vectors of shape (n, {self.dim}), got {vectors.shape}")
-        return vectors
+        return check_vectors(vectors, self.dim)
 
     def add(self, vectors: np.ndarray, payloads: list[dict] | None = None) -> None:
         """Write the vectors (with their examples' `payloads`) as new points; all or nothing."""

@@ -148,6 +148,14 @@ def _one_thread_search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple
             faiss.omp_set_num_threads(threads)
 
 
+def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """`vectors` as a contiguous float32 ``(n, dim)`` array; a ValueError naming the shape otherwise."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise ValueError(f"expected vectors of shape (n, {dim}), got {vectors.shape}")
+    return vectors
+
+
 class VectorIndex:
     """Inner-product search over unit vectors; hits come back best first as ids (insertion order) and scores.
 
@@ -214,10 +222,7 @@ class VectorIndex:
         return index_bytes(self.kind, self.main_size, self.dim) + index_bytes("flat", int(self.delta.ntotal), self.dim)
 
     def _check(self, vectors: np.ndarray) -> np.ndarray:
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise ValueError(f"expected vectors of shape (n, {self.dim}), got {vectors.shape}")
-        return vectors
+        return check_vectors(vectors, self.dim)
 
     def add(self, vectors: np.ndarray, payloads: list[dict] | None = None) -> None:
         """Append vectors; their ids continue from ``len(self)``. An empty index takes them into its main part
