@@ -1257,6 +1257,9 @@ def build_demo(state: App) -> gr.Blocks:
         timer = gr.Timer(START_UP_POLL_S, active=False)
 
         def live():
+            # Whether to poll again is read first: a start-up that ends while this tick renders gets one more tick,
+            # never a last page that still shows it building.
+            again = busy(state)
             start = start_up_html(service)
             return [
                 verdict_html(state),
@@ -1269,7 +1272,7 @@ def build_demo(state: App) -> gr.Blocks:
                 gr.update(choices=service.labels()),
                 curve_markdown(state),
                 gr.update(value=curve_png(state), visible=bool(curve_png(state))),
-                gr.Timer(active=busy(state)),
+                gr.Timer(active=again),
             ]
 
         outputs = [verdict, start_up, *what_lines.values(), evidence, models_text, *curves, operator, label_choice,

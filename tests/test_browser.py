@@ -87,9 +87,10 @@ def test_browser_compare_batch_evaluation_and_decide(served_app, tmp_path):
             page.get_by_role("button", name="Compare", exact=True).click()
             for name in ("finetune", "rag"):
                 page.locator(f"#latency-{name}").get_by_text(" ms").wait_for(timeout=30_000)
+            # Each output panel updates on its own; wait for the explanation too, not only the latencies.
+            expect(page.locator("#what-rag")).to_contain_text("nearest in meaning", timeout=30_000)
             text = page.locator("body").inner_text()
             assert "Fine-tuned model" in text and "Retrieval (RAG)" in text and "that vote" in text
-            assert "nearest in meaning" in page.locator("#what-rag").inner_text()
             assert "<b>" not in page.locator("#latency-rag").inner_html()  # user text never becomes markup
             _shot(page, "compare")
 
@@ -169,11 +170,11 @@ def test_the_page_is_served_while_the_backends_build(app_artifacts, ft_dir, serv
             page = _open(browser, url)
             page.locator("#start-up").get_by_text("step 40/100").wait_for(timeout=30_000)
             assert page.locator("#start-up progress").count() == 3  # rag, finetune, hybrid: one bar each
-            assert "building: 40%" in page.locator("#what-finetune").inner_text()
+            expect(page.locator("#what-finetune")).to_contain_text("building: 40%", timeout=30_000)
             page.get_by_label("A tweet").fill("the bus is late again")
             page.get_by_role("button", name="Compare", exact=True).click()
             page.locator("#latency-rag").get_by_text(" ms").wait_for(timeout=30_000)  # retrieval answers already
-            assert "still building" in page.locator("#latency-finetune").inner_text()
+            expect(page.locator("#latency-finetune")).to_contain_text("still building", timeout=30_000)
             _shot(page, "starting")
             release.set()
             expect(page.locator("#what-finetune")).to_contain_text("fine-tuned on", timeout=120_000)  # a busy machine
@@ -206,7 +207,7 @@ def test_your_data_in_the_browser(app_artifacts, serve, shared_dir, monkeypatch,
             page.get_by_role("tab", name="Your data").click()
             page.locator("#study-upload input[type=file]").set_input_files(str(upload))
             page.locator("#study-preview").get_by_text("120 rows").wait_for(timeout=60_000)
-            assert "4 labels" in page.locator("#study-preview").inner_text()
+            expect(page.locator("#study-preview")).to_contain_text("4 labels", timeout=30_000)
             page.get_by_role("button", name="Run the study").click()
             page.locator("#study-status").get_by_text(re.compile(r"stage \d of 8")).wait_for(timeout=60_000)
             page.reload()  # mid-study: the browser keeps the study's id, and the page finds the study again
@@ -217,7 +218,7 @@ def test_your_data_in_the_browser(app_artifacts, serve, shared_dir, monkeypatch,
                 page.locator("#study-verdict").get_by_text("Recommendation:").wait_for(timeout=240_000)
             finally:
                 _shot(page, "your-data")
-            assert "Done" in page.locator("#study-status").inner_text()
+            expect(page.locator("#study-status")).to_contain_text("Done", timeout=30_000)
         finally:
             browser.close()
 

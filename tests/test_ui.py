@@ -61,6 +61,26 @@ def test_once_all_is_up_nothing_says_building(state):
     assert "kNN" in operator_markdown(state.service)
 
 
+def test_a_start_up_that_ends_while_a_poll_renders_gets_one_more_poll(state, monkeypatch):
+    """The poll that shows the last progress bars must not also be the last poll: the page would say "building"
+    forever. Here the start-up ends right after the bars are drawn."""
+    import serving.ui
+
+    demo = app.build_demo(state)
+    [live] = [dep.fn for dep in demo.fns.values() if getattr(dep.fn, "__name__", "") == "live"][:1]
+    state.service.ready.clear()
+    drawn = serving.ui.start_up_html
+
+    def bars_then_ready(service):
+        shown = drawn(service)
+        service.ready.set()
+        return shown
+
+    monkeypatch.setattr(serving.ui, "start_up_html", bars_then_ready)
+    shown = live()
+    assert "Building the backends" in shown[1]["value"] and shown[-1].active is True
+
+
 def test_a_long_text_is_cut_and_said_a_foreign_one_is_flagged():
     text, said = bounded_text("x" * 10_000)
     assert len(text) == MAX_CHARS and "10,000 characters" in said and f"first {MAX_CHARS:,}" in said
