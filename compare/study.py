@@ -133,12 +133,16 @@ class StudyConfig(JobConfig):
         labels: label names in the order of the data's integer ids, for ids without names.
         test_size: share of the examples held out as the test set when the data has no test split (otherwise the
             data's own test split is used).
-        test_limit: score on a seeded, stratified sample of this many test examples; None = all of them.
+        test_limit: score on a seeded, stratified sample of this many test examples; None = all of them. A thousand
+            give intervals of about +-3 points; more cost time the contenders' training would have had.
         train_size: at most this many training examples (seeded, stratified); None = all.
         epochs: fine-tuning epochs wanted; fewer when the budget says so (recorded).
         min_steps: the fine-tune's fewest optimizer steps (`finetune.protocol`; raised epochs reach them). Fewer make
             a token model; this is for tests and machines that know what they give up.
         latency_queries: single queries timed per backend.
+
+    The app's *Your data* tab runs a study with these defaults too: the same data and budget get the same study from
+    either (only where the reports are written and what they call the data differ).
         tune_embedder: also build retrieval over the embedder tuned contrastively on the training examples
             (``rag-tuned``, see `rag.tune_embedder`), its steps capped to fit the budget (recorded).
         tune_steps: most optimizer steps of that tuning; None = `rag.tune_embedder`'s own count for the data.
@@ -155,11 +159,11 @@ class StudyConfig(JobConfig):
     from_scratch: bool = _default(FinetuneConfig, "from_scratch")
     embedder: str | None = _default(RagConfig, "embedder")
     test_size: float = 0.2
-    test_limit: int | None = None
+    test_limit: int | None = 1_000
     train_size: int | None = None
     epochs: float = _default(FinetuneConfig, "epochs")
     min_steps: int = _default(FinetuneConfig, "min_steps")
-    latency_queries: int = 100
+    latency_queries: int = 50
     tune_embedder: bool = True
     tune_steps: int | None = None
     hybrid: bool = True

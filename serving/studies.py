@@ -46,8 +46,6 @@ MAX_GB = 5.0
 """Gigabytes the study folders may hold together (``FTRAG_STUDIES_MAX_GB``); past it, finished ones go first."""
 _JOB_FOLDER = re.compile(r"[A-Za-z0-9_-]{22}")
 """A job folder's name (`secrets.token_urlsafe(16)`): the only entries of the root deleted at start."""
-TEST_LIMIT = 1_000
-"""Test texts a study scores at most (its intervals say how many)."""
 LINES_KEPT = 30
 UPLOAD_NAME = "your uploaded file"
 """What a study's reports call the visitor's data (never its path on this server)."""
@@ -234,13 +232,20 @@ class StudyQueue:
             self._run(job)
             self.clean()
 
+    def config(self, job: Job):
+        """The job's `compare.study.StudyConfig`: the command line's defaults (the same data and budget get the same
+        study from either), the reports naming the data "your uploaded file", and this queue's `settings`."""
+        from compare.study import StudyConfig
+
+        data = next(job.folder.glob("data.*"))
+        settings = {"data_name": UPLOAD_NAME, **self.settings}
+        return StudyConfig(data=str(data), out=str(job.out), budget_minutes=job.budget_minutes, **settings)
+
     def _run(self, job: Job) -> None:
-        from compare.study import Study, StudyConfig
+        from compare.study import Study
 
         try:
-            data = next(job.folder.glob("data.*"))
-            settings = {"test_limit": TEST_LIMIT, "latency_queries": 30, "data_name": UPLOAD_NAME, **self.settings}
-            cfg = StudyConfig(data=str(data), out=str(job.out), budget_minutes=job.budget_minutes, **settings)
+            cfg = self.config(job)
             with TRAINING_LOCK:  # after the app's own builds and start-up curve, never beside them
                 job.progress("starting")
                 job.decision = Study(cfg, say=job.progress).run()

@@ -473,6 +473,26 @@ def test_your_data_runs_a_study_for_one_visitor_through_gradio_client(service, s
         other.predict("so happy", None, api_name="/study_classify")
 
 
+def test_your_data_and_the_command_line_run_the_same_study_for_the_same_data_and_budget(tmp_path, monkeypatch):
+    """The tab's study is `compare.study` with the command line's defaults: only where it writes and what its reports
+    call the data differ (the same data, budget and seed then make the same plan, models and verdict)."""
+    import dataclasses
+
+    import serving.studies as studies
+    from compare.study import parse_args
+
+    upload = tmp_path / "mine.csv"
+    upload.write_text("text,label\n" + "".join(f"tweet {i},{'ab'[i % 2]}\n" for i in range(80)))
+    monkeypatch.setattr(studies.StudyQueue, "_run", lambda self, job: None)  # queued, never run
+    job = studies.StudyQueue(tmp_path / "q").submit(upload, 5, 80)
+    in_the_app = studies.StudyQueue(tmp_path / "q2").config(job)
+    data = next(job.folder.glob("data.*"))
+    on_the_command_line = parse_args(["--data", str(data), "--budget-minutes", "5", "--out", in_the_app.out])
+    assert in_the_app.data_name == "your uploaded file"
+    assert dataclasses.replace(in_the_app, data_name=None) == on_the_command_line
+    assert in_the_app.fingerprint() == on_the_command_line.fingerprint()
+
+
 def test_a_study_refuses_files_it_cannot_use_before_any_model_runs(tmp_path, monkeypatch):
     import serving.studies as studies
 
