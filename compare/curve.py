@@ -255,6 +255,24 @@ def run_finetune(cfg: FinetuneConfig, sample, split, test: Scoring) -> dict[str,
     }
 
 
+def reuse_finetune(directory: str | Path, test: Scoring) -> dict[str, Any]:
+    """A fine-tune already trained under this protocol at this size (the study's own, on its fitting part with the
+    checkpoint chosen on its validation fifth), scored on the test texts instead of trained again."""
+    import finetune
+    from core.files import read_json
+
+    run = read_json(Path(directory) / "run.json", "fine-tune run record")
+    return {
+        **test.score(finetune.load(directory)),
+        "validation_accuracy": run["eval_accuracy"],
+        "best_checkpoint_step": run["best_checkpoint_step"],
+        "seconds": run["total_seconds"],
+        "base_model": run["base_model"],
+        "from_scratch": run["from_scratch"],
+        "reused": "the fine-tune the comparison evaluated, not trained again",
+    }
+
+
 def run_retrieval(embedder, fit, validation, seed: int, test: Scoring) -> dict[str, Any]:
     """Index the fitting examples, choose the vote on the validation slice, score on the test texts."""
 
@@ -299,7 +317,8 @@ def run_size(n: int, seed: int, train, test, setup: dict[str, Any]) -> tuple[dic
         row["rag-tuned"] = run_tuned_retrieval(setup["embedder"], tune, fit, validation, seed, test_set)
         budget["rag-tuned"] = {"steps": steps, "rule": setup["embedder_budget"], "learning_rate": tune.learning_rate,
                                "batch_size": tune.batch_size, "loss": tune.loss}  # fmt: skip
-    row["finetune"] = run_finetune(cfg, sample, split, test_set)
+    trained = setup["trained"].get((n, seed))
+    row["finetune"] = reuse_finetune(trained, test_set) if trained else run_finetune(cfg, sample, split, test_set)
     line = ", ".join(f"{name} {row[name]['accuracy']:.4f}" for name in CONTENDERS if name in row)
     logger.info("%d examples, seed %d: %s", n, seed, line)
     return row, budget
@@ -332,6 +351,7 @@ def learning_curve(
     min_steps: int = MIN_STEPS,
     tune: TuneEmbedderConfig | None = None,
     embedder_budget: str = "compute",
+    trained: dict[tuple[int, int], str | Path] | None = None,
     progress: Callable[[float, str], None] | None = None,
 ) -> dict[str, Any]:
     """Every contender at every size and seed under the hold-out-fifth protocol (see the module), scored on `test`.
@@ -343,6 +363,8 @@ def learning_curve(
         min_steps: fewest fine-tuning optimizer steps (0 = the epochs as given).
         tune: the tuned embedder's settings; None = no ``rag-tuned`` line.
         embedder_budget: how the tuned embedder's steps are set at each size (EMBEDDER_BUDGETS, see the module).
+        trained: fine-tunes already trained under this protocol, by ``(size, seed)`` (a model directory each, e.g.
+            the study's own at its full size): scored, not trained again (the row says so).
 
     Returns the curve: ``sizes``, ``seeds``, ``test_size``, ``labels``, ``protocol``, per contender under
     ``backends`` ``{"mean", "std", "runs"}``, the training ``budget`` per size (fine-tune, tuned embedder), every
@@ -360,6 +382,7 @@ def learning_curve(
         "finetune_config": finetune_config,
         "min_steps": min_steps,
         "embedder_budget": embedder_budget,
+        "trained": dict(trained or {}),
     }
     ns = [train.num_rows if size is None else size for size in sizes]
     rows, budgets = [], {}

@@ -491,21 +491,26 @@ def plan_tuning(rates: dict[str, float], seconds: float, n_train: int, cfg: Stud
 # --- the learning curve ----------------------------------------------------------------------------------------------
 
 
-def curve_sizes(n_train: int, seconds: float, cost: Callable[[int], float]) -> list[int]:
+def curve_sizes(n_train: int, seconds: float, cost: Callable[[int], float], full_first: bool = False) -> list[int]:
     """Sizes for the learning curve, each a third of the next up to `n_train`, as many (smallest first) as fit in
-    `seconds` by `cost(size)`; fewer than two fit = none.
+    `seconds` by `cost(size)`; fewer than two fit = none. With `full_first`, `n_train` itself is taken first (the
+    study's own contenders are its point: scored, not trained again).
 
     >>> curve_sizes(900, 100.0, lambda n: n / 10), curve_sizes(900, 5.0, lambda n: n / 10)
     ([33, 100, 300], [])
+    >>> curve_sizes(900, 5.0, lambda n: 1.0 if n == 900 else n / 10, full_first=True)
+    [33, 900]
     """
     candidates = sorted({n_train // 3**i for i in range(5) if n_train // 3**i >= MIN_CURVE_SIZE})
+    if full_first and n_train in candidates:
+        candidates = [n_train, *(size for size in candidates if size != n_train)]
     chosen, total = [], 0.0
     for size in candidates:
         total += cost(size)
         if total > seconds:
             break
         chosen.append(size)
-    return chosen if len(chosen) >= 2 else []
+    return sorted(chosen) if len(chosen) >= 2 else []
 
 
 # --- the study -------------------------------------------------------------------------------------------------------
@@ -973,10 +978,11 @@ class Study:
         train, test, _ = self.split
         seconds = self.seconds_left() - self.state["plan"]["seconds"]["decide"]
         curve_test = stratified_sample(test, min(CURVE_TEST_MAX, test.num_rows), seed=self.cfg.seed, what="test")
-        cost = self.curve_cost(curve_test.num_rows)
-        sizes = curve_sizes(train.num_rows, seconds, cost)
+        reused = self.reusable_finetune()
+        cost = self.curve_cost(curve_test.num_rows, reused=train.num_rows if reused else None)
+        sizes = curve_sizes(train.num_rows, seconds, cost, full_first=reused is not None)
         if not sizes:
-            smallest = curve_sizes(train.num_rows, math.inf, cost)[:2]
+            smallest = curve_sizes(train.num_rows, math.inf, cost, full_first=reused is not None)[:2]
             if len(smallest) < 2:
                 return f"{train.num_rows} training examples are too few for a curve of two sizes of {MIN_CURVE_SIZE}+"
             need = sum(cost(size) for size in smallest) - max(seconds, 0)
@@ -998,25 +1004,38 @@ class Study:
             finetune_config=config,
             embedder=self.embedder,
             seed=self.cfg.seed,
+            trained={(train.num_rows, self.cfg.seed): reused} if reused and train.num_rows in sizes else None,
             progress=lambda fraction, message: self.say(f"[curve] {message}"),
         )
         atomic_write_json(self.out / CURVE_FILE, curve)
         plot_curve(curve, self.out / "curve.png")
         return None
 
-    def curve_cost(self, n_test: int) -> Callable[[int], float]:
+    def reusable_finetune(self) -> Path | None:
+        """The study's own fine-tune, when it is the curve's point at the full size: trained under the protocol on
+        the fitting part of all the training rows (not capped by the budget, not stopped at its deadline)."""
+        stage = self.state["stages"].get("finetune") or {}
+        done = self.state.get("finetune") or {}
+        capped = self.state["plan"]["finetune"]["capped"] or done.get("stopped_at_deadline")
+        if stage.get("status") != "done" or capped:
+            return None
+        directory = self.out / "finetune"
+        return directory if (directory / "run.json").is_file() else None
+
+    def curve_cost(self, n_test: int, reused: int | None = None) -> Callable[[int], float]:
         """Estimated seconds of one curve size, from the probe's rates: the fine-tune under its protocol (the same
-        model and epochs as the study's, on the size's fitting four fifths) and the retrieval on the same."""
+        model and epochs as the study's, on the size's fitting four fifths) and the retrieval on the same. At the
+        `reused` size the study's own fine-tune is only scored."""
         rates = self.state["plan"]["rates"]
         cfg = self.finetune_config(epochs=self.state["plan"]["finetune"]["epochs"])
 
         def cost(size: int) -> float:
             ev = max(1, size // 5)
             _, protocol = apply_protocol(cfg, size - ev)
-            evaluations = protocol.get("evaluations") or math.ceil(protocol["epochs"])
+            evaluations = 0 if size == reused else protocol.get("evaluations") or math.ceil(protocol["epochs"])
             embed = (size + n_test) * rates["embed_s_per_text"]
             predict = (n_test + evaluations * ev) * rates["infer_s_per_text"] + 2 * rates["load_s"]
-            train = protocol["steps"] * cfg.batch_size * rates["train_s_per_text"]
+            train = 0.0 if size == reused else protocol["steps"] * cfg.batch_size * rates["train_s_per_text"]
             return FIXED_SECONDS["curve_size"] + FIXED_SECONDS["finetune"] + embed + predict + train
 
         return cost

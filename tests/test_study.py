@@ -140,6 +140,31 @@ def test_the_curve_is_skipped_with_a_reason_when_no_time_is_left(emotion_study):
     assert not (out / "curve.json").exists()
 
 
+def test_the_curve_scores_the_studys_own_fine_tune_at_the_full_size(emotion_study, tmp_path, monkeypatch):
+    """The study's fine-tune is the curve's point at all the training rows (the same protocol): scored, not trained
+    again, so a small budget has time for a curve; only the smaller sizes train their own."""
+    import shutil
+
+    import compare.curve
+    from compare.study import parse_args
+
+    out, argv, _ = emotion_study
+    copy = tmp_path / "study"
+    shutil.copytree(out, copy)
+    cfg = dataclasses.replace(parse_args([str(copy) if a == str(out) else a for a in argv]), curve=True)
+    study = Study(cfg, say=lambda message: None)
+    study.state = read(copy / "study.json")
+    study.state["resume"] = {"seconds_before_this_run": 0.0}
+    trained, real = [], compare.curve.run_finetune
+    monkeypatch.setattr(compare.curve, "run_finetune", lambda c, sample, *a: trained.append(sample.num_rows)
+                        or real(c, sample, *a))  # fmt: skip
+    assert study.do_curve() is None
+    curve = read(copy / "curve.json")
+    assert curve["sizes"][-1] == 120 and len(curve["sizes"]) >= 2
+    assert "not trained again" in curve["rows"][-1]["finetune"]["reused"]
+    assert trained == curve["sizes"][:-1]  # the smaller sizes train their own fine-tune
+
+
 @pytest.mark.slow
 def test_emotion_study_with_a_learning_curve(shared_dir, emotion_labels, tmp_path):
     out = tmp_path / "study"
