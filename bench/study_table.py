@@ -1,13 +1,14 @@
 """The verdict on a user's own small data, measured: ``compare.study`` on TweetEval emotion and irony at a few sizes
 and budgets, one study at a time (run it alone on the machine).
 
-``python -m bench.study_table [--sizes 300,2000] [--budgets 2,5,10] [--test-limit 1000] [--data-root DIR]``
+``python -m bench.study_table [--sizes 300,2000] [--budgets 2,5,10] [--data-root DIR]``
 
-Each study is run as the app's *Your data* tab runs it: on an upload of that many rows of the train split, a fifth
-held out as its test set (at most 1,000 test texts), 30 timed queries per contender; it fine-tunes the pretrained
+Each study is run as the app's *Your data* tab runs it (the command line's defaults): on an upload of that many rows
+of the train split, a fifth held out as its test set (at most 1,000 test texts); it fine-tunes the pretrained
 MiniLM (the offline pretrained encoder; ``--base-model`` for another) under its
 training protocol. Prints one row per study and contender: macro-F1 with its interval, whether it learned, its
-optimizer steps, the verdict and what decided it, planned vs actual minutes; then one JSON line with every row.
+optimizer steps, the verdict and what decided it, the curve's sizes (or why none), planned vs actual minutes and
+the wall time of the whole command; then one JSON line with every row.
 """
 
 from __future__ import annotations
@@ -35,12 +36,11 @@ def upload(data: Path, rows: int, out: Path) -> Path:
     return path
 
 
-def study(data: Path, rows: int, budget: float, base_model: str, test_limit: int, out: Path) -> dict:
+def study(data: Path, rows: int, budget: float, base_model: str, out: Path) -> dict:
     """Run one study on an upload of `rows` examples (its test set held out of them, as in the app), in its own
     process (its memory freed after it), and read what it wrote."""
     command = [sys.executable, "-m", "compare.study", "--data", str(upload(data, rows, out)), "--out", str(out),
-               "--overwrite", "--test-limit", str(test_limit), "--latency-queries", "30",
-               "--budget-minutes", str(budget),
+               "--overwrite", "--budget-minutes", str(budget),
                "--base-model", base_model,
                "--embedder", packaged_embedder_path()]  # fmt: skip
     start = time.perf_counter()
@@ -64,6 +64,10 @@ def rows_of(name: str, rows: int, budget: float, result: dict) -> list[dict]:
     steps = {"finetune": (finetune.get("protocol") or {}).get("steps"), "rag-tuned": tune.get("steps")}
     verdict = " / ".join(decision.get("tie") or []) or decision.get("choice") or "none"
     minutes = state["minutes"]
+    curve = state["stages"].get("curve") or {}
+    sizes = decision.get("measured_on", {}).get("learning_curve")
+    head["curve"] = ",".join(map(str, sizes)) if sizes else f"none: {(curve.get('reason') or '')[:60]}"
+    head["wall min"] = f"{result['wall']:.2f}"
     out = []
     for backend, b in report["backends"].items():
         low, high = b["macro_f1_ci95"]
@@ -90,7 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="300,2000")
     parser.add_argument("--budgets", default="2,5,10")
     parser.add_argument("--base-model", default=packaged_embedder_path())
-    parser.add_argument("--test-limit", type=int, default=1000, help="test texts scored (as the app's Your data)")
     parser.add_argument("--out", default="artifacts/bench-study")
     args = parser.parse_args(argv)
     results = []
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         for rows in (int(s) for s in args.sizes.split(",")):
             for budget in (float(b) for b in args.budgets.split(",")):
                 out = Path(args.out) / f"{name}-{rows}-{budget:g}"
-                result = study(Path(args.data_root) / name, rows, budget, args.base_model, args.test_limit, out)
+                result = study(Path(args.data_root) / name, rows, budget, args.base_model, out)
                 results += rows_of(name, rows, budget, result)
                 print(f"done {name} {rows} rows {budget:g} min in {result['wall']:.2f} min", flush=True)
     print(table(results))
