@@ -4,13 +4,15 @@ library; the backends only know how to serve a variant (`serve_as`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from compare.metrics import bootstrap_ci
 from core.precision import FP32, MIN_AGREEMENT, TIMED_BATCH, TIMED_TEXTS, Hardware, Variant, candidates
@@ -44,6 +46,7 @@ def choose(
     labels: Sequence[str],
     hardware: Hardware | None = None,
     variants: Sequence[Variant] | None = None,
+    threads: int | None = None,
 ) -> tuple[Variant, dict[str, Any]]:
     """`auto`: score each candidate on the validation part and pick the fastest that answers like fp32.
 
@@ -51,12 +54,15 @@ def choose(
         serve_as: switches the backend to a variant; returns None, or why it could not (the backend then runs fp32).
         predict: the backend's ``predict`` (as served: the candidate's accuracy and time are the backend's own).
         texts, labels: the validation part.
+        threads: the intra-op threads the backend will be served on (its batcher's share of the cores), which the
+            candidates are timed on: a variant's gain on two threads is not its gain on one. None = as set now.
 
     Returns:
         the chosen variant (the backend is left serving it) and the record of the choice: ``served``, ``why`` and
         every candidate's `Trial` (accuracy, agreement with fp32, ms per text, or why it was refused).
     """
     hardware = hardware or Hardware.detect()
+    timed = threads or torch.get_num_threads()
     texts, labels = list(texts), list(labels)
     trials: list[Trial] = []
     reference: list[str] | None = None
@@ -75,7 +81,8 @@ def choose(
             reference = answers
             interval = [float(x) for x in bootstrap_ci(answers, labels, "accuracy", sorted(set(labels)), seed=0)]
         trial.agreement = float(np.mean([a == b for a, b in zip(answers, reference, strict=True)]))
-        trial.ms_single, trial.ms_batched = _time_per_text(predict, texts[:TIMED_TEXTS])
+        with served_threads(threads):
+            trial.ms_single, trial.ms_batched = _time_per_text(predict, texts[:TIMED_TEXTS])
         if trial.accuracy < interval[0]:
             trial.refused = (
                 f"accuracy {trial.accuracy:.4f} is below fp32's interval [{interval[0]:.4f}, {interval[1]:.4f}]"
@@ -94,11 +101,24 @@ def choose(
         why = (
             f"auto: {best.variant} is the fastest candidate within fp32's accuracy interval [{interval[0]:.4f}, "
             f"{interval[1]:.4f}] on {len(texts):,} validation texts (accuracy {best.accuracy:.4f}, fp32's label on "
-            f"{best.agreement:.1%}, {best.ms:.2f} ms per text{speed}; {hardware.describe()})"
+            f"{best.agreement:.1%}, {best.ms:.2f} ms per text{speed} on {timed} thread{'s' * (timed != 1)}; "
+            f"{hardware.describe()})"
         )
     logger.info("%s", why)
     return chosen, {"served": chosen.name, "why": why, "fp32_interval": interval, "validation_size": len(texts),
-                    "candidates": [asdict(t) for t in trials]}  # fmt: skip
+                    "timed_threads": timed, "candidates": [asdict(t) for t in trials]}  # fmt: skip
+
+
+@contextlib.contextmanager
+def served_threads(threads: int | None) -> Iterator[None]:
+    """PyTorch's intra-op threads set to `threads` inside (None: left as they are), restored after."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _time_per_text(predict: Callable[[Sequence[str]], Any], texts: list[str]) -> tuple[float, float]:

@@ -227,3 +227,32 @@ def test_the_app_takes_the_setting_as_flags():
     with pytest.raises(SystemExit) as exit_:
         app.parse_args(["--precision", "fp16"])
     assert exit_.value.code == 2
+
+
+def test_auto_times_each_candidate_on_the_threads_it_will_be_served_on():
+    """Served beside another backend, a batcher runs on its share of the cores: the candidates are timed on that
+    many threads (a variant's gain on two threads is not its gain on one), and the process's setting is restored."""
+    import torch
+
+    n = 40
+    labels = [("a", "b")[i % 2] for i in range(n)]
+    backend = FakeBackend(labels, ms=dict.fromkeys(("fp32", "int8"), 0.0), wrong={"fp32": [], "int8": []}, swap={})
+    seen = []
+
+    def predict(texts):
+        seen.append((len(texts), torch.get_num_threads()))
+        return backend.predict(texts)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        hardware = Hardware("AVX2", frozenset({"avx2"}))
+        texts = [str(i) for i in range(n)]
+        _, record = choose(backend.serve_as, predict, texts, labels, hardware, [FP32, Variant("int8")], threads=1)
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(before)
+    scoring = [threads for size, threads in seen if size == n]  # each candidate's pass over the validation part
+    timing = [threads for size, threads in seen if size < n]
+    assert scoring == [2, 2] and timing and set(timing) == {1}
+    assert record["timed_threads"] == 1 and "on 1 thread;" in record["why"]
