@@ -1,4 +1,4 @@
-"""The verdict on a user's own small data, measured: ``compare.study`` on TweetEval emotion and irony at a few sizes
+"""The verdict on a user's own small data, measured: ``jobs.study`` on TweetEval emotion and irony at a few sizes
 and budgets, one study at a time (run it alone on the machine).
 
 ``python -m bench.study_table [--sizes 300,2000] [--budgets 2,5,10] [--data-root DIR]``
@@ -39,7 +39,7 @@ def upload(data: Path, rows: int, out: Path) -> Path:
 def study(data: Path, rows: int, budget: float, base_model: str, out: Path) -> dict:
     """Run one study on an upload of `rows` examples (its test set held out of them, as in the app), in its own
     process (its memory freed after it), and read what it wrote."""
-    command = [sys.executable, "-m", "compare.study", "--data", str(upload(data, rows, out)), "--out", str(out),
+    command = [sys.executable, "-m", "jobs.study", "--data", str(upload(data, rows, out)), "--out", str(out),
                "--overwrite", "--budget-minutes", str(budget),
                "--base-model", base_model,
                "--embedder", packaged_embedder_path()]  # fmt: skip

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compare.curve import crossover, crossover_range, describe_crossover, series
+from compare.crossover import crossover, crossover_range, describe_crossover, series
 from compare.evaluation import check_report
 from compare.latency import p95_interval
 from core.cli import parse_config
@@ -52,7 +52,7 @@ WEIGHTS: dict[str, tuple[float, str]] = {
 """Criterion -> (weight, why). A contender's total is the sum of weight x score over the criteria."""
 
 KINDS = ("finetune", "rag-tuned", "rag", "hybrid")
-"""What is chosen between, named as compare.run names its backends; ``finetune-x`` is a finetune (longest name
+"""What is chosen between, named as jobs.run names its backends; ``finetune-x`` is a finetune (longest name
 first, so that ``rag-tuned`` is not taken for ``rag``)."""
 CHOICES = {kind: kind for kind in KINDS}
 """Kind -> the name a recommendation gives it: one name, the backend's own (kept as a table for older readers)."""
@@ -193,7 +193,7 @@ def _report_noise(f: Contenders, a: str, b: str) -> dict[str, Any]:
         verb = "overlap" if within else "do not overlap"
         how = f"their 95% intervals, {na} [{ia[0]:.3f}, {ia[1]:.3f}] and {nb} [{ib[0]:.3f}, {ib[1]:.3f}], {verb}"
         return {"within": within, "how": how + " (the report has no paired interval)"}
-    return {"within": False, "how": "the report has no intervals to judge the noise by (re-run compare.run)"}
+    return {"within": False, "how": "the report has no intervals to judge the noise by (re-run jobs.run)"}
 
 
 def _curve_noise(f: Contenders, a: str, b: str) -> dict[str, Any]:
@@ -484,7 +484,7 @@ def caveats(f: Contenders, rec: Recommendation, totals: dict[str, float]) -> Non
     if have is not None and not f.curve and ft_size and have < ft_size:
         rec.caveats.append(
             f"the fine-tune was measured with {ft_size} training examples and you have {have}; its accuracy will be "
-            "lower. Run `python -m compare.curve` to see by how much."
+            "lower. Run `python -m jobs.curve` to see by how much."
         )
     update = f.report.get("knowledge_update") or {}
     if UPDATE_FREQUENCY[f.constraints.updates] and not ((update.get("rag") or {}).get("seconds") is not None):
@@ -625,8 +625,8 @@ def main(argv: list[str] | None = None) -> int:
         Constraints,
         argv,
         __doc__.splitlines()[0],
-        report={"required": True, "metavar": "FILE", "help": "report.json written by python -m compare.run"},
-        curve={"default": None, "metavar": "FILE", "help": "curve.json written by python -m compare.curve"},
+        report={"required": True, "metavar": "FILE", "help": "report.json written by python -m jobs.run"},
+        curve={"default": None, "metavar": "FILE", "help": "curve.json written by python -m jobs.curve"},
     )
     try:
         report = read_json(Path(args.report), "report")

@@ -323,7 +323,7 @@ def check_report(report: Any) -> dict[str, Any]:
     if version != FORMAT_VERSION:
         raise ValueError(
             f"report format {version!r} is not supported (this version reads format {FORMAT_VERSION}); "
-            "re-run `python -m compare.run` to regenerate it"
+            "re-run `python -m jobs.run` to regenerate it"
         )
     if not isinstance(report["backends"], dict) or not report["backends"]:
         raise ValueError("the report has no backends")

@@ -184,7 +184,7 @@ def paired_lines(report: dict[str, Any]) -> list[str]:
     if len(report["backends"]) < 2:
         return []
     if "pairwise" not in report:
-        old = "n/a: this report predates paired comparisons; re-run `python -m compare.run` for them."
+        old = "n/a: this report predates paired comparisons; re-run `python -m jobs.run` for them."
         return ["## Paired comparisons", "", old, ""]
     lines = [
         "## Paired comparisons",

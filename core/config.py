@@ -1,8 +1,9 @@
 """What every job's config shares: the labeled data, its label names, the seed and the output directory.
 
-Each job (``finetune.train``, ``rag.tune_embedder``, ``finetune.search``, ``compare.run``, ``compare.audit``,
-``compare.study``) has one config dataclass that inherits `JobConfig`, so these four are the same flags, checked the
-same way, everywhere (``--data``, ``--labels``, ``--seed``, ``--out``; `core.cli` maps fields to flags).
+Each job (``finetune.train``, ``rag.build``, ``rag.tune_embedder``, ``finetune.search``, ``jobs.run``,
+``jobs.audit``, ``jobs.curve``, ``jobs.study``) has one config dataclass that inherits `JobConfig`, so these four are
+the same flags, checked the same way, everywhere (``--data``, ``--labels``, ``--seed``, ``--out``; `core.cli` maps
+fields to flags).
 """
 
 from __future__ import annotations

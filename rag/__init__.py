@@ -44,6 +44,32 @@ def load(directory: str | Path, embedder: Embedder | str | None = None) -> RagCl
     return RagClassifier.load(directory, embedder=embedder)
 
 
+_TUNING_KEYS = ("data_source", "base_embedder", "train_size", "loss", "steps", "seconds")
+"""What a tuned embedder's run.json says about its tuning, copied into the index's meta."""
+
+
+def load_tuned(directory: str | Path) -> RagClassifier:
+    """The index over a tuned embedder, named ``rag-tuned``; its one-off cost counts the embedder's tuning too.
+
+    The tuning's run.json (what the embedder was trained on, steps, seconds) goes to ``meta["embedder_tuning"]``;
+    an index whose embedder has none is refused, since it would not be what the name says.
+    """
+    from core.files import read_json
+
+    clf = load(directory)
+    path = Path(clf.embedder.name) / "run.json"  # rag.tune_embedder.RUN_FILE
+    tuning = read_json(path, "tuned embedder run.json") if path.is_file() else None
+    if not isinstance(tuning, dict) or tuning.get("backend") != "tuned-embedder":
+        raise ValueError(
+            f"{directory}: its embedder {clf.embedder.name} was not written by python -m rag.tune_embedder "
+            "(no run.json beside it); give it as --rag instead"
+        )
+    clf.name = "rag-tuned"
+    clf.meta["embedder_tuning"] = {k: tuning.get(k) for k in _TUNING_KEYS}
+    clf.meta["build_seconds"] = round(clf.meta.get("build_seconds", 0.0) + (tuning.get("seconds") or 0.0), 2)
+    return clf
+
+
 __all__ = [
     "ArtifactError",
     "Embedder",
@@ -57,5 +83,6 @@ __all__ = [
     "llm_classifier",
     "llm_from_env",
     "load",
+    "load_tuned",
     "vote",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.types import check_labels, normalise_label
+from core.config import JobConfig
 from rag.index import KINDS, MEMORY_GB
 
 WEIGHTINGS = ("uniform", "similarity", "softmax")
@@ -12,8 +12,8 @@ INDEX_TYPES = ("auto", *KINDS)
 
 
 @dataclass
-class RagConfig:
-    """How to build and query the retrieval classifier.
+class RagConfig(JobConfig):
+    """How to build and query the retrieval classifier (`data`, `labels`, `seed`, `out`: `core.config.JobConfig`).
 
     Args:
         embedder: sentence-transformers model, Hub id or local dir; None = ``FTRAG_EMBEDDER`` or the default
@@ -43,8 +43,6 @@ class RagConfig:
     """
 
     embedder: str | None = None
-    data: str | None = None
-    labels: tuple[str, ...] | None = None
     train_size: int | None = None
     k: int = 100
     weighting: str = field(default="softmax", metadata={"choices": WEIGHTINGS})
@@ -58,12 +56,10 @@ class RagConfig:
     recall_queries: int = 500
     vector_store: str | None = None
     batch_size: int = 32
-    seed: int = 0
     out: str = "artifacts/rag"
 
     def __post_init__(self) -> None:
-        if self.labels is not None:
-            self.labels = tuple(check_labels([normalise_label(name) for name in self.labels]))
+        super().__post_init__()  # data, labels, seed, out (core.config)
         self.k_grid = tuple(int(k) for k in self.k_grid)
         self.temperature_grid = tuple(float(t) for t in self.temperature_grid)
         if self.train_size is not None and self.train_size < 1:

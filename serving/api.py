@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from compare.decide import Constraints
 from core.limits import MAX_BODY_BYTES, MAX_LABEL_CHARS, MAX_NAME_CHARS, MAX_TEXTS, clip_message
 from serving.access import Refused, bearer_token, client_of
-from serving.service import InputError, hide_paths
+from serving.inputs import InputError, hide_paths
 from serving.state import App
 
 

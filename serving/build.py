@@ -1,6 +1,6 @@
 """The app's default line-up, built on first start when the artifacts are missing: one labeled sample, two contenders.
 
-Both contenders get the same labeled examples under the same protocol (the one `compare.curve` uses at each size):
+Both contenders get the same labeled examples under the same protocol (the one `jobs.curve` uses at each size):
 a seeded, stratified sample of the train split is cut once into a *fit* part and a *validation* part
 (`core.split.Split`, recorded beside each contender). The fine-tune learns from the fit part and keeps its best
 checkpoint by the validation part; the retrieval index holds exactly the fit part and chooses its vote (k,
@@ -88,7 +88,7 @@ class DemoData:
 
 
 def build_demo_index(out: Path, progress: Progress, data: DemoData) -> None:
-    """Index the fit part with the frozen embedder; choose the vote on the validation part (as `compare.curve`)."""
+    """Index the fit part with the frozen embedder; choose the vote on the validation part (as `jobs.curve`)."""
     from rag import build_index
     from rag.config import RagConfig
     from rag.tuning import choose_vote
@@ -184,9 +184,9 @@ def _load_named(name: str) -> Callable[[Path], Any]:
 
 
 def _load_tuned(path: Path) -> Any:
-    from compare.run import load_tuned
+    import rag
 
-    return load_tuned(str(path))
+    return rag.load_tuned(path)
 
 
 __all__ = [

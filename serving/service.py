@@ -9,9 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
-import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,11 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from core.files import ArtifactError
-from core.limits import MAX_CHARS, MAX_TEXTS, MAX_UPLOAD_BYTES, MAX_UPLOAD_ROWS, check_upload_cells
 from core.settings import screen_name
 from core.types import Classifier, Prediction, Progress
-from serving.access import Refused, TeachPolicy
+from serving.access import TeachPolicy
 from serving.batching import MicroBatcher, wait_ms_from_env
+from serving.inputs import (
+    InputError,
+    few,
+    hide_paths,
+    still_building,
+    validate_texts,
+)
+from serving.teaching import Teaching
 
 logger = logging.getLogger(__name__)
 
@@ -32,174 +36,6 @@ TRAINING_LOCK = threading.Lock()
 """One training at a time in this process: the demo builds, the start-up curve and visitors' studies all train with
 the Hugging Face Trainer, whose `TrainingArguments` reset accelerate's process-wide state, so two at once break each
 other (and would halve each other's speed anyway)."""
-MAX_SESSION_EXAMPLES = 50
-"""Examples one visitor may teach in their own session (each one is a vector held in that session)."""
-
-
-def still_building() -> Refused:
-    """The answer to a request that needs backends the start-up has not brought up yet: 503, try again in 30 s."""
-    return Refused("the backends are still being built (the page shows how far); ask again in a minute", 503, 30)
-
-
-class InputError(ValueError):
-    """Input a person gave that cannot be used; the message says what to change."""
-
-
-def validate_texts(texts: Any, what: str = "text") -> list[str]:
-    """1 to MAX_TEXTS non-empty strings of at most MAX_CHARS characters, or an InputError saying which is wrong.
-
-    >>> validate_texts(["ok"])
-    ['ok']
-    """
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, (list, tuple)):
-        raise InputError(f"expected a list of {what}s, got {type(texts).__name__}")
-    if not texts:
-        raise InputError(f"no {what} given")
-    if len(texts) > MAX_TEXTS:
-        raise InputError(f"at most {MAX_TEXTS} {what}s per call, got {len(texts)}")
-    out = []
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise InputError(f"{what} {i + 1} is a {type(text).__name__}, not a string")
-        if not text.strip():
-            raise InputError(f"{what} {i + 1} is empty; type something to classify" if len(texts) > 1 else
-                             f"the {what} is empty; type something to classify")  # fmt: skip
-        if len(text) > MAX_CHARS:
-            raise InputError(
-                f"{what} {i + 1} has {len(text):,} characters; the limit is {MAX_CHARS:,} (a tweet has at most 280)"
-            )
-        if not _encodable(text):
-            raise InputError(f"{what} {i + 1} is not valid Unicode (it holds a lone surrogate such as \\ud800)")
-        out.append(text)
-    return out
-
-
-UPLOAD_SUFFIXES = (".csv", ".jsonl")
-
-
-def uploaded_file(path: Any, root: str | Path) -> Path:
-    """`path` when it is a file that was uploaded into the folder `root`, else an InputError that reveals nothing.
-
-    A raw API call can name any server path as an "uploaded" file (Gradio's own check is skipped when the UI is
-    mounted on another app), so every path a request hands over is checked here: resolved (no ``..``, no links out)
-    and inside `root`.
-    """
-    refusal = InputError("that file was not uploaded here: upload a CSV or JSONL file with the file box")
-    if not isinstance(path, (str, Path)) or not str(path):
-        raise refusal
-    try:
-        file = Path(path).resolve(strict=True)
-        inside = file.is_relative_to(Path(root).resolve(strict=True))
-    except (OSError, RuntimeError, ValueError):
-        raise refusal from None
-    if not inside or not file.is_file():
-        raise refusal
-    if file.suffix.lower() not in UPLOAD_SUFFIXES:
-        raise InputError(f"upload a .csv or .jsonl file, not {file.suffix or 'a file without an extension'}")
-    size = file.stat().st_size
-    if size > MAX_UPLOAD_BYTES:
-        raise InputError(f"the file is {size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES / 2**20:.0f} MB")
-    return file
-
-
-def load_upload(
-    file: Path, labels: Sequence[str] | None = None, first_rows: bool = True, max_rows: int | None = MAX_UPLOAD_ROWS
-):
-    """The labeled rows of an uploaded file (see `uploaded_file`) and a note saying what was kept.
-
-    Every text is held to `MAX_CHARS`, as typed text is, and must be valid Unicode: a bad row is refused with its row
-    number, before any model sees it. Past `max_rows` rows (None: no cut; the caller bounds the count itself) the
-    file is cut to its first rows (said in the note) when `first_rows`, refused otherwise. `labels` (the backends'
-    label set) name integer ids, and a file may hold any subset of them. The labels are held to `core.limits` (how
-    many, how long, rows x labels). Error messages name "the uploaded file", never a server path.
-    """
-    from core.data import DataError, label_names, load_tweets
-
-    try:
-        with tempfile.TemporaryDirectory(prefix="ftrag-upload-") as cache:  # nothing of it stays in any cache
-            dataset = load_tweets(str(file), split="train", labels=labels, cache_dir=cache)
-    except DataError as err:
-        raise InputError(str(err).replace(str(file), "the uploaded file")) from None
-    total = dataset.num_rows
-    note = f"all {total:,} rows of the uploaded file"
-    if max_rows is not None and total > max_rows:
-        if not first_rows:
-            raise InputError(f"the uploaded file has {total:,} rows; the limit is {max_rows:,}")
-        dataset = dataset.select(range(max_rows))
-        note = f"the first {max_rows:,} of {total:,} rows of the uploaded file (the limit per evaluation)"
-    texts = dataset["text"]
-    long_rows = [i for i, text in enumerate(texts) if len(text) > MAX_CHARS]
-    if long_rows:
-        longest = max(len(texts[i]) for i in long_rows)
-        rows = ", ".join(str(i + 1) for i in long_rows[:5]) + (" ..." if len(long_rows) > 5 else "")
-        raise InputError(
-            f"{len(long_rows)} row(s) of the uploaded file have more than {MAX_CHARS:,} characters (rows {rows}; "
-            f"the longest has {longest:,}); the limit is {MAX_CHARS:,} per text, as for typed text"
-        )
-    bad = [i for i, text in enumerate(texts) if not _encodable(text)]
-    if bad:
-        raise InputError(f"row {bad[0] + 1} of the uploaded file is not valid Unicode")
-    try:
-        check_upload_cells(dataset.num_rows, len(label_names(dataset)))
-    except ValueError as err:
-        raise InputError(str(err)) from None
-    return dataset, note
-
-
-def validate_labels(labels: Any, n: int, known: Sequence[str], what: str = "text") -> list[str]:
-    """One known label per text, or an InputError saying which are wrong (echoing at most a few of them).
-
-    >>> validate_labels(["a"], 1, ["a", "b"])
-    ['a']
-    """
-    if not isinstance(labels, (list, tuple)) or len(labels) != n:
-        given = len(labels) if isinstance(labels, (list, tuple)) else 0
-        raise InputError(f"give one label per {what}: {n} {what}s, {given} labels")
-    bad = sorted({str(x) for x in labels if x not in known})
-    if bad:
-        raise InputError(f"unknown label(s) {_few(bad)}; use one of {list(known)}")
-    return list(labels)
-
-
-_ABSOLUTE_PATH = re.compile(r"(?<![\w/.~:])/[^\s'\"()\[\],;]+")
-
-
-def hide_paths(text: str) -> str:
-    """`text` with every path on this server cut to its last two parts: answers never show where files live.
-
-    A server path is an absolute path whose first folder exists here (``/tmp/...``, ``/home/...``), whether or not
-    the rest does; anything else is a user's text and is left as it is (``$5 /month``, ``/r/funny/comments/x``).
-
-    >>> hide_paths("/tmp/app/artifacts/rag/index.faiss: index file is missing; 3 tweets /day")
-    'rag/index.faiss: index file is missing; 3 tweets /day'
-    """
-    roots = {entry.name for entry in _top_folders()}
-
-    def hidden(match: re.Match) -> str:
-        parts = Path(match.group()).parts[1:]  # without the leading "/"
-        return "/".join(parts[-2:]) if len(parts) > 1 and parts[0] in roots else match.group()
-
-    return _ABSOLUTE_PATH.sub(hidden, str(text))
-
-
-def _top_folders() -> list[os.DirEntry]:
-    try:
-        with os.scandir("/") as entries:
-            return [entry for entry in entries if entry.is_dir()]
-    except OSError:
-        return []
-
-
-def _few(items: Sequence[Any], n: int = 5, chars: int = 40) -> list[str]:
-    """At most `n` of `items`, each cut to `chars` characters: what an error message may echo of the input.
-
-    >>> _few(["a" * 100, "b"], n=1, chars=3)
-    ['aaa…', '… and 1 more']
-    """
-    shown = [str(x)[:chars] + ("…" if len(str(x)) > chars else "") for x in list(items)[:n]]
-    return shown + ([f"… and {len(items) - n} more"] if len(items) > n else [])
 
 
 Answer = tuple[Prediction, float]
@@ -209,7 +45,7 @@ Answer = tuple[Prediction, float]
 def derived_hybrids(chosen: dict[str, Classifier]) -> dict[str, tuple[Any, str, str]]:
     """The hybrids in `chosen` whose primary and secondary are chosen too, as ``{name: (hybrid, primary name,
     secondary name)}``: their answers are combined from the parts' answers instead of running both models again."""
-    from compare.hybrid import HybridClassifier
+    from hybrid import HybridClassifier
 
     names = {id(clf): name for name, clf in chosen.items()}
     return {
@@ -227,17 +63,8 @@ def precision_setting() -> str:
     return requested()[0]
 
 
-def _encodable(text: str) -> bool:
-    """True when `text` can be written as UTF-8 (JSON allows lone surrogates like "\\ud800"; tokenizers do not)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 @dataclass
-class Service:
+class Service(Teaching):
     """The loaded backends (by name), and why any expected one is missing."""
 
     backends: dict[str, Classifier] = field(default_factory=dict)
@@ -360,7 +187,8 @@ class Service:
             return
         # A retrieval backend leaves each text's own copy out of its index, as when its vote was chosen.
         predict = functools.partial(clf.predict, exclude_identical=True) if holder is not clf else clf.predict
-        chosen, record = choose(holder.serve_as, predict, list(validation["text"]), list(validation["label"]))
+        texts, labels = list(validation["text"]), list(validation["label"])
+        chosen, record = choose(holder.serve_as, predict, texts, labels, threads=self._served_share())
         # A frozen trace runs fastest on the thread that made it (measured: 3.3 vs 9.5 ms for MiniLM): the served one
         # is made again at the first request, by the batcher's worker, as the fp32 trace always was.
         holder.serve_as(chosen, record["why"], now=chosen.runtime != "torch")
@@ -377,9 +205,9 @@ class Service:
         self.backends = {**self.backends, name: clf}  # a new dict: readers iterate a snapshot, never a changing one
 
     def _add_hybrid(self) -> None:
-        """The hybrid of the fine-tune and the index, fitted on the fine-tune's validation slice (compare.hybrid)."""
-        from compare.hybrid import default_hybrid
+        """The hybrid of the fine-tune and the index, fitted on the fine-tune's validation slice (hybrid)."""
         from core.data import DataError
+        from hybrid import default_hybrid
 
         if "finetune" not in self.backends or "rag" not in self.backends:
             self._not_served("hybrid", "it needs both the fine-tune and retrieval")
@@ -443,7 +271,7 @@ class Service:
             unknown = [b for b in backends if b not in self.backends]
             if unknown:
                 why = "; ".join(f"{shown}: {self.unavailable.get(b, 'no such backend')}"
-                                for shown, b in zip(_few(unknown), unknown, strict=False))  # fmt: skip
+                                for shown, b in zip(few(unknown), unknown, strict=False))  # fmt: skip
                 raise InputError(f"backend(s) not available ({why}); available: {sorted(self.backends)}")
             chosen = {b: self.backends[b] for b in backends}
         if not chosen:
@@ -531,6 +359,12 @@ class Service:
             return None
         return max(1, self._cores // running)
 
+    def _served_share(self) -> int | None:
+        """The threads each backend's batcher gets once the whole expected line-up is up (`_share` of it): what
+        `auto` times its candidates on."""
+        running = len([name for name in self.expected if name != "hybrid"])
+        return None if running < 2 else max(1, self._cores // running)
+
     @functools.cached_property
     def _cores(self) -> int:
         """PyTorch's intra-op thread count when the first batcher is made (OMP_NUM_THREADS or the cores)."""
@@ -538,128 +372,11 @@ class Service:
 
         return torch.get_num_threads()
 
-    def teach(self, texts: Any, labels: Any, token: str | None = None, client: str = "") -> dict[str, Any]:
-        """Add labeled examples to the shared retrieval index, if `teach_policy` allows this client.
-
-        Recorded in the teach log first (one fsynced insert), searchable as soon as this returns; exact duplicates
-        of a taught example are merged. Returns the ids (for `forget`), and what retraining the fine-tune would cost.
-        """
-        texts = validate_texts(texts, "example")
-        self.teach_policy.check(token, client, examples=len(texts))  # who may, before anything about the index
-        rag = self._teachable()
-        labels = validate_labels([labels] if isinstance(labels, str) else labels, len(texts), rag.labels, "example")
-        start = time.perf_counter()
-        written = rag.teach(list(texts), list(labels), client=client)
-        seconds = time.perf_counter() - start
-        self._changes += 1
-        merged = sum(w["merged"] for w in written)
-        return {
-            "added": len(texts) - merged,
-            "merged": merged,
-            "ids": [w["id"] for w in written],
-            "index_size": rag.size,
-            "seconds": round(seconds, 4),
-            **self.retrain_cost(),
-        }
-
-    def forget(self, teach_id: Any, token: str | None = None, client: str = "") -> dict[str, Any]:
-        """Remove one taught example from the shared index (the undo of `teach`), if `teach_policy` allows it."""
-        if isinstance(teach_id, bool) or not isinstance(teach_id, int) or teach_id < 1:
-            raise InputError(f"a taught example's id is a positive integer, got {str(teach_id)[:40]!r}")
-        self.teach_policy.check(token, client, examples=1)
-        rag = self._teachable()
-        try:
-            forgotten = rag.forget(teach_id)
-        except ValueError as err:  # an index that cannot remove examples (approximate ones)
-            raise InputError(str(err)) from err
-        if not forgotten:
-            raise Refused(f"no taught example has id {teach_id} (or it was already removed)", 404)
-        self._changes += 1
-        return {"removed": teach_id, "index_size": rag.size}
-
-    def teach_session(self, text: Any, label: Any, own: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """A visitor's own taught examples, `own`, plus this one: embedded once, checked, never in the shared index.
-
-        The page keeps the list in the visitor's session; `compare_session` answers with it. At most
-        MAX_SESSION_EXAMPLES per session.
-        """
-        rag = self._retrieval()
-        [text] = validate_texts([text], "example")
-        [label] = validate_labels([label], 1, rag.labels, "example")
-        if len(own) >= MAX_SESSION_EXAMPLES:
-            raise InputError(f"a session holds at most {MAX_SESSION_EXAMPLES} taught examples; undo some first")
-        return [*own, rag.embed_example(text, label)]
-
-    def compare_session(self, query: Any, own: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """The retrieval answer for `query` before and after the visitor's own examples `own` (see `teach_session`)."""
-        rag = self._retrieval()
-        [query] = validate_texts([query], "query")
-        before = rag.predict([query])[0]
-        after = rag.predict_with([query], list(own))[0]
-        return {"before": before.to_dict(), "after": after.to_dict()}
-
-    def _retrieval(self):
-        rag = self.backends.get("rag")
-        if rag is None:
-            if "rag" not in self.unavailable and not self.ready.is_set():
-                raise still_building()
-            why = self.unavailable.get("rag", "not served")
-            raise InputError(f"the retrieval backend is not available: {why}")
-        return rag
-
-    def _teachable(self):
-        """The shared index to teach; callers check `teach_policy` first, so a caller without the right to teach
-        learns nothing about the index (401 or 403, not 400 or 503)."""
-        rag = self._retrieval()
-        if getattr(rag, "log", None) is None:
-            raise InputError("this retrieval index has no teach log (it was loaded without a directory)")
-        return rag
-
-    def start_compactor(self, interval_s: float) -> threading.Thread | None:
-        """Every `interval_s` seconds, in a background thread, `compact_when_changed` (0 = never)."""
-        if interval_s <= 0:
-            return None
-
-        def loop() -> None:
-            while not self._stop.wait(interval_s):
-                try:
-                    self.compact_when_changed()
-                except (OSError, ValueError, sqlite3.Error) as err:  # a full disk, a busy log: it holds all; try later
-                    logger.warning("Compacting the teach log failed (%s); it stays as it is", err)
-
-        thread = threading.Thread(target=loop, name="teach-log-compactor", daemon=True)
-        thread.start()
-        return thread
-
     def close(self) -> None:
         """Stop background work (the compactor, the batchers' worker threads)."""
         self._stop.set()
         for batcher in self._batchers.values():
             batcher.close()
-
-    def compact_when_changed(self) -> bool:
-        """Fold the teach log into the index files if anything was taught or removed since the last time."""
-        rag = self.backends.get("rag")
-        if not self._changes or rag is None or getattr(rag, "log", None) is None:
-            return False
-        changes = self._changes
-        rag.compact()
-        self._changes -= changes  # what happened during the compaction waits for the next one
-        return True
-
-    def retrain_cost(self) -> dict[str, Any]:
-        """What the fine-tuned model would need to learn the same examples: a retrain, of the measured length."""
-        meta = getattr(self.backends.get("finetune"), "meta", None) or {}
-        seconds = meta.get("train_seconds")
-        return {
-            "finetune_retrain_seconds": seconds,
-            "finetune_note": (
-                f"the fine-tuned model does not learn taught examples until it is retrained: its last training took "
-                f"{seconds:.0f} s on {meta.get('train_size')} examples ({meta.get('device', 'cpu')})"
-                if seconds is not None
-                else "the fine-tuned model does not learn taught examples until it is retrained"
-            ),
-        }
 
     def models(self) -> dict[str, Any]:
         """What is loaded: each backend's description and run.json essentials (how many labeled examples it learned

@@ -21,15 +21,8 @@ from core.files import read_json
 from core.limits import MAX_UPLOAD_ROWS
 from finetune.protocol import MIN_STEPS
 from serving.access import Refused
-from serving.service import (
-    TRAINING_LOCK,
-    InputError,
-    Service,
-    load_upload,
-    still_building,
-    uploaded_file,
-    validate_labels,
-)
+from serving.inputs import InputError, load_upload, still_building, uploaded_file, validate_labels
+from serving.service import TRAINING_LOCK, Service
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +33,7 @@ STARTUP_TEXTS = 500
 STARTUP_LATENCY_QUERIES = 100
 STARTUP_CURVE_SIZES = (100, 300, 1000)
 """The small learning curve measured after the start-up comparison when the artifacts hold none (one seed, no
-tuned embedder, 300 test texts: a few minutes on 2 cores); `python -m compare.curve` measures a full one."""
+tuned embedder, 300 test texts: a few minutes on 2 cores); `python -m jobs.curve` measures a full one."""
 STARTUP_CURVE_TEST = 300
 
 
@@ -136,8 +129,8 @@ class App:
         """When the artifacts hold no learning curve, measure a small one (see STARTUP_CURVE_SIZES) into
         `curve_dir`, so that Decide can answer for fewer labeled examples than the backends were given. Runs in the
         caller's thread (the start-up thread, after the comparison)."""
-        from compare.curve import learning_curve, save_curve
         from finetune.config import FinetuneConfig
+        from jobs.curve import learning_curve, save_curve
 
         if self.curve_dir is None or (self.curve_dir / "curve.json").exists():
             return
@@ -205,7 +198,7 @@ class App:
                 raise still_building()
             if self.comparing and not self.comparing.startswith("failed"):
                 raise Refused(f"the start-up comparison is still running ({self.comparing}); ask again soon", 503, 10)
-            raise InputError("no comparison report yet: run one in the Batch evaluation tab (or compare.run)")
+            raise InputError("no comparison report yet: run one in the Batch evaluation tab (or jobs.run)")
         return decide(report, constraints, self.curve).to_dict()  # its "constraints" echo what was given
 
     def evaluate_file(self, path: Any, use_test_split: bool, size: int, progress=None) -> dict[str, Any]:

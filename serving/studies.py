@@ -1,7 +1,7 @@
 """Studies on a visitor's own labeled data, run by the app as background jobs ("Your data" in the page).
 
 A visitor uploads a labeled file; `preview` says what was found (the text and label columns, the label counts). A
-study (`compare.study`: split, fine-tune, retrieval, comparison, curve, decision, within a time budget) then runs as
+study (`jobs.study`: split, fine-tune, retrieval, comparison, curve, decision, within a time budget) then runs as
 a job of that visitor's session: one at a time on the machine, the others queued with their position shown, at most
 ``FTRAG_STUDIES_PER_CLIENT`` (default 1) queued or running per client. Its owner (whoever holds its id) may cancel
 it. Every job works in its own folder under the queue's one root, named by an unguessable id that only the visitor's
@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compare.study import MIN_PER_LABEL, check_label_counts
 from core.data import DataError
+from jobs.study import MIN_PER_LABEL, check_label_counts
 from serving.access import Refused
-from serving.service import TRAINING_LOCK, InputError, hide_paths, load_upload
+from serving.inputs import InputError, hide_paths, load_upload
+from serving.service import TRAINING_LOCK
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class StudyQueue:
             app) are deleted.
         per_client: studies one client may have queued or running at once.
         max_bytes: what the job folders may hold together before finished ones are deleted, oldest first.
-        settings: `compare.study.StudyConfig` fields every study here gets (e.g. a smaller one for tests).
+        settings: `jobs.study.StudyConfig` fields every study here gets (e.g. a smaller one for tests).
     """
 
     def __init__(
@@ -233,16 +234,16 @@ class StudyQueue:
             self.clean()
 
     def config(self, job: Job):
-        """The job's `compare.study.StudyConfig`: the command line's defaults (the same data and budget get the same
+        """The job's `jobs.study.StudyConfig`: the command line's defaults (the same data and budget get the same
         study from either), the reports naming the data "your uploaded file", and this queue's `settings`."""
-        from compare.study import StudyConfig
+        from jobs.study import StudyConfig
 
         data = next(job.folder.glob("data.*"))
         settings = {"data_name": UPLOAD_NAME, **self.settings}
         return StudyConfig(data=str(data), out=str(job.out), budget_minutes=job.budget_minutes, **settings)
 
     def _run(self, job: Job) -> None:
-        from compare.study import Study
+        from jobs.study import Study
 
         try:
             cfg = self.config(job)

@@ -33,7 +33,8 @@ from compare.report import (
 from core.files import read_json
 from core.limits import MAX_CHARS, MAX_LABEL_CHARS, MAX_LABELS, MAX_UPLOAD_ROWS, clip_message
 from serving.access import Refused, client_of
-from serving.service import InputError, Service, hide_paths, uploaded_file, validate_texts
+from serving.inputs import InputError, hide_paths, uploaded_file, validate_texts
+from serving.service import Service
 from serving.state import LATENCY_QUERIES, App
 
 logger = logging.getLogger(__name__)
@@ -460,9 +461,21 @@ def scored_line(report: dict[str, Any]) -> str:
     )
 
 
+@functools.cache
+def scratch() -> Path:
+    """This process's own folder for files the page hands out (report zips, training-curve plots): made at first use,
+    deleted with everything in it when the process exits (`tempfile.TemporaryDirectory`'s finaliser)."""
+    folder = tempfile.TemporaryDirectory(prefix="ftrag-app-")
+    _SCRATCH.append(folder)  # held for the process's life: dropped, it would delete the folder at once
+    return Path(folder.name)
+
+
+_SCRATCH: list[tempfile.TemporaryDirectory] = []
+
+
 def report_zip(report: dict[str, Any], keep: list[Path]) -> Path:
     """report.json, report.md, disagreements.csv and the plots in one zip (report.md links the PNGs beside it)."""
-    out = Path(tempfile.mkdtemp(prefix="ftrag-report-"))
+    out = Path(tempfile.mkdtemp(prefix="report-", dir=scratch()))
     keep.append(out)
     while len(keep) > KEEP_REPORTS:
         shutil.rmtree(keep.pop(0), ignore_errors=True)
@@ -859,7 +872,7 @@ STAGE_WORDS = {
     "curve": "drawing the learning curve",
     "decide": "deciding",
 }
-"""What each stage of a study (`compare.study.STAGES`) does, in a visitor's words."""
+"""What each stage of a study (`jobs.study.STAGES`) does, in a visitor's words."""
 
 
 def study_progress(lines: list[str]) -> str:
@@ -1039,9 +1052,6 @@ def examples_line(b: dict[str, Any]) -> str:
     return f"- labeled examples: {', '.join(seen)}{where}" if seen else "- labeled examples: not recorded"
 
 
-_CURVES_DIR = Path(tempfile.mkdtemp(prefix="ftrag-curves-"))
-
-
 def training_curves(service: Service) -> list[tuple[str, str]]:
     """``(png, caption)`` of each loaded fine-tune's training curve (losses, evaluation accuracy, the kept checkpoint),
     with the overfitting note in the caption when there is one."""
@@ -1052,7 +1062,7 @@ def training_curves(service: Service) -> list[tuple[str, str]]:
         meta = getattr(clf, "meta", None) or {}
         if not meta.get("history"):
             continue
-        path = _CURVES_DIR / f"{name}-{id(clf)}.png"
+        path = scratch() / f"curve-{name}-{id(clf)}.png"
         if not path.exists() and plot(meta, path, title=f"{COLUMN_TITLES.get(name, name)} ({name})") is None:
             continue
         note = overfitting_note(meta)
@@ -1064,10 +1074,10 @@ AUDIT_SHOWN = 20
 
 
 def audit_section(service: Service) -> tuple[str, list[list[Any]]]:
-    """What `python -m compare.audit` found in the training data (``<artifacts>/audit/audit.json``), if it ran."""
+    """What `python -m jobs.audit` found in the training data (``<artifacts>/audit/audit.json``), if it ran."""
     path = (service.artifacts or Path("/nonexistent")) / "audit" / "audit.json"
     if not path.is_file():
-        return ("*No label-quality audit in the artifacts: `python -m compare.audit --out artifacts/audit` makes one "
+        return ("*No label-quality audit in the artifacts: `python -m jobs.audit --out artifacts/audit` makes one "
                 "(suspect labels, conflicting duplicates, train/test overlap).*", [])  # fmt: skip
     try:
         audit = read_json(path, "audit")

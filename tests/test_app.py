@@ -12,7 +12,9 @@ from fastapi.testclient import TestClient
 
 import app
 import serving.ui as serving_ui
-from serving.service import MAX_CHARS, InputError, Service, validate_texts
+from core.limits import MAX_CHARS
+from serving.inputs import InputError, validate_texts
+from serving.service import Service
 
 
 @pytest.fixture()
@@ -474,12 +476,12 @@ def test_your_data_runs_a_study_for_one_visitor_through_gradio_client(service, s
 
 
 def test_your_data_and_the_command_line_run_the_same_study_for_the_same_data_and_budget(tmp_path, monkeypatch):
-    """The tab's study is `compare.study` with the command line's defaults: only where it writes and what its reports
+    """The tab's study is `jobs.study` with the command line's defaults: only where it writes and what its reports
     call the data differ (the same data, budget and seed then make the same plan, models and verdict)."""
     import dataclasses
 
     import serving.studies as studies
-    from compare.study import parse_args
+    from jobs.study import parse_args
 
     upload = tmp_path / "mine.csv"
     upload.write_text("text,label\n" + "".join(f"tweet {i},{'ab'[i % 2]}\n" for i in range(80)))

@@ -1,4 +1,4 @@
-"""compare/audit.py: suspects that both signals doubt, conflicting duplicates, and the CLI."""
+"""jobs/audit.py: suspects that both signals doubt, conflicting duplicates, and the CLI."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from compare.audit import AuditConfig, audit, main, measure_finetune_removal
+from jobs.audit import AuditConfig, audit, main, measure_finetune_removal
 
 
 @pytest.fixture(scope="module")

@@ -143,7 +143,7 @@ class Scorer(Recorder):
 @pytest.mark.parametrize("wait_ms", [0, 5])
 @pytest.mark.parametrize(("mode", "primary_even"), [("gate", 0.9), ("gate", 0.6), ("mix", 0.9)])
 def test_a_hybrid_served_with_its_parts_is_combined_from_their_answers_not_run_again(wait_ms, mode, primary_even):
-    from compare.hybrid import HybridClassifier
+    from hybrid import HybridClassifier
     from serving.service import Service
 
     primary, secondary = Scorer("finetune", primary_even), Scorer("rag", 0.2)

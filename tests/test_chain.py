@@ -126,7 +126,7 @@ def test_a_prompt_bug_raises_instead_of_falling_back(rag_built):
 def test_compare_run_rag_llm_writes_a_report_with_an_llm_row(rag_dir, data_dir, shared_dir, tmp_path, monkeypatch):
     import json
 
-    from compare.run import main as run_main
+    from jobs.run import main as run_main
 
     monkeypatch.setenv("FTRAG_LLM", f"hf:{shared_dir / 'models' / 'tiny-random-gpt2'}")
     out = tmp_path / "report"
@@ -141,7 +141,7 @@ def test_compare_run_rag_llm_writes_a_report_with_an_llm_row(rag_dir, data_dir, 
 
 
 def test_compare_run_rag_llm_without_an_llm_is_a_one_line_error(rag_dir, data_dir, tmp_path, monkeypatch, capsys):
-    from compare.run import main as run_main
+    from jobs.run import main as run_main
 
     monkeypatch.delenv("FTRAG_LLM", raising=False)
     assert run_main(["--rag", str(rag_dir), "--rag-llm", "--data", str(data_dir), "--out", str(tmp_path / "r")]) == 2

@@ -11,15 +11,15 @@ import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from compare import metrics
-from compare.curve import parse_sizes
 from compare.decide import Constraints, decide
 from compare.decide import main as decide_main
 from compare.evaluation import check_report, cost, evaluate
-from compare.hybrid import HybridClassifier, combine, fit_hybrid
 from compare.latency import measure
 from compare.report import escape_markdown, plot, render_markdown
-from compare.run import main as run_main
 from core.types import LABELS, Prediction
+from hybrid import HybridClassifier, combine, fit_hybrid
+from jobs.curve import parse_sizes
+from jobs.run import main as run_main
 
 # --- metrics ---------------------------------------------------------------------------------------------------------
 
@@ -261,7 +261,7 @@ def test_plots_read_on_light_and_dark_pages(report, tmp_path):
     import matplotlib.image as mpimg
     import numpy as np
 
-    from compare.curve import plot_curve
+    from compare.crossover import plot_curve
 
     curve = {"sizes": [100, 300], "test_size": 50, "seeds": [0, 1],
              "backends": {"finetune": {"mean": [0.5, 0.7], "std": [0.02, 0.01]},
@@ -323,12 +323,14 @@ def test_compare_run_cli_writes_the_report_with_a_hybrid(shared_dir, data_dir, r
     capsys.readouterr()
     out = tmp_path / "report"
     code = run_main(["--finetune", str(model), "--rag", str(rag_dir), "--data", str(data_dir), "--limit", "60",
-                     "--latency-queries", "5", "--update-examples", "20", "--out", str(out)])  # fmt: skip
+                     "--latency-queries", "5", "--update-examples", "20", "--precision", "int8",
+                     "--out", str(out)])  # fmt: skip
     assert code == 0
     names = {p.name for p in out.iterdir()}
     assert {"report.json", "report.md", "confusion_matrices.png", "latency.png", "reliability.png"} <= names
     report = json.loads((out / "report.json").read_text())
     assert set(report["backends"]) == {"finetune", "rag", "hybrid"}
+    assert {b["serving"]["precision"] for b in report["backends"].values()} == {"int8"}  # measured as it is served
     assert all(len(b["accuracy_ci95"]) == len(b["macro_f1_ci95"]) == 2 for b in report["backends"].values())
     assert [(p["a"], p["b"]) for p in report["pairwise"]] == [("finetune", "rag"), ("finetune", "hybrid"),
                                                               ("rag", "hybrid")]  # fmt: skip
@@ -343,6 +345,9 @@ def test_compare_run_cli_writes_the_report_with_a_hybrid(shared_dir, data_dir, r
 def test_compare_run_cli_bad_input(rag_dir, data_dir, tmp_path, capsys):
     assert run_main(["--rag", str(rag_dir), "--data", str(data_dir), "--limit", "99999", "--out", str(tmp_path)]) == 2
     assert "asked for 99999 rows" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        run_main(["--rag", str(rag_dir), "--precision", "auto", "--out", str(tmp_path / "a")])
+    assert exited.value.code == 2 and "--precision auto is chosen where the app serves" in capsys.readouterr().err
     assert run_main(["--rag", str(tmp_path / "none"), "--data", str(data_dir), "--out", str(tmp_path / "r")]) == 2
     assert "no such index directory" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -427,9 +432,9 @@ def test_a_model_is_never_scored_against_data_of_other_labels(ft_dir, emotion_di
 def test_the_hybrid_slice_is_read_with_the_fine_tunes_own_label_names(shared_dir, tmp_path):
     from types import SimpleNamespace
 
-    from compare.hybrid import hybrid_validation
     from core.data import load_tweets
     from core.split import Split
+    from hybrid import hybrid_validation
 
     config = {"data": str(shared_dir / "data" / "tweeteval_irony"), "labels": ["plain", "ironic"], "seed": 0}
     train = load_tweets(config["data"], split="train", labels=config["labels"])

@@ -1,4 +1,4 @@
-"""compare/curve.py: the protocol (same examples, same validation fifth), the budget, seeds, bands and crossover."""
+"""jobs/curve.py: the protocol (same examples, same validation fifth), the budget, seeds, bands and crossover."""
 
 from __future__ import annotations
 
@@ -7,20 +7,12 @@ import statistics
 
 import pytest
 
-from compare import curve as curve_module
-from compare.curve import (
-    CurveConfig,
-    crossover,
-    crossover_range,
-    describe_crossover,
-    finetune_budget,
-    plot_curve,
-    series,
-    summarise,
-)
+from compare.crossover import crossover, crossover_range, describe_crossover, plot_curve, series
 from core.types import LABELS
 from finetune.config import FinetuneConfig
 from finetune.protocol import SMALL_DATA_LR
+from jobs import curve as curve_module
+from jobs.curve import CurveConfig, finetune_budget, summarise
 
 
 def banded(ft, ft_std, rag, rag_std, sizes=(100, 300, 1000, 3000)):
@@ -166,7 +158,7 @@ def test_plot_draws_a_band_per_backend(tmp_path, monkeypatch):
 
 
 def test_the_tuned_line_tunes_a_copy_on_the_fitting_examples_and_picks_its_vote(embedder, small_train, small_test):
-    from compare.curve import Scoring, holdout_split, run_tuned_retrieval
+    from jobs.curve import Scoring, holdout_split, run_tuned_retrieval
     from rag.tune_embedder import TuneEmbedderConfig
 
     before = embedder.model.encode(["so happy", "so sad"])  # the model itself, not a cached or traced vector
@@ -181,7 +173,7 @@ def test_the_tuned_line_tunes_a_copy_on_the_fitting_examples_and_picks_its_vote(
 
 
 def test_the_vote_is_chosen_on_the_validation_fifth_and_applied(embedder, small_train):
-    from compare.curve import holdout_split
+    from jobs.curve import holdout_split
     from rag import RagConfig, build_index
     from rag.tuning import choose_vote
 

@@ -29,7 +29,7 @@ CRITERIA_NAMES = {"task nature", "data availability", "resource limits", "freshn
 
 def synthetic_report(ft_acc=0.80, rag_acc=0.66, hybrid_acc=0.81, ft_p95=30.0, rag_p95=12.0, n=3534, half=0.02,
                      tuned_acc=None):  # fmt: skip
-    """A report as compare.run writes it; every paired interval is the difference ± `half` (None: no intervals)."""
+    """A report as jobs.run writes it; every paired interval is the difference ± `half` (None: no intervals)."""
 
     def backend(acc, p95, **extra):
         return {"accuracy": acc, "macro_f1": acc, "latency_ms": {"p50": p95 * 0.8, "p95": p95, "p99": p95 * 1.2},

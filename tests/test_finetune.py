@@ -615,9 +615,9 @@ def test_the_hybrid_fits_on_the_rows_the_fine_tune_saved_and_refuses_other_data(
     import csv
     from types import SimpleNamespace
 
-    from compare.hybrid import hybrid_validation
     from core.data import load_tweets
     from core.split import Split
+    from hybrid import hybrid_validation
 
     def write(path, rows):
         with path.open("w", newline="") as handle:

@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 
 import app
 from compare.report import csv_safe, disagreements_csv, escape_markdown, render_markdown
+from core.limits import MAX_CHARS
 from core.types import LABELS
-from serving.service import MAX_CHARS, InputError, Service, validate_texts
+from serving.inputs import InputError, validate_texts
+from serving.service import Service
 
 NASTY = st.text(
     alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)) | st.sampled_from(
@@ -386,7 +388,7 @@ def test_an_evaluated_upload_leaves_nothing_in_the_datasets_cache(tmp_path):
     import os
     from pathlib import Path
 
-    from serving.service import load_upload, uploaded_file
+    from serving.inputs import load_upload, uploaded_file
 
     cache = Path(os.environ["HF_DATASETS_CACHE"])
     before = sorted(cache.rglob("*")) if cache.exists() else []
@@ -398,7 +400,7 @@ def test_an_evaluated_upload_leaves_nothing_in_the_datasets_cache(tmp_path):
 
 
 def test_an_upload_may_hold_a_subset_of_the_labels_and_integer_ids(tmp_path):
-    from serving.service import load_upload, uploaded_file
+    from serving.inputs import load_upload, uploaded_file
 
     subset = tmp_path / "subset.csv"
     subset.write_text("text,label\nI love it,positive\nsuper,positive\n")
@@ -547,7 +549,7 @@ def test_the_teach_token_is_checked_before_the_index_is(tmp_path, monkeypatch):
 
 
 def test_hide_paths_hides_server_paths_and_leaves_user_text_alone(tmp_path):
-    from serving.service import hide_paths
+    from serving.inputs import hide_paths
 
     assert hide_paths("$5 per /month") == "$5 per /month"
     assert hide_paths("see /r/funny/comments/abc") == "see /r/funny/comments/abc"
@@ -556,13 +558,13 @@ def test_hide_paths_hides_server_paths_and_leaves_user_text_alone(tmp_path):
 
 
 def test_compare_run_refuses_an_unwritable_out_before_any_work(tmp_path, capsys, monkeypatch):
-    import compare.run
+    import jobs.run
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    monkeypatch.setattr(compare.run, "run", lambda args: pytest.fail("evaluated before checking --out"))
+    monkeypatch.setattr(jobs.run, "run", lambda args: pytest.fail("evaluated before checking --out"))
     for out in (blocker / "report", "/proc/ftrag-report"):
-        assert compare.run.main(["--rag", str(tmp_path / "index"), "--out", str(out)]) == 2
+        assert jobs.run.main(["--rag", str(tmp_path / "index"), "--out", str(out)]) == 2
         error = capsys.readouterr().err
         assert error.startswith("error: cannot write the report to") and error.count("\n") == 1, error
 

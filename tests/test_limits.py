@@ -10,7 +10,7 @@ import pytest
 from core.data import DataError, load_tweets
 from core.limits import MAX_LABEL_CHARS, MAX_LABELS, MAX_UPLOAD_CELLS
 from core.types import check_labels
-from serving.service import InputError
+from serving.inputs import InputError
 
 
 def write_csv(path, rows):

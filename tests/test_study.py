@@ -1,4 +1,4 @@
-"""compare/study.py: the whole decision in one command, end to end on small slices of both TweetEval sets."""
+"""jobs/study.py: the whole decision in one command, end to end on small slices of both TweetEval sets."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from compare.decide import CHOICES
-from compare.study import (
+from core.settings import packaged_embedder_path
+from finetune.config import FinetuneConfig
+from finetune.protocol import MIN_STEPS, apply_protocol
+from jobs.study import (
     STAGES,
     OverBudget,
     Study,
@@ -27,9 +30,6 @@ from compare.study import (
     plan_finetune,
     split_data,
 )
-from core.settings import packaged_embedder_path
-from finetune.config import FinetuneConfig
-from finetune.protocol import MIN_STEPS, apply_protocol
 
 RATES = {
     "embed_s_per_text": 0.005,
@@ -44,7 +44,7 @@ PLANNED_STAGES = ("index", "finetune", "tune", "evaluate", "curve", "decide")
 
 
 def run_study(argv: list[str]) -> tuple[int, str]:
-    """`compare.study.main(argv)` and what it printed to stdout."""
+    """`jobs.study.main(argv)` and what it printed to stdout."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = main(argv)
@@ -145,8 +145,8 @@ def test_the_curve_scores_the_studys_own_fine_tune_at_the_full_size(emotion_stud
     again, so a small budget has time for a curve; only the smaller sizes train their own."""
     import shutil
 
-    import compare.curve
-    from compare.study import parse_args
+    import jobs.curve
+    from jobs.study import parse_args
 
     out, argv, _ = emotion_study
     copy = tmp_path / "study"
@@ -155,8 +155,8 @@ def test_the_curve_scores_the_studys_own_fine_tune_at_the_full_size(emotion_stud
     study = Study(cfg, say=lambda message: None)
     study.state = read(copy / "study.json")
     study.state["resume"] = {"seconds_before_this_run": 0.0}
-    trained, real = [], compare.curve.run_finetune
-    monkeypatch.setattr(compare.curve, "run_finetune", lambda c, sample, *a: trained.append(sample.num_rows)
+    trained, real = [], jobs.curve.run_finetune
+    monkeypatch.setattr(jobs.curve, "run_finetune", lambda c, sample, *a: trained.append(sample.num_rows)
                         or real(c, sample, *a))  # fmt: skip
     assert study.do_curve() is None
     curve = read(copy / "curve.json")
@@ -385,6 +385,7 @@ def test_deadline_progress_stops_a_stage_whose_first_part_says_it_would_overrun(
     passed = deadline_progress(time.monotonic() - 1, "indexing")
     with pytest.raises(OverBudget, match="passed its deadline"):
         passed(0.0, "starting")
+    passed(1.0, "240/240 examples")  # finished, if late: kept (throwing it away gives no time back)
 
 
 def test_an_index_slower_than_the_probe_said_stops_before_its_deadline(shared_dir, tmp_path, monkeypatch, capsys):
@@ -433,7 +434,7 @@ def test_the_evaluation_cuts_the_test_set_to_the_time_left_and_says_so(tmp_path,
     plan["rates"]["embed_s_per_text"] *= 4  # the index measured this machine four times slower than the probe
     cut, note = study.fit_test(test)
     assert 10 <= cut.num_rows < 400 and f"cut from 400 to {cut.num_rows} texts" in note
-    assert cut["label"].count("a") == cut["label"].count("b")  # stratified
-    from compare.study import essential_seconds
+    assert abs(cut["label"].count("a") - cut["label"].count("b")) <= 1  # stratified
+    from jobs.study import essential_seconds
 
     assert essential_seconds(plan["rates"], 500, cut.num_rows, cfg)["evaluate"] <= plan["seconds"]["evaluate"]

@@ -1,4 +1,4 @@
-"""rag/tune_embedder.py: SetFit-style pairs, the step budget, the CLI's model directory, rag-tuned in compare.run."""
+"""rag/tune_embedder.py: SetFit-style pairs, the step budget, the CLI's model directory, rag-tuned in jobs.run."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def test_the_triplet_loss_trains_too(embedder, small_train):
 
 
 def test_compare_run_takes_the_tuned_index_as_rag_tuned(tuned_index, rag_dir, data_dir, tmp_path, capsys):
-    from compare.run import main as run_main
+    from jobs.run import main as run_main
 
     out = tmp_path / "report"
     sizes = ["--limit", "30", "--latency-queries", "2", "--update-examples", "0", "--out", str(out)]

@@ -4,6 +4,7 @@ foreign text, the inline errors, what a load shows once all is up. The browser t
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -11,7 +12,8 @@ from fastapi.testclient import TestClient
 
 import app
 from core.limits import MAX_CHARS
-from serving.service import InputError, Service
+from serving.inputs import InputError
+from serving.service import Service
 from serving.ui import (
     Notice,
     bounded_text,
@@ -112,3 +114,19 @@ def test_an_error_becomes_one_inline_line_and_leaves_the_outputs(caplog):
 def test_redoc_fetches_nothing_from_a_cdn(state):
     page = TestClient(app.create_app(state)).get("/redoc")
     assert page.status_code == 200 and "img-src 'self' data:" in page.headers["content-security-policy"]
+
+
+def test_the_files_the_page_hands_out_are_deleted_when_the_app_exits(tmp_path):
+    """Report zips and training-curve plots go in one folder of the process's own, gone once the process ends (a
+    restarted app used to leave a folder behind in /tmp each time)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from serving.ui import scratch, report_zip\n"
+        "(scratch() / 'curve-finetune.png').write_bytes(b'png')\n"
+        "print(scratch())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    folder = Path(done.stdout.strip().splitlines()[-1])
+    assert folder.name.startswith("ftrag-app-") and not folder.exists()

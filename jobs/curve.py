@@ -1,7 +1,7 @@
 """Learning curve: accuracy vs number of labeled examples for the fine-tune, retrieval and retrieval over a tuned
 embedder, over several seeds.
 
-``python -m compare.curve --sizes 100,300,1000,3000 --seeds 0,1,2 --base-model DIR --out DIR`` (every field of
+``python -m jobs.curve --sizes 100,300,1000,3000 --seeds 0,1,2 --base-model DIR --out DIR`` (every field of
 `CurveConfig` is a flag).
 
 The protocol (one hold-out fifth, no refit), the same for every contender: at each size n and seed, a seeded,
@@ -43,11 +43,13 @@ from pathlib import Path
 from typing import Any
 
 import rag
+from compare.crossover import crossover, crossover_range, plot_curve
 from compare.metrics import accuracy, macro_f1
 from core.cli import parse_config, setup_logging
+from core.config import JobConfig
 from core.data import DataError, label_names, load_tweets, stratified_sample
 from core.files import ArtifactError, atomic_write, dumps_json
-from core.types import check_labels, check_same_labels, normalise_label
+from core.types import check_same_labels
 from finetune.config import SCRATCH_PRESETS, FinetuneConfig
 from finetune.protocol import MIN_STEPS, apply_protocol
 from rag.config import RagConfig
@@ -57,7 +59,6 @@ from rag.tuning import choose_vote
 logger = logging.getLogger(__name__)
 
 CONTENDERS = ("finetune", "rag", "rag-tuned")
-LINE_NAMES = {"finetune": "fine-tune", "rag": "RAG (kNN vote)", "rag-tuned": "RAG over a tuned embedder"}
 EMBEDDER_BUDGETS = ("compute", "pairs")
 """How the tuned embedder's steps are set: the fine-tune's compute, or one pass over its contrastive pairs."""
 PROTOCOL = (
@@ -97,9 +98,10 @@ def parse_sizes(text: str, available: int | None = None) -> list[int | None]:
 
 
 @dataclass
-class CurveConfig:
+class CurveConfig(JobConfig):
     """What the learning curve measures. The fine-tune's fields and defaults are `FinetuneConfig`'s, the tuned
-    embedder's `TuneEmbedderConfig`'s; what only the curve decides is its own.
+    embedder's `TuneEmbedderConfig`'s, the data's and output's `core.config.JobConfig`'s; what only the curve
+    decides is its own.
 
     Args:
         sizes: labeled-example counts, comma-separated; ``all`` = every training example.
@@ -107,6 +109,7 @@ class CurveConfig:
         data: labeled data source; None = ``FTRAG_DATA`` or the default Hub dataset.
         labels: label names in the order of the data's integer ids (``--labels a,b,c``); None = the data's own.
         test_limit: test texts scored at every size (a seeded stratified slice of the test split).
+        seed: seed of that test slice (each run's own sample, split and initialisation follow `seeds`).
         base_model: checkpoint to fine-tune; None = ``FTRAG_BASE_MODEL`` or ``gpt2``.
         from_scratch: fine-tune a GPT-2 of shape `scratch_size` trained from scratch.
         scratch_size: GPT-2 shape used with `from_scratch`.
@@ -126,8 +129,6 @@ class CurveConfig:
 
     sizes: str = "100,300,1000,3000"
     seeds: tuple[int, ...] = (0, 1, 2)
-    data: str | None = None
-    labels: tuple[str, ...] | None = None
     test_limit: int = 1000
     base_model: str | None = _FT["base_model"]
     from_scratch: bool = _FT["from_scratch"]
@@ -146,12 +147,11 @@ class CurveConfig:
     out: str = "artifacts/curve"
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # data, labels, seed, out (core.config)
         parse_sizes(self.sizes)
         self.seeds = tuple(int(s) for s in self.seeds)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct integers, at least one, got {self.seeds}")
-        if self.labels is not None:
-            self.labels = tuple(check_labels([normalise_label(name) for name in self.labels]))
         if self.test_limit < 1:
             raise ValueError(f"test_limit must be at least 1, got {self.test_limit}")
         if self.min_steps < 0:
@@ -408,109 +408,6 @@ def learning_curve(
     return curve
 
 
-# --- reading a curve -------------------------------------------------------------------------------------------------
-
-
-def series(curve: dict[str, Any], backend: str) -> list[tuple[int, float, float]]:
-    """``(size, mean, std)`` of `backend` at every size it was measured; a curve of the format before seeds (a list
-    of accuracies per backend) reads as one seed with no spread.
-
-    >>> series({"sizes": [10, 20], "backends": {"rag": [0.5, 0.6]}}, "rag")
-    [(10, 0.5, 0.0), (20, 0.6, 0.0)]
-    """
-    entry = (curve.get("backends") or {}).get(backend)
-    if isinstance(entry, dict):
-        means, stds = entry.get("mean") or [], entry.get("std") or []
-    elif isinstance(entry, list):
-        means, stds = entry, [0.0] * len(entry)
-    else:
-        return []
-    sizes = curve.get("sizes") or []
-    return [(int(n), m, sd or 0.0) for n, m, sd in zip(sizes, means, stds, strict=False) if m is not None]
-
-
-def _from_which(points: list[tuple[int, bool]]) -> int | None:
-    """The smallest size from which the condition holds at that size and every larger one."""
-    found = None
-    for size, holds in reversed(points):
-        if not holds:
-            break
-        found = size
-    return found
-
-
-def _paired(curve: dict[str, Any], a: str, b: str) -> list[tuple[int, float, float, float, float]]:
-    other = {n: (m, sd) for n, m, sd in series(curve, b)}
-    return [(n, m, sd, *other[n]) for n, m, sd in series(curve, a) if n in other]
-
-
-def crossover(curve: dict[str, Any], a: str = "finetune", b: str = "rag") -> int | None:
-    """The smallest size from which `a`'s mean accuracy stays above `b`'s at every larger size; None if never.
-
-    >>> crossover({"sizes": [1, 2, 3], "backends": {"finetune": [0.2, 0.6, 0.7], "rag": [0.5, 0.5, 0.5]}})
-    2
-    """
-    return _from_which([(n, ma > mb) for n, ma, _, mb, _ in _paired(curve, a, b)])
-
-
-def crossover_range(curve: dict[str, Any], a: str = "finetune", b: str = "rag") -> list[int | None] | None:
-    """``[low, high]``: from `low` on, `a`'s band (mean ± std) reaches `b`'s at every size; from `high` on, it lies
-    wholly above it (None: not by the largest size). None when `a` is clearly behind at the largest size. Equal
-    ends mean the bands do not overlap where the lines cross.
-
-    >>> crossover_range({"sizes": [1, 2, 3], "backends": {"finetune": {"mean": [0.2, 0.5, 0.7], "std": [0, .1, 0]},
-    ...                                                  "rag": {"mean": [0.5, 0.45, 0.5], "std": [0, 0, 0]}}})
-    [2, 3]
-    """
-    paired = _paired(curve, a, b)
-    low = _from_which([(n, ma + sa >= mb - sb) for n, ma, sa, mb, sb in paired])
-    if low is None:
-        return None
-    return [low, _from_which([(n, ma - sa > mb + sb) for n, ma, sa, mb, sb in paired])]
-
-
-def describe_crossover(curve: dict[str, Any]) -> str:
-    """One line on where the fine-tune overtakes retrieval, with the range when the bands overlap."""
-    point, span = curve.get("crossover"), curve.get("crossover_range")
-    if point is None:
-        return "the fine-tune does not stay ahead of retrieval at the sizes measured"
-    if not span or span[0] == span[1]:
-        return f"the fine-tune is ahead of retrieval from {point} labeled examples"
-    high = f"{span[1]}" if span[1] is not None else f"beyond {max(curve['sizes'])}"
-    return f"the fine-tune is ahead of retrieval from {point} labeled examples (bands overlap: {span[0]} to {high})"
-
-
-def plot_curve(curve: dict[str, Any], path: str | Path) -> Path:
-    """curve.png: mean accuracy per contender with a band of one standard deviation, and the crossover."""
-    from core.plots import plotting
-
-    with plotting() as plt:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for key, label in LINE_NAMES.items():
-            points = series(curve, key)
-            if points:
-                sizes, means, stds = (list(column) for column in zip(*points, strict=True))
-                ax.plot(sizes, means, "o-", label=label)
-                ax.fill_between(sizes, [m - s for m, s in zip(means, stds, strict=True)],
-                                [m + s for m, s in zip(means, stds, strict=True)], alpha=0.2)  # fmt: skip
-        span = curve.get("crossover_range")
-        if curve.get("crossover") is not None and span:
-            ax.axvspan(span[0], span[1] or max(curve["sizes"]), color="grey", alpha=0.12, lw=0)
-            ax.axvline(curve["crossover"], color="grey", ls="--", lw=1)
-        seeds = len(curve.get("seeds") or [0])
-        spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed"
-        ax.set_xscale("log")
-        ax.set(xlabel="labeled examples", ylabel=f"test accuracy ({curve['test_size']} texts)",
-               title=f"Learning curve ({spread})")  # fmt: skip
-        ax.grid(alpha=0.3)
-        ax.legend(title=describe_crossover(curve) if curve.get("crossover") else None, title_fontsize=7, fontsize=8)
-        fig.tight_layout()
-        path = Path(path)
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-        plt.close(fig)
-    return path
-
-
 def save_curve(curve: dict[str, Any], out: str | Path) -> Path:
     """curve.json (written atomically) and curve.png in `out`; returns the JSON's path."""
     out = Path(out)
@@ -523,11 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_config(CurveConfig, argv, __doc__.splitlines()[0])
     setup_logging()
     try:
-        import rag
-
-        seed = cfg.seeds[0]
         train = load_tweets(cfg.data, split="train", labels=cfg.labels)
-        test = load_tweets(cfg.data, split="test", limit=cfg.test_limit, seed=seed, labels=cfg.labels)
+        test = load_tweets(cfg.data, split="test", limit=cfg.test_limit, seed=cfg.seed, labels=cfg.labels)
         sizes = parse_sizes(cfg.sizes, train.num_rows)
         curve = learning_curve(
             sizes,

@@ -1,4 +1,4 @@
-"""Label-quality audit of the training data: ``python -m compare.audit --data SRC --out DIR``.
+"""Label-quality audit of the training data: ``python -m jobs.audit --data SRC --out DIR``.
 
 An example is a *suspect* when two independent signals both say its label is wrong:
 

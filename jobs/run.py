@@ -1,4 +1,4 @@
-"""Compare the backends on the same labeled texts: ``python -m compare.run --finetune DIR --rag DIR --out DIR``.
+"""Compare the backends on the same labeled texts: ``python -m jobs.run --finetune DIR --rag DIR --out DIR``.
 
 ``--rag-llm`` adds the LangChain few-shot prompt over the --rag index to the LLM named by ``FTRAG_LLM`` (the report
 names the LLM and counts the answers that fell back to the kNN vote).
@@ -20,26 +20,23 @@ from pathlib import Path
 from typing import Any
 
 from compare.evaluation import DEFAULT_HOURLY_PRICE_USD, check_backends, evaluate
-from compare.hybrid import default_hybrid
 from compare.report import write_report
 from compare.update import knowledge_update
 from core.cli import parse_config, setup_logging
 from core.config import JobConfig
 from core.data import DataError, label_names, load_tweets, stratified_indices
-from core.files import ArtifactError, check_writable, read_json
+from core.files import ArtifactError, check_writable
 from core.settings import SourceError, resolve
 from core.types import check_same_labels
+from hybrid import default_hybrid
 from rag.errors import LlmUnavailable
 
 logger = logging.getLogger(__name__)
 
-TUNING_KEYS = ("data_source", "base_embedder", "train_size", "loss", "steps", "seconds")
-"""What the report keeps of a tuned embedder's run.json."""
-
 
 @dataclass
 class RunConfig(JobConfig):
-    """What ``python -m compare.run`` compares, on which texts, and how it prices them.
+    """What ``python -m jobs.run`` compares, on which texts, and how it prices them.
 
     Args:
         finetune: a model saved by ``python -m finetune.train``; repeat the flag to compare several (the first one
@@ -50,6 +47,11 @@ class RunConfig(JobConfig):
         rag_llm: add the contender ``rag-llm``: the nearest labeled examples of --rag in a few-shot prompt to the
             LLM named by ``FTRAG_LLM`` (``openai:<model>``, ``ollama:<model>`` or ``hf:<local dir>``).
         quantize: serve the fine-tuned models with int8 weights.
+        precision: what every transformer (the fine-tunes, the retrieval embedders) runs in while measured: fp32,
+            bf16 or int8; None = ``FTRAG_PRECISION`` (fp32 when unset), as the app serves them. ``auto`` is chosen
+            where the app starts (its Models tab names the winner): give that one here. The report's "served as"
+            column says what each row ran in (bf16 on a CPU without its instructions falls back to fp32, saying so).
+        runtime: torch or onnxruntime; None = ``FTRAG_RUNTIME`` (torch when unset).
         hybrid: add the hybrid of the first fine-tune and --rag.
         data: labeled data source; None = ``FTRAG_DATA`` or the default Hub dataset.
         split: the split to evaluate on.
@@ -67,6 +69,8 @@ class RunConfig(JobConfig):
     rag_tuned: str | None = None
     rag_llm: bool = False
     quantize: bool = False
+    precision: str | None = None
+    runtime: str | None = None
     hybrid: bool = True
     split: str = "test"
     limit: int | None = None
@@ -90,6 +94,13 @@ class RunConfig(JobConfig):
             raise ValueError(f"--hourly-price must be positive, got {self.hourly_price}")
         if self.update_examples < 0:
             raise ValueError(f"--update-examples must not be negative, got {self.update_examples}")
+        from core.precision import requested
+
+        if requested(self.precision, self.runtime)[0] == "auto":  # also a ValueError naming a bad value
+            raise ValueError(
+                "--precision auto is chosen where the app serves (its Models tab names the winner): give fp32, bf16 "
+                "or int8 here to measure one"
+            )
 
 
 def parse_args(argv: list[str] | None) -> RunConfig:
@@ -104,29 +115,6 @@ def check_data_labels(classifiers: dict[str, Any], data_labels: list[str], sourc
             check_same_labels(name, clf.labels, f"the data ({source})", data_labels)
         except ValueError as err:
             raise ValueError(f"{err} (name the data's ids with --labels if they are the same labels)") from err
-
-
-def load_tuned(directory: str) -> Any:
-    """The index over a tuned embedder, named ``rag-tuned``; its one-off cost counts the embedder's tuning too.
-
-    The tuning's run.json (what the embedder was trained on, steps, seconds) goes to ``meta["embedder_tuning"]``;
-    an index whose embedder has none is refused, since it would not be what the name says.
-    """
-    import rag
-    from rag.tune_embedder import RUN_FILE
-
-    clf = rag.load(directory)
-    path = Path(clf.embedder.name) / RUN_FILE
-    tuning = read_json(path, "tuned embedder run.json") if path.is_file() else None
-    if not isinstance(tuning, dict) or tuning.get("backend") != "tuned-embedder":
-        raise ValueError(
-            f"{directory}: its embedder {clf.embedder.name} was not written by python -m rag.tune_embedder "
-            "(no run.json beside it); give it as --rag instead"
-        )
-    clf.name = "rag-tuned"
-    clf.meta["embedder_tuning"] = {k: tuning.get(k) for k in TUNING_KEYS}
-    clf.meta["build_seconds"] = round(clf.meta.get("build_seconds", 0.0) + (tuning.get("seconds") or 0.0), 2)
-    return clf
 
 
 def load_contenders(args: RunConfig) -> dict[str, Any]:
@@ -145,10 +133,23 @@ def load_contenders(args: RunConfig) -> dict[str, Any]:
     if args.rag:
         classifiers["rag"] = rag.load(args.rag)
     if args.rag_tuned:
-        classifiers["rag-tuned"] = load_tuned(args.rag_tuned)
+        classifiers["rag-tuned"] = rag.load_tuned(args.rag_tuned)
+    serve_as(classifiers, args.precision, args.runtime)
     if args.rag_llm:
         classifiers["rag-llm"] = rag.llm_classifier(classifiers["rag"])
     return classifiers
+
+
+def serve_as(classifiers: dict[str, Any], precision: str | None, runtime: str | None) -> None:
+    """Run every backend's transformer (its own, or its embedder's) in `precision` on `runtime` (`core.precision`;
+    None = ``FTRAG_PRECISION`` / ``FTRAG_RUNTIME``), as the app would serve it: the report measures what is served."""
+    from core.precision import from_setting
+
+    variant, why = from_setting(precision, runtime)
+    for clf in classifiers.values():
+        holder = clf if hasattr(clf, "serve_as") else getattr(clf, "embedder", None)
+        if holder is not None and hasattr(holder, "serve_as"):
+            holder.serve_as(variant, why)
 
 
 def describe_extras(report: dict[str, Any], classifiers: dict[str, Any]) -> None:
