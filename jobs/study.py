@@ -1131,6 +1131,11 @@ def deadline_callback(deadline: float):
     return _Deadline()
 
 
+LATE_GRACE = 0.15
+"""Share of a stage's given time that it may still spend past its deadline when that finishes it (see
+`deadline_progress`)."""
+
+
 class OverBudget(StudyError):
     """A stage stopped because, measured on its first part, it would not end before its deadline."""
 
@@ -1146,7 +1151,12 @@ def deadline_progress(deadline: float, what: str, least: float = 0.05) -> Callab
 
     def progress(fraction: float, message: str) -> None:
         now = time.monotonic()
-        if now > deadline and fraction < 1:  # work already done is kept: stopping now would give no time back
+        # A stage nearly done finishes, even late, when what is left of it is a sliver (at most LATE_GRACE of the
+        # time it was given: an index whose embedding is done has only its vote and its file to make).
+        left = (now - start) * (1 - fraction) / fraction if fraction >= least else math.inf
+        if left <= LATE_GRACE * max(deadline - start, 0.0):
+            return
+        if now > deadline:
             raise OverBudget(f"{what} passed its deadline ({message})")
         if least <= fraction < 1:
             total = (now - start) / fraction

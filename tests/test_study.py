@@ -386,6 +386,11 @@ def test_deadline_progress_stops_a_stage_whose_first_part_says_it_would_overrun(
     with pytest.raises(OverBudget, match="passed its deadline"):
         passed(0.0, "starting")
     passed(1.0, "240/240 examples")  # finished, if late: kept (throwing it away gives no time back)
+    nearly = deadline_progress(time.monotonic() + 1.0, "indexing")
+    time.sleep(1.1)
+    nearly(0.95, "embedding 1600/1600 examples")  # past it, but what is left is a sliver of its time: finished
+    with pytest.raises(OverBudget, match="passed its deadline"):
+        nearly(0.5, "embedding 800/1600 examples")  # half of it still to do: stopped
 
 
 def test_an_index_slower_than_the_probe_said_stops_before_its_deadline(shared_dir, tmp_path, monkeypatch, capsys):
