@@ -373,6 +373,13 @@ def graph_bytes(graph: Any, weights: int) -> int:
 # --- auto: measure every candidate, serve the fastest that answers like fp32 --------------------------------------
 
 
+def variant_holder(clf: Any) -> Any:
+    """What switches `clf`'s transformer between variants (`serve_as`): the backend itself (a fine-tune), its
+    embedder (retrieval), or None (a hybrid, an LLM prompt: nothing of its own)."""
+    holder = clf if hasattr(clf, "serve_as") else getattr(clf, "embedder", None)
+    return holder if hasattr(holder, "serve_as") else None
+
+
 def served(clf: Any) -> dict[str, Any] | None:
     """How a backend is served: ``{precision, runtime, why}`` (a retrieval backend's is its embedder's; a hybrid's
     names its parts'), or None for a backend that runs no transformer of its own (an LLM prompt)."""

@@ -143,12 +143,11 @@ def load_contenders(args: RunConfig) -> dict[str, Any]:
 def serve_as(classifiers: dict[str, Any], precision: str | None, runtime: str | None) -> None:
     """Run every backend's transformer (its own, or its embedder's) in `precision` on `runtime` (`core.precision`;
     None = ``FTRAG_PRECISION`` / ``FTRAG_RUNTIME``), as the app would serve it: the report measures what is served."""
-    from core.precision import from_setting
+    from core.precision import from_setting, variant_holder
 
     variant, why = from_setting(precision, runtime)
     for clf in classifiers.values():
-        holder = clf if hasattr(clf, "serve_as") else getattr(clf, "embedder", None)
-        if holder is not None and hasattr(holder, "serve_as"):
+        if (holder := variant_holder(clf)) is not None:
             holder.serve_as(variant, why)
 
 

@@ -174,9 +174,10 @@ class Service(Teaching):
         """With precision ``auto``: score each variant of the backend's transformer (its own, or its embedder's) on
         the line-up's validation part and serve the fastest that answers like fp32 (`compare.precision.choose`)."""
         from compare.precision import choose
+        from core.precision import variant_holder
 
-        holder = clf if hasattr(clf, "serve_as") else getattr(clf, "embedder", None)
-        if self.precision != "auto" or not hasattr(holder, "serve_as"):
+        holder = variant_holder(clf)
+        if self.precision != "auto" or holder is None:
             return
         report(0.97, "choosing its precision (auto): timing each candidate on the validation part")
         try:
@@ -353,16 +354,16 @@ class Service(Teaching):
 
     def _share(self) -> int | None:
         """Intra-op threads for one backend's batcher: the cores split between the backends a classify runs (a
-        hybrid served with its parts runs nothing of its own); None (the process's setting) for a single backend."""
-        running = len(self.backends) - len(derived_hybrids(self.backends))
-        if running < 2:
-            return None
-        return max(1, self._cores // running)
+        hybrid served with its parts runs nothing of its own)."""
+        return self._split_cores(len(self.backends) - len(derived_hybrids(self.backends)))
 
     def _served_share(self) -> int | None:
         """The threads each backend's batcher gets once the whole expected line-up is up (`_share` of it): what
         `auto` times its candidates on."""
-        running = len([name for name in self.expected if name != "hybrid"])
+        return self._split_cores(len([name for name in self.expected if name != "hybrid"]))
+
+    def _split_cores(self, running: int) -> int | None:
+        """The cores split between `running` backends; None (the process's setting) for a single backend."""
         return None if running < 2 else max(1, self._cores // running)
 
     @functools.cached_property
@@ -413,11 +414,11 @@ class Service(Teaching):
 
     def precision_report(self) -> dict[str, Any]:
         """The precision setting, this CPU's instructions, and each backend's `auto` trials (when it ran)."""
-        from core.precision import Hardware
+        from core.precision import Hardware, variant_holder
 
         trials = {}
         for name, clf in self.backends.items():
-            holder = clf if hasattr(clf, "serve_as") else getattr(clf, "embedder", None)
+            holder = variant_holder(clf)
             if getattr(holder, "precision_trials", None):
                 trials[name] = holder.precision_trials
         return {"setting": self.precision, "hardware": Hardware.detect().describe(), "auto": trials}
