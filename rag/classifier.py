@@ -481,6 +481,7 @@ class RagClassifier:
             "embedding_dim": index.dim,
             "index_type": index.kind,
             "search_effort": index.effort,
+            "search_rerank": index.rerank,
             "size": len(texts),
             "k": self.k,
             "weighting": self.weighting,

@@ -97,6 +97,7 @@ class QdrantIndex:
     stores_examples = True
     kind = "qdrant"
     effort = None
+    rerank = None
 
     def __init__(self, client, uri: str, collection: str, dim: int, keys: np.ndarray | None = None) -> None:
         self.client = client

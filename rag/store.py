@@ -92,6 +92,8 @@ def _read_files(directory: Path, run: dict[str, Any]) -> tuple[VectorIndex, list
         )
     if run.get("search_effort") and index.kind == run.get("index_type"):
         index.effort = int(run["search_effort"])
+        if run.get("search_rerank"):
+            index.rerank = int(run["search_rerank"])
     teach_ids = table.column("teach_id").to_pylist() if "teach_id" in table.column_names else None
     return index, table.column("text").to_pylist(), table.column("label").to_pylist(), teach_ids
 

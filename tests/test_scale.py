@@ -63,11 +63,35 @@ def test_an_approximate_index_records_its_recall_and_vote_agreement_at_the_serve
     assert saved.index.kind == "hnsw" and saved.describe() == hnsw_built.describe()
 
 
+def test_ivfpq_reranks_deeper_once_probing_more_cells_no_longer_reaches_the_recall(embedder, tmp_path):
+    """IVF-PQ's re-ranking depth is part of the tuned effort: when every cell is probed and recall@k still falls short
+    (random vectors: the compressed codes rank them poorly), deeper re-ranking is tried, and the depth chosen is
+    served and saved like the cells probed."""
+    from datasets import Dataset
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(4000, embedder.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    dataset = Dataset.from_dict({"text": [f"example {i}" for i in range(4000)],
+                                 "label": rng.choice(["a", "b", "c"], 4000).tolist()})  # fmt: skip
+    cfg = RagConfig(index_type="ivfpq", tune=False, k=50, recall_queries=100)
+    clf = build_classifier(cfg, dataset, embedder=embedder, vectors=vectors, show_progress=False)
+    measured = clf.meta["approximate"]
+    depths = [row["rerank"] for row in measured["tried"]]
+    assert depths[0] == 4 and measured["rerank"] > 4, measured["tried"]
+    shallow = max(row["recall_at_k"] for row in measured["tried"] if row["rerank"] == 4)
+    assert measured["recall_at_k"] > shallow + 0.05  # the deeper re-rank is what raised it
+    assert clf.index.rerank == measured["rerank"]
+    saved = rag.load(clf.save(tmp_path / "ivfpq"), embedder=embedder)
+    assert saved.index.kind == "ivfpq"
+    assert (saved.index.rerank, saved.index.effort) == (measured["rerank"], measured["effort"])
+
+
 def test_recall_is_measured_against_exact_search_not_assumed(small_train, embedder, monkeypatch):
     """A search that misses every true neighbour must read as recall 0."""
     import rag.index
 
-    monkeypatch.setattr(rag.index, "effort_grid", lambda kind, k: [k])
+    monkeypatch.setattr(rag.index, "effort_grid", lambda kind, k: [(k, None)])
     original = VectorIndex.search
 
     def wrong(self, queries, k):
