@@ -29,7 +29,8 @@ class RagConfig(JobConfig):
         tune: choose `k`, `weighting` and `temperature` on a validation slice carved from the training data (never
             the test split), and record the choice in run.json.
         val_size: size of that validation slice.
-        k_grid / temperature_grid: the candidates tried when tuning.
+        k_grid / temperature_grid: the candidates tried when tuning (`rag.tuning.all_votes`; the app's line-up
+            keeps to the softmax votes no warmer than 0.1, `rag.tuning.served_votes`).
         index_type: ``auto`` (the default: exact search up to 50,000 examples, then HNSW, or IVF-PQ beyond
             ``index_memory_gb``; see `rag.index.choose_index`), ``flat`` (exact), ``hnsw``, ``ivf`` or ``ivfpq``
             (approximate: their recall against exact search is measured at build and recorded). Also ``--index``.

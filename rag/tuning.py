@@ -1,8 +1,10 @@
 """Choosing how the retrieval classifier votes: k, the weighting and its temperature, by accuracy on held-out
-labeled examples.
+labeled examples, scored and ranked by one rule (`score_votes`, `best_vote`).
 
-`tune_vote` carves a validation slice out of the examples being indexed (`rag.build`); `choose_vote` scores a
-built classifier on a validation set kept apart from its index (the learning curve and the served line-up).
+`tune_vote` carves a validation slice out of the examples being indexed (`rag.build`, and so a study) and chooses
+among every vote (`all_votes`); `choose_vote` scores a built classifier on a validation set kept apart from its
+index (the learning curve and the served line-up) and chooses among the votes in which one close example counts
+(`served_votes`), so that teaching the app an example changes its answers.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import numpy as np
 
 from core.data import stratified_indices
 from rag.classifier import vote
-from rag.config import WEIGHTINGS, RagConfig
+from rag.config import RagConfig
 from rag.index import exact_search
 
 
 def tune_vote(vectors: np.ndarray, label_ids: np.ndarray, cfg: RagConfig, n_labels: int) -> dict[str, Any]:
-    """Pick k, weighting and temperature by accuracy on a stratified validation slice searched against the rest.
+    """Pick k and the vote (any of `all_votes`) by accuracy on a stratified validation slice searched against the
+    rest.
 
     Args:
         label_ids: each example's label index, below `n_labels` (the size of the label set).
@@ -34,25 +37,72 @@ def tune_vote(vectors: np.ndarray, label_ids: np.ndarray, cfg: RagConfig, n_labe
     val = np.array(stratified_indices([str(i) for i in label_ids], val_size, seed=cfg.seed + 1))
     k_max = min(max(cfg.k_grid), n - len(val))
     scores, ids = held_out_neighbours(vectors, val, k_max)
+    grid = score_votes(scores, ids, label_ids, label_ids[val], n_labels, cfg, all_votes(cfg))
+    return {"chosen": best_vote(grid), "validation_size": int(val_size), "grid": grid}
+
+
+SERVED_MAX_TEMPERATURE = 0.1
+"""The app's line-up and the learning curve choose among softmax votes no warmer than this, so that one close
+example counts (`served_votes`). On the demo's index (bench/teach_vote.py) it chose k=300, T=0.1 where the full grid
+chose one vote each among 50: an example taught at a tweet's own text now decides the answer for 99% of the test
+tweets the vote got wrong (9% before), and test accuracy is 0.651 against 0.641 (paired difference +0.010, 95%
+interval [-0.002, +0.021])."""
+
+
+def all_votes(cfg: RagConfig) -> list[tuple[str, float]]:
+    """Every vote `rag.build` (and so a study) may choose: one vote each, similarity-weighted, and softmax at each
+    temperature of the grid; the best on validation wins, whatever it means for teaching.
+
+    >>> all_votes(RagConfig())[:3]
+    [('uniform', 0.1), ('similarity', 0.1), ('softmax', 0.02)]
+    """
+    return [("uniform", cfg.temperature), ("similarity", cfg.temperature)] + [
+        ("softmax", t) for t in sorted(cfg.temperature_grid)
+    ]
+
+
+def served_votes(cfg: RagConfig) -> list[tuple[str, float]]:
+    """The votes the app's line-up and the learning curve choose among (`choose_vote`): softmax votes at the grid's
+    temperatures no warmer than `SERVED_MAX_TEMPERATURE` (the coldest of the grid if none is), in which one close
+    example, such as one taught, counts.
+
+    >>> served_votes(RagConfig())
+    [('softmax', 0.02), ('softmax', 0.05), ('softmax', 0.1)]
+    """
+    cold = [t for t in cfg.temperature_grid if t <= SERVED_MAX_TEMPERATURE] or [min(cfg.temperature_grid)]
+    return [("softmax", t) for t in sorted(cold)]
+
+
+def score_votes(
+    scores: np.ndarray,
+    ids: np.ndarray,
+    example_ids: np.ndarray,
+    wanted: np.ndarray,
+    n_labels: int,
+    cfg: RagConfig,
+    votes: Sequence[tuple[str, float]],
+) -> list[dict[str, Any]]:
+    """Each k of ``cfg.k_grid`` (at most the hits searched) and each of `votes` (``(weighting, temperature)``)
+    scored on validation queries whose hits are `scores`/`ids` (best first; ids index `example_ids`, each example's
+    label index) and whose labels are `wanted`: accuracy and macro-F1. The one scoring every vote choice uses."""
     from sklearn.metrics import f1_score
 
     grid = []
-    for k in sorted({min(k, k_max) for k in cfg.k_grid}):
-        for weighting in WEIGHTINGS:
-            for temperature in cfg.temperature_grid if weighting == "softmax" else (None,):
-                probs = vote(scores[:, :k], ids[:, :k], label_ids, n_labels, weighting, temperature or 1.0)
-                predicted = probs.argmax(axis=1)
-                grid.append(
-                    {
-                        "k": k,
-                        "weighting": weighting,
-                        "temperature": temperature if temperature is not None else cfg.temperature,
-                        "accuracy": round(float((predicted == label_ids[val]).mean()), 4),
-                        "macro_f1": round(float(f1_score(label_ids[val], predicted, average="macro")), 4),
-                    }
-                )
-    best = max(grid, key=lambda row: (row["accuracy"], row["macro_f1"], -row["k"]))
-    return {"chosen": best, "validation_size": int(val_size), "grid": grid}
+    for k in sorted({min(k, ids.shape[1]) for k in cfg.k_grid}):
+        for weighting, temperature in votes:
+            predicted = vote(scores[:, :k], ids[:, :k], example_ids, n_labels, weighting, temperature).argmax(axis=1)
+            grid.append({
+                "k": k, "weighting": weighting, "temperature": temperature,
+                "accuracy": round(float((predicted == wanted).mean()), 4),
+                "macro_f1": round(float(f1_score(wanted, predicted, average="macro")), 4),
+            })  # fmt: skip
+    return grid
+
+
+def best_vote(grid: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best row of `score_votes`: the highest accuracy, then macro-F1; ties keep the smaller k, then the
+    colder vote, then the first of the votes tried."""
+    return max(grid, key=lambda row: (row["accuracy"], row["macro_f1"], -row["k"], -row["temperature"]))
 
 
 def held_out_neighbours(vectors: np.ndarray, held: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,29 +117,15 @@ def held_out_neighbours(vectors: np.ndarray, held: np.ndarray, k: int) -> tuple[
     return scores, np.where(np.take_along_axis(dropped, order, 1), -1, ids)
 
 
-SERVED_MAX_TEMPERATURE = 0.1
-"""`choose_vote` picks among softmax votes no warmer than this, so that one close example counts. On the demo's
-index (bench/teach_vote.py) it chose k=300, T=0.1 where the full grid chose one vote each among 50: an example taught
-at a tweet's own text now decides the answer for 99% of the test tweets the vote got wrong (9% before), and test
-accuracy is 0.651 against 0.641 (paired difference +0.010, 95% interval [-0.002, +0.021])."""
-
-
 def choose_vote(clf, fit_labels: Sequence[str], texts: Sequence[str], labels: Sequence[str], seed: int) -> dict:
-    """Set `clf`'s k and temperature to the best on the validation `texts` (searched against the index, which holds
-    the fitting examples `fit_labels` in order), among similarity-weighted votes in which a close example counts
-    (SERVED_MAX_TEMPERATURE); returns the choice with its validation accuracy."""
+    """Set `clf`'s k and vote to the best of `served_votes` on the validation `texts` (searched against the index,
+    which holds the fitting examples `fit_labels` in order), scored and ranked as `rag.build`'s tuning does
+    (`score_votes`, `best_vote`); returns the choice with its validation accuracy."""
     grid = RagConfig(seed=seed)
     vectors = clf.embedder.encode(list(texts))
     scores, ids = clf.index.search(vectors, min(max(grid.k_grid), clf.size))
     example_ids = np.array([clf.labels.index(label) for label in fit_labels])
     wanted = np.array([clf.labels.index(label) for label in labels])
-    votes = [("softmax", t) for t in grid.temperature_grid if t <= SERVED_MAX_TEMPERATURE]
-    best: dict[str, Any] = {"accuracy": -1.0}
-    for k in sorted({min(k, ids.shape[1]) for k in grid.k_grid}):
-        for weighting, temperature in votes:
-            probs = vote(scores[:, :k], ids[:, :k], example_ids, len(clf.labels), weighting, temperature)
-            acc = float((probs.argmax(axis=1) == wanted).mean())
-            if acc > best["accuracy"]:  # ties keep the smaller k and the colder vote
-                best = {"k": k, "weighting": weighting, "temperature": temperature, "accuracy": round(acc, 4)}
+    best = best_vote(score_votes(scores, ids, example_ids, wanted, len(clf.labels), grid, served_votes(grid)))
     clf.k, clf.weighting, clf.temperature = best["k"], best["weighting"], best["temperature"]
     return best

@@ -16,6 +16,7 @@ from core.types import LABELS, Prediction
 from rag import ArtifactError, Embedder, EmbedderError, RagClassifier, RagConfig, VectorIndex, vote
 from rag.build import main as build_main
 from rag.classifier import EVIDENCE_SIZE
+from rag.tuning import all_votes
 
 # --- voting ---------------------------------------------------------------------------------------------------
 
@@ -69,7 +70,7 @@ def test_build_records_the_choice_made_on_a_validation_slice(rag_built):
     chosen = tuning["chosen"]
     assert (rag_built.k, rag_built.weighting) == (chosen["k"], chosen["weighting"])
     assert chosen["accuracy"] == max(row["accuracy"] for row in tuning["grid"])
-    assert {row["weighting"] for row in tuning["grid"]} == {"uniform", "similarity", "softmax"}
+    assert {(row["weighting"], row["temperature"]) for row in tuning["grid"]} == set(all_votes(RagConfig()))
     assert rag_built.size == 300  # the index holds every example, validation slice included
     assert rag_built.meta["train_size"] == 300 and rag_built.meta["build_seconds"] > 0
 
