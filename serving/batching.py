@@ -3,7 +3,8 @@
 Each backend gets one worker thread. A request puts its text on the worker's queue and waits; the worker takes the
 first waiting text, gathers whatever else arrives within ``wait_ms`` (up to ``max_batch`` texts), and answers all of
 them with one `predict` call. Under a crowd that turns many small forward passes (each paying the model's fixed
-per-call cost) into a few larger ones; a lone request pays at most ``wait_ms`` more.
+per-call cost) into a few larger ones. The worker waits only when there is a crowd (more than one text queued, or a
+last batch of several): a lone request is answered at once, with no wait.
 ``FTRAG_BATCH_WAIT_MS`` sets the wait (0 turns batching off).
 
 Each worker can run its model on fewer intra-op threads (`threads`): the app gives each backend's worker its share of
@@ -63,6 +64,7 @@ class MicroBatcher:
         self.batches = 0
         self.texts = 0
         self._queue: list[tuple[str, Future]] = []
+        self._last_batch = 0
         self._ready = threading.Condition()
         self._closed = False
         self.threads = threads
@@ -101,13 +103,17 @@ class MicroBatcher:
         with self._ready:
             while not self._queue and not self._closed:
                 self._ready.wait()
-            deadline = time.monotonic() + self.wait_s
+            # Wait for company only when there is a crowd: more than this text queued, or a last batch of several.
+            # A lone request is answered at once; under load the queue fills while the model runs anyway.
+            crowded = len(self._queue) > 1 or self._last_batch > 1
+            deadline = time.monotonic() + (self.wait_s if crowded else 0.0)
             while len(self._queue) < self.max_batch and not self._closed:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._ready.wait(left)
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            self._last_batch = len(batch)
             return batch
 
     def _run(self) -> None:

@@ -45,13 +45,21 @@ def test_concurrent_single_texts_are_answered_in_few_batches_each_to_its_caller(
     batcher.close()
 
 
-def test_a_lone_text_is_not_held_much_longer_than_the_wait():
-    model = Recorder()
-    batcher = MicroBatcher(model, wait_ms=5)
+def test_a_lone_text_is_answered_at_once_and_only_a_crowd_waits_for_company():
+    model = Recorder(delay_s=0.05)
+    batcher = MicroBatcher(model, wait_ms=400)
     batcher.predict_one("warm")
     start = time.perf_counter()
     assert batcher.predict_one("ab").label == "even"
-    assert time.perf_counter() - start < 0.5 and model.batch_sizes == [1, 1]
+    assert time.perf_counter() - start < 0.3 and model.batch_sizes == [1, 1]  # no 400 ms wait alone
+    with ThreadPoolExecutor(8) as pool:  # a crowd: the first is answered at once, the rest queue behind it
+        list(pool.map(batcher.predict_one, ["x" * n for n in range(8)]))
+    assert max(model.batch_sizes[2:]) > 1
+    late = threading.Timer(0.1, batcher.predict_one, ["late"])  # after a batch of several, the worker waits
+    late.start()
+    batcher.predict_one("early")
+    late.join()
+    assert model.batch_sizes[-1] == 2, model.batch_sizes
     batcher.close()
 
 
