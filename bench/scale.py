@@ -96,6 +96,13 @@ def corpus(base: np.ndarray, base_labels: np.ndarray, size: int, cache: Path) ->
     return np.load(path, mmap_mode="r"), labels
 
 
+def time_one(index, query: np.ndarray, k: int) -> float:
+    """Milliseconds of one single-query search."""
+    start = time.perf_counter()
+    index.search(query[None], k)
+    return (time.perf_counter() - start) * 1000
+
+
 def measure(job: dict) -> dict:
     """One index type at one size, in its own process (so RSS is its own)."""
     import faiss
@@ -162,6 +169,18 @@ def measure(job: dict) -> dict:
 
     exact_votes = votes(exact_scores[:n], exact_ids[:n])
     approx_votes = votes(scores, ids)
+    sweep = []  # what each search effort costs and keeps, on the measured queries (not those tuned on), before any add
+    if kind in ("hnsw", "ivf", "ivfpq"):
+        chosen = index.effort
+        for effort in sorted({max(k, effort * chosen // 4) for effort in (2, 3, 4, 5, 6)}):
+            index.effort = effort
+            swept = [time_one(index, q, k) for q in queries[:single]][5:]
+            s_scores, s_ids = index.search(batch, k)
+            agreement = float(np.mean(votes(s_scores, s_ids) == exact_votes))
+            sweep.append({"effort": index.effort, "p50_ms": round(float(np.percentile(swept, 50)), 2),
+                          "recall_at_k": round(recall_at_k(s_ids, exact_ids[:n]), 4),
+                          "vote_agreement": round(agreement, 4)})  # fmt: skip
+        index.effort = chosen
     adds = []
     for row in queries[:200]:
         t = time.perf_counter()
@@ -184,6 +203,7 @@ def measure(job: dict) -> dict:
         "vote_agreement": round(float(np.mean(approx_votes == exact_votes)), 4),
         "add_one_p50_ms": round(float(np.percentile(adds, 50)), 3),
         "add_one_p95_ms": round(float(np.percentile(adds, 95)), 3),
+        "sweep": sweep,
         "build_measured": measured and {key: value for key, value in measured.items() if key != "tried"},
     }
     if job["size"] == job["real_size"] and kind != "qdrant":  # the real 27k: test accuracy of this index type's vote
@@ -281,6 +301,10 @@ def main() -> None:
     columns = ["size", "index", "effort", "rerank", "build_s", "rss_mb", "rss_peak_mb", "disk_mb", "p50_ms", "p95_ms",
                "batch_qps", "recall_at_k", "vote_agreement", "add_one_p95_ms"]  # fmt: skip
     print(table(rows, columns))
+    sweeps = [{"size": r["size"], "index": r["index"], **row} for r in rows for row in r.get("sweep", [])]
+    if sweeps:
+        print("search effort against latency and agreement, on the measured queries:")
+        print(table(sweeps))
     accuracy = [r for r in rows if "test_accuracy" in r]
     if accuracy:
         print(table(accuracy, ["index", "test_accuracy", "test_accuracy_ci"]))
