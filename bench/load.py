@@ -150,6 +150,9 @@ def compare_batching(artifacts: Path, tweets: list[str], args) -> None:
             server = app_process(work)
             for kind in KINDS:  # warm-up, not measured: first calls trace graphs and open Gradio sessions
                 run_one_kind(url, tweets, backends, kind, clients=4, requests=5)
+            # One client alone: what batching costs a lone request (nothing, since the batcher waits only in a crowd)
+            rows.append(load_row(f"{label}, rest classify, 1 client", run_one_kind(
+                url, tweets, backends, "rest classify", clients=1, requests=60)))  # fmt: skip
             for kind in KINDS:
                 counts = batch_counts(url)  # read outside the CPU measurement
                 server_cpu, client_cpu = cpu_seconds(server), cpu_seconds(psutil.Process())
@@ -172,6 +175,10 @@ def compare_batching(artifacts: Path, tweets: list[str], args) -> None:
     summary["unbatched_rps"] = rps["unbatched, rest classify"]
     summary["batched_rps"] = rps["batched, rest classify"]
     summary["speedup"] = round(summary["batched_rps"] / summary["unbatched_rps"], 2)
+    summary["one_client_p50_ms"] = {
+        label: round(next(r["p50 ms"] for r in rows if r["load"] == f"{label}, rest classify, 1 client"), 1)
+        for label in ("unbatched", "batched")
+    }
     summary["gradio_rps"] = {name: value for name, value in rps.items() if "gradio" in name}
     rest, gradio_http = rps["batched, rest classify"], rps["batched, gradio http classify"]
     summary["rest_over_gradio_http_batched"] = round(rest / gradio_http, 2)

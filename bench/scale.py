@@ -276,8 +276,10 @@ def main() -> None:
     order += [(size, "qdrant") for size in sizes if size <= args.engine_max]
     rows = []
 
-    def queries_for(size: int) -> int:  # every test tweet on the real corpus (its accuracy), 1,000 beyond
-        return args.queries if size == len(train) else min(args.queries, 1000)
+    def queries_for(size: int) -> int:
+        """Every test tweet on the real corpus (its accuracy), 1,000 beyond; those tuned on are never measured."""
+        left = len(real["test_labels"]) - args.tune_on_queries
+        return min(args.queries, left) if size == len(train) else min(args.queries, 1000, left)
 
     for size, kind in order:
         job = {

@@ -12,7 +12,7 @@ default), for test tweets this prints:
    (the attention's and the feed-forward's output projections, the feed-forward, everything but Q, K and V), each
    with its mean and least cosine to fp32 and its time to embed the texts.
 
-    python bench/vote_sensitivity.py --artifacts artifacts/demo [--texts 1000]
+    python bench/vote_sensitivity.py --artifacts artifacts/demo [--texts 1000] [--vote 300,softmax,0.1]
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="the dataset (default: FTRAG_DATA or the Hub)")
     parser.add_argument("--texts", type=int, default=1000, help="test tweets (seeded sample)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--vote", default=None, metavar="K,WEIGHTING,T",
+                        help="vote this way instead of as the index was saved, e.g. 300,softmax,0.1")  # fmt: skip
     args = parser.parse_args()
 
     import rag
@@ -49,6 +51,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     clf = rag.load(Path(args.artifacts) / "rag")
+    if args.vote:
+        k, weighting, temperature = args.vote.split(",")
+        clf.k, clf.weighting, clf.temperature = int(k), weighting, float(temperature)
     embedder = clf.embedder
     texts = list(load_tweets(args.data, split="test", limit=args.texts, seed=0)["text"])
     print(f"machine: {machine()}; {clf.describe()}; {len(texts):,} test tweets", flush=True)
