@@ -128,6 +128,9 @@ def headline_rows(report: dict[str, Any]) -> list[dict[str, str]]:
                 "served as": served_name(b.get("serving")),  # what every figure of the row was measured on
             }
         )
+        if any("same_label_as" in other for other in report["backends"].values()):  # several precisions, one run
+            same = b.get("same_label_as")
+            rows[-1]["same label as"] = f"{_pct(same['share'])} of {same['backend']}'s" if same else "-"
     if rows and (baseline := report.get("baseline")):  # the floor every contender must clear
         rows.append({
             **dict.fromkeys(rows[0], "n/a"),

@@ -51,6 +51,9 @@ class RunConfig(JobConfig):
             bf16 or int8; None = ``FTRAG_PRECISION`` (fp32 when unset), as the app serves them. ``auto`` is chosen
             where the app starts (its Models tab names the winner): give that one here. The report's "served as"
             column says what each row ran in (bf16 on a CPU without its instructions falls back to fp32, saying so).
+            Several, comma-separated (``fp32,int8``), measure each backend in each side by side: the first keeps the
+            backend's name, the others are contenders named ``<backend>@<precision>``, each with the share of texts
+            it labels as the first does (the report's "same label as" column).
         runtime: torch or onnxruntime; None = ``FTRAG_RUNTIME`` (torch when unset).
         hybrid: add the hybrid of the first fine-tune and --rag.
         data: labeled data source; None = ``FTRAG_DATA`` or the default Hub dataset.
@@ -96,11 +99,21 @@ class RunConfig(JobConfig):
             raise ValueError(f"--update-examples must not be negative, got {self.update_examples}")
         from core.precision import requested
 
-        if requested(self.precision, self.runtime)[0] == "auto":  # also a ValueError naming a bad value
+        asked = [requested(p, self.runtime)[0] for p in self.precisions]  # also a ValueError naming a bad value
+        if "auto" in asked:
             raise ValueError(
                 "--precision auto is chosen where the app serves (its Models tab names the winner): give fp32, bf16 "
                 "or int8 here to measure one"
             )
+        if len(set(asked)) < len(asked):
+            raise ValueError(f"--precision names a precision twice: {self.precision!r}")
+
+    @property
+    def precisions(self) -> list[str | None]:
+        """The precisions to measure, the first one's rows named as the backends (None: the environment's)."""
+        if not self.precision:
+            return [None]
+        return [p.strip().lower() for p in self.precision.split(",")]
 
 
 def parse_args(argv: list[str] | None) -> RunConfig:
@@ -120,6 +133,20 @@ def check_data_labels(classifiers: dict[str, Any], data_labels: list[str], sourc
 def load_contenders(args: RunConfig) -> dict[str, Any]:
     """The backends the flags name, by report name: ``finetune`` (the first), ``finetune-<dir>`` (the others),
     ``rag``, ``rag-tuned``, ``rag-llm`` (an LLM over the ``rag`` index)."""
+    import rag
+
+    first, *others = args.precisions
+    classifiers = _load_backends(args, first)
+    for precision in others:  # each backend loaded again and served in this precision, beside the first
+        classifiers |= {f"{name}@{precision}": clf for name, clf in _load_backends(args, precision, precision).items()}
+    if args.rag_llm:
+        classifiers["rag-llm"] = rag.llm_classifier(classifiers["rag"])
+    return classifiers
+
+
+def _load_backends(args: RunConfig, precision: str | None, suffix: str | None = None) -> dict[str, Any]:
+    """The fine-tunes, ``rag`` and ``rag-tuned`` the flags name, served in `precision`; a `suffix` goes on each
+    backend's own name (``finetune@int8``)."""
     import finetune
     import rag
 
@@ -129,15 +156,23 @@ def load_contenders(args: RunConfig) -> dict[str, Any]:
         name = "finetune" if i == 0 else (dirname if dirname.startswith("finetune") else f"finetune-{dirname}")
         if name in classifiers:
             raise ValueError(f"two fine-tuned models would both be named {name!r}; rename a directory")
-        classifiers[name] = finetune.load(directory, quantize=args.quantize, name=name)
+        shown = f"{name}@{suffix}" if suffix else name
+        classifiers[name] = finetune.load(directory, quantize=args.quantize, name=shown)
     if args.rag:
         classifiers["rag"] = rag.load(args.rag)
     if args.rag_tuned:
         classifiers["rag-tuned"] = rag.load_tuned(args.rag_tuned)
-    serve_as(classifiers, args.precision, args.runtime)
-    if args.rag_llm:
-        classifiers["rag-llm"] = rag.llm_classifier(classifiers["rag"])
+    serve_as(classifiers, precision, args.runtime)
     return classifiers
+
+
+def same_label_as_first(report: dict[str, Any]) -> None:
+    """Each ``<backend>@<precision>`` entry gets the share of texts it labels as ``<backend>`` (the first precision)
+    does: ``same_label_as: {backend, share}``."""
+    for name, entry in report["backends"].items():
+        base = name.split("@")[0]
+        if base != name and base in report["backends"]:
+            entry["same_label_as"] = {"backend": base, "share": report["agreement"][f"{base} vs {name}"]}
 
 
 def serve_as(classifiers: dict[str, Any], precision: str | None, runtime: str | None) -> None:
@@ -213,6 +248,7 @@ def run(args: RunConfig) -> dict[str, Any]:
         hourly_price=args.hourly_price,
     )
     describe_extras(report, classifiers)
+    same_label_as_first(report)
     if (update := update_section(args, classifiers, dataset)) is not None:
         report["knowledge_update"] = update
     report["notes"] = notes

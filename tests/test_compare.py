@@ -342,6 +342,34 @@ def test_compare_run_cli_writes_the_report_with_a_hybrid(shared_dir, data_dir, r
     assert "| finetune |" in markdown and "## Paired comparisons" in markdown
 
 
+def test_a_run_with_several_precisions_measures_each_backend_in_each_side_by_side(data_dir, rag_dir, tmp_path):
+    """``--precision fp32,int8``: the first precision keeps the backends' names, the second adds ``<name>@int8``
+    contenders measured in int8, each with the share of texts labelled as its fp32 self labels them."""
+    out = tmp_path / "report"
+    code = run_main(["--rag", str(rag_dir), "--data", str(data_dir), "--limit", "40", "--latency-queries", "3",
+                     "--update-examples", "0", "--precision", "fp32,int8", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    backends = report["backends"]
+    assert set(backends) == {"rag", "rag@int8"}
+    assert backends["rag"]["serving"]["precision"] == "fp32" and backends["rag@int8"]["serving"]["precision"] == "int8"
+    same = backends["rag@int8"]["same_label_as"]
+    fp32 = [d["predictions"] for d in report["disagreements"]]  # every text the two label differently
+    assert same["backend"] == "rag" and same["share"] == pytest.approx(1 - report["disagreement_count"] / 40)
+    assert all(p["rag"] != p["rag@int8"] for p in fp32)
+    assert "same_label_as" not in backends["rag"]
+    markdown = (out / "report.md").read_text()
+    assert "same label as" in markdown and f"{100 * same['share']:.1f}% of rag's" in markdown
+
+
+def test_precision_lists_are_checked(rag_dir, tmp_path, capsys):
+    for bad, message in (("fp32,auto", "--precision auto is chosen"), ("int8,int8", "names a precision twice"),
+                         ("fp32,fp64", "must be fp32, bf16, int8 or auto")):  # fmt: skip
+        with pytest.raises(SystemExit) as exited:
+            run_main(["--rag", str(rag_dir), "--precision", bad, "--out", str(tmp_path / "r")])
+        assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_compare_run_cli_bad_input(rag_dir, data_dir, tmp_path, capsys):
     assert run_main(["--rag", str(rag_dir), "--data", str(data_dir), "--limit", "99999", "--out", str(tmp_path)]) == 2
     assert "asked for 99999 rows" in capsys.readouterr().err
