@@ -172,7 +172,8 @@ def measure(job: dict) -> dict:
     sweep = []  # what each search effort costs and keeps, on the measured queries (not those tuned on), before any add
     if kind in ("hnsw", "ivf", "ivfpq"):
         chosen = index.effort
-        for effort in sorted({max(k, effort * chosen // 4) for effort in (2, 3, 4, 5, 6)}):
+        floor = k if kind == "hnsw" else 1  # efSearch below k cannot return k hits; cells probed can be few
+        for effort in sorted({max(floor, effort * chosen // 4) for effort in (2, 3, 4, 5, 6)}):
             index.effort = effort
             swept = [time_one(index, q, k) for q in queries[:single]][5:]
             s_scores, s_ids = index.search(batch, k)
