@@ -58,18 +58,22 @@ def main() -> None:
     texts = list(load_tweets(args.data, split="test", limit=args.texts, seed=0)["text"])
     print(f"machine: {machine()}; {clf.describe()}; {len(texts):,} test tweets", flush=True)
 
-    def labels(vectors: np.ndarray) -> np.ndarray:
+    def shares(vectors: np.ndarray) -> np.ndarray:
+        """Each query's vote, as the share of each label."""
         scores, ids = clf.index.search(vectors, clf.k)
-        return vote(scores, ids, clf._label_ids, len(clf.labels), clf.weighting, clf.temperature).argmax(axis=1)
+        return vote(scores, ids, clf._label_ids, len(clf.labels), clf.weighting, clf.temperature)
+
+    def labels(vectors: np.ndarray) -> np.ndarray:
+        return shares(vectors).argmax(axis=1)
 
     embedder.encode(texts[:64])  # compiled and warm
     start = time.perf_counter()
     fp32 = embedder.encode(texts)
     fp32_seconds = time.perf_counter() - start
-    fp32_labels = labels(fp32)
-    scores, ids = clf.index.search(fp32, clf.k)
-    shares = np.sort(vote(scores, ids, clf._label_ids, len(clf.labels), clf.weighting, clf.temperature), axis=1)
-    margins = shares[:, -1] - shares[:, -2]
+    fp32_shares = shares(fp32)
+    fp32_labels = fp32_shares.argmax(axis=1)
+    ordered = np.sort(fp32_shares, axis=1)
+    margins = ordered[:, -1] - ordered[:, -2]
     quantiles = (0.01, 0.02, 0.05, 0.1, 0.5)
     values = np.quantile(margins, quantiles)
     print(table([{f"q{int(q * 100)}": float(v) for q, v in zip(quantiles, values, strict=True)}]))

@@ -110,6 +110,7 @@ def headline_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     from core.precision import served_name  # here: it imports torch
 
     rows = []
+    several_precisions = any("same_label_as" in b for b in report["backends"].values())  # jobs.run --precision a,b
     for name, b in report["backends"].items():
         calibration = b.get("calibration") or {}
         cost = b.get("cost") or {}
@@ -128,7 +129,7 @@ def headline_rows(report: dict[str, Any]) -> list[dict[str, str]]:
                 "served as": served_name(b.get("serving")),  # what every figure of the row was measured on
             }
         )
-        if any("same_label_as" in other for other in report["backends"].values()):  # several precisions, one run
+        if several_precisions:
             same = b.get("same_label_as")
             rows[-1]["same label as"] = f"{_pct(same['share'])} of {same['backend']}'s" if same else "-"
     if rows and (baseline := report.get("baseline")):  # the floor every contender must clear

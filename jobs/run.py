@@ -138,15 +138,15 @@ def load_contenders(args: RunConfig) -> dict[str, Any]:
     first, *others = args.precisions
     classifiers = _load_backends(args, first)
     for precision in others:  # each backend loaded again and served in this precision, beside the first
-        classifiers |= {f"{name}@{precision}": clf for name, clf in _load_backends(args, precision, precision).items()}
+        classifiers |= _load_backends(args, precision, suffix=f"@{precision}")
     if args.rag_llm:
         classifiers["rag-llm"] = rag.llm_classifier(classifiers["rag"])
     return classifiers
 
 
-def _load_backends(args: RunConfig, precision: str | None, suffix: str | None = None) -> dict[str, Any]:
-    """The fine-tunes, ``rag`` and ``rag-tuned`` the flags name, served in `precision`; a `suffix` goes on each
-    backend's own name (``finetune@int8``)."""
+def _load_backends(args: RunConfig, precision: str | None, suffix: str = "") -> dict[str, Any]:
+    """The fine-tunes, ``rag`` and ``rag-tuned`` the flags name, served in `precision`, by report name with `suffix`
+    added (``finetune@int8``)."""
     import finetune
     import rag
 
@@ -154,14 +154,14 @@ def _load_backends(args: RunConfig, precision: str | None, suffix: str | None = 
     for i, directory in enumerate(args.finetune or []):
         dirname = Path(directory).resolve().name
         name = "finetune" if i == 0 else (dirname if dirname.startswith("finetune") else f"finetune-{dirname}")
+        name += suffix
         if name in classifiers:
             raise ValueError(f"two fine-tuned models would both be named {name!r}; rename a directory")
-        shown = f"{name}@{suffix}" if suffix else name
-        classifiers[name] = finetune.load(directory, quantize=args.quantize, name=shown)
+        classifiers[name] = finetune.load(directory, quantize=args.quantize, name=name)
     if args.rag:
-        classifiers["rag"] = rag.load(args.rag)
+        classifiers["rag" + suffix] = rag.load(args.rag)
     if args.rag_tuned:
-        classifiers["rag-tuned"] = rag.load_tuned(args.rag_tuned)
+        classifiers["rag-tuned" + suffix] = rag.load_tuned(args.rag_tuned)
     serve_as(classifiers, precision, args.runtime)
     return classifiers
 
